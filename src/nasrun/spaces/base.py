@@ -1,0 +1,47 @@
+"""The space seam: topology, ops, supernet, evaluation network, genotype codec, derivation.
+
+A space knows nothing about α: a method turns its architecture parameters into per-edge mixing
+weights ``{cell_type: Tensor[E, K]}`` and the supernet consumes them (``forward(x, weights)``).
+"""
+
+import abc
+
+
+class SearchSpace(abc.ABC):
+    """Protocol every search space implements (design.md §4)."""
+
+    name: str
+    benchmark: str | None = None  # name of the tabular benchmark that answers for this space
+    default_split: str = "darts"  # data protocol used with `dataset.split=auto`
+
+    @abc.abstractmethod
+    def alpha_shapes(self):
+        """``{cell_type: (num_edges, num_ops)}`` of the architecture logits a method must create."""
+
+    @abc.abstractmethod
+    def build_supernet(self, num_classes, in_channels=3):
+        """The weight-sharing network; ``forward(x, weights)`` returns logits."""
+
+    @abc.abstractmethod
+    def build_network(self, genotype, num_classes, **sizes):
+        """The stand-alone evaluation network of the space's protocol."""
+
+    @abc.abstractmethod
+    def derive(self, weights):
+        """Genotype from mixing weights (the magnitude / argmax rule of methods.md §5.1)."""
+
+    @abc.abstractmethod
+    def parse_genotype(self, text):
+        """Parse the space's text or JSON genotype; raises ``UserError`` saying where it is malformed."""
+
+    @abc.abstractmethod
+    def format_genotype(self, genotype):
+        """Printable genotype, bit-compatible with the reference code's format."""
+
+    @abc.abstractmethod
+    def num_architectures(self):
+        """Exact size of the space (methods.md §8.1)."""
+
+    @abc.abstractmethod
+    def genotype_stats(self, genotype):
+        """Per-genotype diagnostics: ``{"skip_count": int, "depth": int}`` (methods.md §6.5-6.6)."""

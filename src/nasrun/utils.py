@@ -1,0 +1,139 @@
+"""Small helpers: seeding, atomic writes, environment capture, parameter counts and FLOPs."""
+
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+
+def atomic_write_bytes(path, write_fn):
+    """Write a file atomically: ``write_fn(fileobj)`` into a temp file beside ``path``, then rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write_fn(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_torch_save(obj, path):
+    """``torch.save`` through a temp file and rename, so a kill never leaves a half-written checkpoint."""
+    atomic_write_bytes(path, lambda f: torch.save(obj, f))
+
+
+def write_json(path, obj):
+    """Write pretty JSON atomically."""
+    data = (json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n").encode()
+    atomic_write_bytes(path, lambda f: f.write(data))
+
+
+def _json_default(obj):
+    if isinstance(obj, torch.Tensor):
+        return obj.tolist()
+    if hasattr(obj, "item"):
+        return obj.item()
+    return str(obj)
+
+
+def json_line(obj):
+    """One compact JSON line (tensors become lists)."""
+    return json.dumps(obj, default=_json_default)
+
+
+def count_parameters(module, exclude="auxiliary"):
+    """Number of trainable parameters, skipping those whose name contains ``exclude`` (DARTS rule)."""
+    return sum(p.numel() for n, p in module.named_parameters() if not (exclude and exclude in n))
+
+
+def count_flops(module, input_shape):
+    """Multiply-accumulate count of Conv2d and Linear layers for one input, as NAS-Bench-201 reports it.
+
+    NAS-Bench-201's FLOPs (AutoDL ``get_model_infos``) count convolutions and linear layers including
+    their bias; pooling contributes nothing to the published values (their min/max in methods.md §8.3
+    are reproduced exactly by this rule).
+    """
+    total = [0]
+
+    def conv_hook(m, inp, out):
+        kh, kw = m.kernel_size
+        positions = out.shape[0] * out.shape[2] * out.shape[3]
+        total[0] += kh * kw * m.in_channels * m.out_channels // m.groups * positions
+        if m.bias is not None:
+            total[0] += m.out_channels * positions
+
+    def linear_hook(m, inp, out):
+        total[0] += inp[0].shape[0] * (m.in_features * m.out_features + (m.out_features if m.bias is not None else 0))
+
+    handles = []
+    for m in module.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            handles.append(m.register_forward_hook(conv_hook))
+        elif isinstance(m, torch.nn.Linear):
+            handles.append(m.register_forward_hook(linear_hook))
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            module(torch.zeros(*input_shape))
+    finally:
+        for h in handles:
+            h.remove()
+        module.train(was_training)
+    return total[0] / input_shape[0]
+
+
+def environment(argv=None):
+    """Facts about the machine and software for ``env.json``."""
+    from importlib import metadata
+
+    def version(name):
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return None
+
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).parent).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        sha = None
+    cuda = torch.cuda.is_available()
+    return {
+        "nasrun": version("nasrun"),
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "torchvision": version("torchvision"),
+        "hydra-core": version("hydra-core"),
+        "omegaconf": version("omegaconf"),
+        "cuda": torch.version.cuda,
+        "gpu": torch.cuda.get_device_name(0) if cuda else None,
+        "platform": platform.platform(),
+        "hostname": socket.gethostname(),
+        "git_sha": sha,
+        "argv": list(argv if argv is not None else sys.argv),
+        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+    }
+
+
+def resolve_device(name):
+    """``auto`` picks CUDA when available."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        from .errors import UserError
+
+        raise UserError(f"trainer.device={name} but CUDA is not available; use trainer.device=cpu or auto")
+    return torch.device(name)
