@@ -1,0 +1,60 @@
+"""Tabular benchmarks: ``query(genotype, dataset) -> {valid_acc, test_acc, params, flops}``."""
+
+import os
+from pathlib import Path
+
+from ..errors import UserError
+
+KNOWN_FILES = {"nb201": ["nb201.json", "NAS-Bench-201-v1_1-096897.pth", "NAS-Bench-201-v1_0-e61699.pth"]}
+HOW_TO_GET = {"nb201": "download NAS-Bench-201-v1_1-096897.pth (https://github.com/D-X-Y/NAS-Bench-201), "
+                       "then `nasrun bench convert FILE` and pass benchmark.path=FILE.json or set $NASRUN_BENCH"}
+
+
+def find_benchmark_file(kind, path=None):
+    """Resolve the benchmark file: ``benchmark.path``, else ``$NASRUN_BENCH`` (a file or a folder),
+    else ``$TORCH_HOME`` / ``~/.torch`` (where the NB201 API looks). Returns (path or None, places looked)."""
+    looked = []
+    if path:
+        p = Path(os.path.expanduser(str(path)))
+        looked.append(str(p))
+        return (p if p.is_file() else None), looked
+    folders = []
+    env = os.environ.get("NASRUN_BENCH")
+    if env:
+        p = Path(os.path.expanduser(env))
+        if p.is_file():
+            return p, [str(p)]
+        folders.append(p)
+    folders.append(Path(os.environ.get("TORCH_HOME", os.path.expanduser("~/.torch"))))
+    for folder in folders:
+        for name in KNOWN_FILES[kind]:
+            looked.append(str(folder / name))
+            if (folder / name).is_file():
+                return folder / name, looked
+    return None, looked
+
+
+def open_benchmark(name, path, space_benchmark):
+    """Open the benchmark named by the config.
+
+    ``name="auto"`` uses the space's benchmark if a file is found (and none otherwise); an explicit
+    name requires the file and fails with where it looked and how to get it.
+    """
+    if name == "none":
+        return None
+    kind = space_benchmark if name == "auto" else name
+    if kind is None:
+        return None
+    if kind not in KNOWN_FILES:
+        raise UserError(f"unknown benchmark '{kind}'; choose one of: none, auto, {', '.join(KNOWN_FILES)}")
+    if space_benchmark is not None and kind != space_benchmark:
+        raise UserError(f"benchmark {kind} does not answer for this space (it uses {space_benchmark}); "
+                        f"pass benchmark={space_benchmark} or benchmark=none")
+    found, looked = find_benchmark_file(kind, path)
+    if found is None:
+        if name == "auto" and not path:
+            return None
+        raise UserError(f"{kind} benchmark file not found (looked at: {', '.join(looked)}); {HOW_TO_GET[kind]}")
+    from .nb201 import NB201Benchmark
+
+    return NB201Benchmark.load(found)

@@ -1,0 +1,139 @@
+"""Command line: ``nasrun search|eval [hydra overrides]`` and ``nasrun bench convert|info``.
+
+``main`` dispatches on the first argument; ``search`` and ``eval`` are Hydra apps whose task
+functions are three-line wrappers around :func:`nasrun.search.run_search` / :func:`nasrun.evaluate.run_eval`.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+
+from .errors import Interrupted, UserError
+
+CONF_DIR = Path(__file__).resolve().parent / "conf"
+GROUPS = ("space", "method", "selector", "stop", "dataset", "trainer", "benchmark", "experiment")
+USAGE = """usage: nasrun COMMAND [overrides]
+
+commands:
+  search   train a supernet, derive the genotype, query the benchmark   (nasrun search --help)
+  eval     query the benchmark for a genotype                          (nasrun eval genotype=...)
+  bench    convert | info: compact benchmark tables                     (nasrun bench --help)
+
+examples:
+  nasrun search +experiment=demo
+  nasrun search method=darts_2nd space=nb201 dataset=cifar10
+  nasrun search -m seed=0,1,2 method=darts,darts_2nd
+  nasrun eval genotype='|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|'
+"""
+
+
+def fail(message, code=2):
+    """Print a one-line error and exit (no traceback for user errors)."""
+    print(f"nasrun: error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+def _guard(fn, cfg):
+    try:
+        return fn(cfg, HydraConfig.get().runtime.output_dir)
+    except UserError as exc:
+        fail(str(exc))
+    except Interrupted as exc:
+        print(f"nasrun: {exc}", file=sys.stderr)
+        sys.exit(3)
+
+
+@hydra.main(config_path=str(CONF_DIR), config_name="search", version_base="1.3")
+def search_app(cfg):
+    from .search import run_search
+
+    return _guard(run_search, cfg)
+
+
+@hydra.main(config_path=str(CONF_DIR), config_name="eval", version_base="1.3")
+def eval_app(cfg):
+    from .evaluate import run_eval
+
+    return _guard(run_eval, cfg)
+
+
+def check_overrides(config_name, args):
+    """Validate overrides before Hydra runs, so mistakes give one line and exit code 2.
+
+    Group choices are checked against the YAML files (every value of a comma sweep); without
+    ``-m`` the whole config is composed once to catch unknown keys and malformed values.
+    """
+    multirun = any(a in ("-m", "--multirun") for a in args)
+    plain = []
+    for arg in args:
+        if arg.startswith("-") or "=" not in arg:
+            continue
+        key, value = arg.split("=", 1)
+        group = key.lstrip("+~")
+        if group in GROUPS:
+            options = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+            for v in value.split(",") if multirun else [value]:
+                if v not in options:
+                    fail(f"unknown {group} '{v}'; choose one of: {', '.join(options)}")
+        if not key.lstrip("+~").startswith("hydra"):
+            plain.append(arg)
+    if multirun or any(a.startswith("-") for a in args):
+        return
+    from hydra import compose, initialize_config_dir
+
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            compose(config_name=config_name, overrides=plain)
+    except Exception as exc:  # noqa: BLE001 - every composition error is a user error here
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        cause = str(exc.__cause__).splitlines()[0] if exc.__cause__ else ""
+        fail(" ".join(lines[:1] + ([cause] if cause and cause not in lines[0] else [])))
+
+
+def bench_main(argv):
+    """``nasrun bench convert SRC [-o DST]`` and ``nasrun bench info FILE``."""
+    parser = argparse.ArgumentParser(prog="nasrun bench", description="Benchmark tables for fast queries.")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    conv = sub.add_parser("convert", help="write the compact table of an original NAS-Bench-201 .pth file")
+    conv.add_argument("src")
+    conv.add_argument("-o", "--out", help="output file (default: SRC with suffix .json)")
+    info = sub.add_parser("info", help="print what a benchmark file holds")
+    info.add_argument("file")
+    args = parser.parse_args(argv)
+    from .benchmarks.nb201 import NB201Benchmark
+
+    try:
+        if args.cmd == "convert":
+            bench = NB201Benchmark.load(args.src)
+            out = Path(args.out or Path(args.src).with_suffix(".json"))
+            bench.save(out)
+            print(f"wrote {out} ({len(bench)} architectures, {out.stat().st_size / 1e6:.1f} MB)")
+        else:
+            bench = NB201Benchmark.load(args.file)
+            print(f"{args.file}: nb201 table with {len(bench)} architectures (source {bench.source})")
+    except UserError as exc:
+        fail(str(exc))
+
+
+def main():
+    """Entry point of the ``nasrun`` console script."""
+    if len(sys.argv) < 2 or sys.argv[1] in ("-h", "--help", "help"):
+        print(USAGE)
+        return
+    cmd = sys.argv[1]
+    if cmd == "bench":
+        return bench_main(sys.argv[2:])
+    apps = {"search": (search_app, "search"), "eval": (eval_app, "eval")}
+    if cmd not in apps:
+        fail(f"unknown command '{cmd}'; choose one of: search, eval, bench")
+    sys.argv.pop(1)
+    app, config_name = apps[cmd]
+    check_overrides(config_name, sys.argv[1:])
+    app()
+
+
+if __name__ == "__main__":
+    main()

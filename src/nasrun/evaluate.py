@@ -1,0 +1,75 @@
+"""``run_eval(cfg, out_dir)``: benchmark query of a genotype for tabular spaces (retraining comes later)."""
+
+import json
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from .benchmarks import open_benchmark
+from .benchmarks.nb201 import DATASETS
+from .config import build
+from .errors import UserError
+from .rundir import RunDir
+from .utils import count_flops, count_parameters
+
+HEADS = {"cifar10": (10, 32), "cifar100": (100, 32), "ImageNet16-120": (120, 16)}
+
+
+def read_genotype_arg(value):
+    """Genotype text from a literal, a ``genotype.json`` file, or a search run directory."""
+    text = str(value).strip()
+    path = Path(text).expanduser()
+    if len(text) < 4096 and path.is_dir():
+        path = path / "genotype.json"
+        if not path.exists():
+            raise UserError(f"{path.parent} has no genotype.json; is it a finished search run?")
+    if len(text) < 4096 and path.is_file():
+        try:
+            return json.loads(path.read_text()).get("genotype") if path.suffix == ".json" else path.read_text().strip()
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{path} is not valid JSON ({exc})") from None
+    if text.endswith(".json") and not path.exists():
+        raise UserError(f"genotype file {path} does not exist")
+    return text
+
+
+def run_eval(cfg, out_dir):
+    """Evaluate ``cfg.genotype``; for NB201 print valid/test accuracy, parameters and FLOPs per dataset."""
+    run = RunDir(out_dir, cfg)
+    run.start()
+    space = build(cfg.space)
+    mode = cfg.mode if cfg.mode != "auto" else ("benchmark" if space.benchmark else "retrain")
+    if mode != "benchmark":
+        raise UserError(f"eval mode '{mode}' is not available for space {space.name} yet; use mode=benchmark "
+                        "with a tabular space (nb201)")
+    if space.benchmark is None:
+        raise UserError(f"space {space.name} has no tabular benchmark; use mode=retrain")
+    genotype = space.parse_genotype(read_genotype_arg(cfg.genotype))
+    bench = open_benchmark(cfg.benchmark.name, cfg.benchmark.path, space.benchmark)
+    rows = {}
+    for ds in DATASETS:
+        classes, size = HEADS[ds]
+        net = space.build_network(genotype, classes)
+        res = bench.query(genotype, ds) if bench is not None else None
+        rows[ds] = {"valid_acc": res and res["valid_acc"], "test_acc": res and res["test_acc"],
+                    "params_m": count_parameters(net) / 1e6, "flops_m": count_flops(net, (1, 3, size, size)) / 1e6,
+                    "benchmark_params_m": res and res["params"], "benchmark_flops_m": res and res["flops"]}
+    summary = {"genotype": space.format_genotype(genotype), "space": space.name, "mode": mode,
+               "benchmark_source": getattr(bench, "source", None), "results": rows}
+    run.write("summary.json", summary)
+    table = Table(title=f"{space.name}: {summary['genotype']}")
+    for col in ("dataset", "valid acc %", "test acc %", "params (M)", "FLOPs (M)"):
+        table.add_column(col, justify="right")
+    for ds, r in rows.items():
+        table.add_row(ds, _pct(r["valid_acc"]), _pct(r["test_acc"]), f"{r['params_m']:.6f}", f"{r['flops_m']:.5f}")
+    console = Console()
+    console.print(table)
+    if bench is None:
+        console.print("no benchmark file found: accuracies need NAS-Bench-201 (set benchmark.path or $NASRUN_BENCH; "
+                      "see `nasrun bench --help`)")
+    return summary
+
+
+def _pct(x):
+    return "-" if x is None else f"{x:.2f}"

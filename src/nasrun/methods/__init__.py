@@ -1,0 +1,1 @@
+"""Search methods: how α is parameterised and relaxed, and how its gradient is formed."""

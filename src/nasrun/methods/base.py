@@ -1,0 +1,79 @@
+"""The method seam: owns α and both optimisers, and performs one search step (design.md §4)."""
+
+import abc
+import contextlib
+import math
+
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call
+
+
+def cosine_lr(epoch, epochs, lr_max, lr_min):
+    """AutoDL cosine: lr(e) = η_min + (η0 − η_min)(1 + cos(π e / E)) / 2, epoch 0 runs at η0 (methods.md §0.5)."""
+    return lr_min + (lr_max - lr_min) * (1 + math.cos(math.pi * epoch / epochs)) / 2
+
+
+class Method(abc.ABC):
+    """Base class of search methods.
+
+    Subclasses create architecture parameters in ``self.alphas`` (``{cell_type: Parameter}``) and
+    implement :meth:`step`. The supernet's own parameters are the weights ``w``; α is never part of
+    the weight optimiser.
+    """
+
+    name = "method"
+
+    def __init__(self, supernet, space):
+        self.supernet = supernet
+        self.space = space
+        self.autocast = contextlib.nullcontext  # the search loop swaps in bf16 autocast on CUDA
+        self.alphas = {}
+
+    def init_alphas(self, scale=1e-3):
+        """α ~ scale·N(0,1) with one row per edge and one column per candidate op."""
+        device = next(self.supernet.parameters()).device
+        self.alphas = {k: torch.nn.Parameter(scale * torch.randn(*shape, device=device))
+                       for k, shape in self.space.alpha_shapes().items()}
+
+    def arch_parameters(self):
+        """The architecture parameters, in a fixed order."""
+        return [self.alphas[k] for k in sorted(self.alphas)]
+
+    def edge_weights(self, alphas=None):
+        """Per-edge mixing weights ``{cell_type: softmax(α)}``; pass ``alphas`` to differentiate w.r.t. them."""
+        alphas = self.alphas if alphas is None else alphas
+        return {k: F.softmax(a, dim=-1) for k, a in alphas.items()}
+
+    def derive_weights(self):
+        """Weights the selector reads the genotype from (softmax(α) by default)."""
+        return {k: v.detach() for k, v in self.edge_weights().items()}
+
+    def loss(self, x, y, weights, params=None):
+        """Cross-entropy and logits of the supernet; ``params`` evaluates it functionally at other weights."""
+        with self.autocast():
+            if params is None:
+                logits = self.supernet(x, weights)
+            else:
+                logits = functional_call(self.supernet, params, (x, weights))
+        return F.cross_entropy(logits.float(), y), logits
+
+    def on_epoch_start(self, epoch, epochs):
+        """Set per-epoch schedules (learning rates, temperatures)."""
+
+    @abc.abstractmethod
+    def step(self, train_batch, valid_batch):
+        """One search iteration; returns detached device tensors (no host sync)."""
+
+    def lrs(self):
+        """Current learning rates, for logging."""
+        return {}
+
+    def state_dict(self):
+        """Everything needed to resume: α and optimiser states."""
+        return {"alphas": {k: v.detach().clone() for k, v in self.alphas.items()}}
+
+    def load_state_dict(self, state):
+        with torch.no_grad():
+            for k, v in state["alphas"].items():
+                self.alphas[k].copy_(v)

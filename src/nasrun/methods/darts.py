@@ -1,0 +1,120 @@
+"""DARTS, first and second order (Liu et al., ICLR 2019; methods.md §4.1-4.2)."""
+
+import torch
+
+from .base import Method, cosine_lr
+
+
+class Darts(Method):
+    """DARTS with softmax relaxation; ``unrolled=True`` is DARTS-V2 (second order).
+
+    Args:
+        supernet: the space's weight-sharing network.
+        space: the search space (α shapes).
+        name: method name for logs.
+        w_lr, w_lr_min: weight SGD learning rate, cosine-annealed per epoch to ``w_lr_min``
+            (``w_lr_min == w_lr`` gives a constant rate).
+        w_momentum, w_nesterov, w_weight_decay: weight SGD settings.
+        grad_clip: max gradient norm of the weights before each w step (``null`` disables).
+        arch_lr, arch_betas, arch_weight_decay: α Adam settings.
+        arch_first: α step before the w step of the same iteration (quark0, DARTS-V2) or after it
+            (AutoDL NB201 DARTS-V1), methods.md §0.1.
+        unrolled: second-order α gradient through a virtual SGD step (finite-difference Hessian term).
+        train_arch: set False to keep α fixed at its initial value.
+    """
+
+    def __init__(self, supernet, space, name="darts", w_lr=0.025, w_lr_min=0.001, w_momentum=0.9,
+                 w_nesterov=True, w_weight_decay=5e-4, grad_clip=5.0, arch_lr=3e-4, arch_betas=(0.5, 0.999),
+                 arch_weight_decay=1e-3, arch_first=False, unrolled=False, train_arch=True):
+        super().__init__(supernet, space)
+        self.name = name
+        self.w_lr, self.w_lr_min, self.grad_clip = w_lr, w_lr_min, grad_clip
+        self.arch_first, self.unrolled, self.train_arch = arch_first, unrolled, train_arch
+        self.init_alphas()
+        self.w_opt = torch.optim.SGD(supernet.parameters(), lr=w_lr, momentum=w_momentum,
+                                     nesterov=w_nesterov and w_momentum > 0, weight_decay=w_weight_decay)
+        self.arch_opt = torch.optim.Adam(self.arch_parameters(), lr=arch_lr, betas=tuple(arch_betas),
+                                         weight_decay=arch_weight_decay)
+
+    def on_epoch_start(self, epoch, epochs):
+        lr = cosine_lr(epoch, epochs, self.w_lr, self.w_lr_min)
+        for g in self.w_opt.param_groups:
+            g["lr"] = lr
+
+    def lrs(self):
+        return {"w_lr": self.w_opt.param_groups[0]["lr"], "arch_lr": self.arch_opt.param_groups[0]["lr"]}
+
+    def step(self, train_batch, valid_batch):
+        out = {}
+        if self.arch_first and self.train_arch:
+            out.update(self.arch_step(train_batch, valid_batch))
+        out.update(self.weight_step(train_batch))
+        if not self.arch_first and self.train_arch:
+            out.update(self.arch_step(train_batch, valid_batch))
+        return out
+
+    def weight_step(self, batch):
+        """Ordinary SGD step on the train batch with α held fixed."""
+        x, y = batch
+        weights = {k: v.detach() for k, v in self.edge_weights().items()}
+        self.w_opt.zero_grad(set_to_none=True)
+        loss, logits = self.loss(x, y, weights)
+        loss.backward()
+        if self.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.supernet.parameters(), self.grad_clip)
+        self.w_opt.step()
+        return {"train_loss": loss.detach(), "train_correct": (logits.argmax(1) == y).sum()}
+
+    def arch_step(self, train_batch, valid_batch):
+        """Adam step on α with the first-order or unrolled hypergradient."""
+        grads, loss, logits = (self.unrolled_grad(train_batch, valid_batch) if self.unrolled
+                               else self.first_order_grad(valid_batch))
+        for a, g in zip(self.arch_parameters(), grads):
+            a.grad = g
+        self.arch_opt.step()
+        self.arch_opt.zero_grad(set_to_none=True)
+        return {"valid_loss": loss.detach(), "valid_correct": (logits.argmax(1) == valid_batch[1]).sum()}
+
+    def first_order_grad(self, valid_batch):
+        """∇_α L_val(w, α) (no weight gradients are accumulated)."""
+        x, y = valid_batch
+        loss, logits = self.loss(x, y, self.edge_weights())
+        return torch.autograd.grad(loss, self.arch_parameters()), loss, logits
+
+    def unrolled_grad(self, train_batch, valid_batch):
+        """DARTS-V2 hypergradient d_α − ξ·[∇_α L_tr(w⁺) − ∇_α L_tr(w⁻)]/(2ε) (methods.md §4.2)."""
+        alphas = self.arch_parameters()
+        names, params = zip(*self.supernet.named_parameters())
+        buffers = {n: b.clone() for n, b in self.supernet.named_buffers()}  # the virtual net keeps its own BN stats
+        group = self.w_opt.param_groups[0]
+        xi, mu, wd = group["lr"], group["momentum"], group["weight_decay"]
+        # Virtual step w' = w − ξ(μ·m + ∇_w L_tr + λ·w), α held fixed.
+        fixed = {k: v.detach() for k, v in self.edge_weights().items()}
+        loss_tr, _ = self.loss(*train_batch, fixed)
+        g_w = torch.autograd.grad(loss_tr, params)
+        w_virtual = {}
+        with torch.no_grad():
+            for n, p, g in zip(names, params, g_w):
+                buf = self.w_opt.state.get(p, {}).get("momentum_buffer")
+                m = mu * buf if buf is not None else 0.0
+                w_virtual[n] = (p - xi * (m + g + wd * p)).requires_grad_()
+        loss_val, logits = self.loss(*valid_batch, self.edge_weights(), params={**w_virtual, **buffers})
+        grads = torch.autograd.grad(loss_val, list(alphas) + [w_virtual[n] for n in names])
+        d_alpha, v = grads[: len(alphas)], grads[len(alphas):]
+        # ε = 0.01/‖v‖: central differences of ∇_α L_tr at w ± ε·v approximate ∇²_{α,w} L_tr · v.
+        eps = 0.01 / torch.cat([g.reshape(-1) for g in v]).norm()
+        with torch.no_grad():
+            w_plus = {n: p + eps * g for n, p, g in zip(names, params, v)}
+            w_minus = {n: p - eps * g for n, p, g in zip(names, params, v)}
+        g_plus = torch.autograd.grad(self.loss(*train_batch, self.edge_weights(), params={**w_plus, **buffers})[0], alphas)
+        g_minus = torch.autograd.grad(self.loss(*train_batch, self.edge_weights(), params={**w_minus, **buffers})[0], alphas)
+        hyper = [d - xi * (gp - gm) / (2 * eps) for d, gp, gm in zip(d_alpha, g_plus, g_minus)]
+        return hyper, loss_val, logits
+
+    def state_dict(self):
+        return {**super().state_dict(), "w_opt": self.w_opt.state_dict(), "arch_opt": self.arch_opt.state_dict()}
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        self.w_opt.load_state_dict(state["w_opt"])
+        self.arch_opt.load_state_dict(state["arch_opt"])

@@ -1,0 +1,83 @@
+"""The run directory contract (design.md §5): config, env, metrics, checkpoint, summary."""
+
+import json
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+from .errors import UserError
+from .utils import atomic_torch_save, environment, json_line, write_json
+
+# Keys that may change between a run and its resume without changing the result's meaning.
+RESUME_FREE = ("trainer.progress", "trainer.device", "trainer.log_every")
+
+
+def _flat(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flat(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def config_diff(old, new):
+    """``["key: old -> new", ...]`` for the keys that differ, ignoring :data:`RESUME_FREE`."""
+    a, b = _flat(old), _flat(new)
+    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b))
+            if a.get(k) != b.get(k) and not k.startswith(RESUME_FREE)]
+
+
+class RunDir:
+    """One run's directory. ``checkpoint.pt`` is written atomically; ``metrics.jsonl`` has one line per epoch."""
+
+    def __init__(self, path, cfg):
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.config = OmegaConf.to_container(cfg, resolve=True)
+        self.ckpt = self.path / "checkpoint.pt"
+        self.metrics = self.path / "metrics.jsonl"
+
+    def start(self):
+        """Write config.yaml and env.json."""
+        (self.path / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(self.config)))
+        write_json(self.path / "env.json", environment())
+
+    def load_checkpoint(self):
+        """The checkpoint to resume from, or None; refuses one whose config differs (showing the diff)."""
+        if not self.ckpt.exists():
+            return None
+        try:
+            state = torch.load(self.ckpt, map_location="cpu", weights_only=False)
+        except Exception as exc:  # noqa: BLE001
+            raise UserError(f"{self.ckpt} is unreadable ({type(exc).__name__}); delete it to start over") from None
+        diff = config_diff(state["config"], self.config)
+        if diff:
+            raise UserError(f"{self.path} holds a run with a different config ({'; '.join(diff)}); "
+                            "use another hydra.run.dir or the original overrides to resume")
+        return state
+
+    def save_checkpoint(self, state):
+        atomic_torch_save({**state, "config": self.config}, self.ckpt)
+
+    def truncate_metrics(self, epochs_done):
+        """Keep the first ``epochs_done`` lines (a kill between metrics and checkpoint leaves one extra)."""
+        if not self.metrics.exists():
+            return
+        lines = self.metrics.read_text().splitlines()[:epochs_done]
+        self.metrics.write_text("".join(line + "\n" for line in lines))
+
+    def append_metrics(self, record):
+        with open(self.metrics, "a") as f:
+            f.write(json_line(record) + "\n")
+
+    def read_metrics(self):
+        if not self.metrics.exists():
+            return []
+        return [json.loads(line) for line in self.metrics.read_text().splitlines() if line.strip()]
+
+    def write(self, name, obj):
+        write_json(self.path / name, obj)
