@@ -56,7 +56,9 @@ class Method(abc.ABC):
                 logits = self.supernet(x, weights)
             else:
                 logits = functional_call(self.supernet, params, (x, weights))
-        return F.cross_entropy(logits.float(), y), logits
+        if logits.dtype in (torch.float16, torch.bfloat16):
+            logits = logits.float()
+        return F.cross_entropy(logits, y), logits
 
     def on_epoch_start(self, epoch, epochs):
         """Set per-epoch schedules (learning rates, temperatures)."""

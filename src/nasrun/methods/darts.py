@@ -20,16 +20,18 @@ class Darts(Method):
         arch_first: α step before the w step of the same iteration (quark0, DARTS-V2) or after it
             (AutoDL NB201 DARTS-V1), methods.md §0.1.
         unrolled: second-order α gradient through a virtual SGD step (finite-difference Hessian term).
+        fd_radius: r of the central difference, ε = r/‖v‖ (0.01 in quark0/AutoDL).
         train_arch: set False to keep α fixed at its initial value.
     """
 
     def __init__(self, supernet, space, name="darts", w_lr=0.025, w_lr_min=0.001, w_momentum=0.9,
                  w_nesterov=True, w_weight_decay=5e-4, grad_clip=5.0, arch_lr=3e-4, arch_betas=(0.5, 0.999),
-                 arch_weight_decay=1e-3, arch_first=False, unrolled=False, train_arch=True):
+                 arch_weight_decay=1e-3, arch_first=False, unrolled=False, fd_radius=0.01, train_arch=True):
         super().__init__(supernet, space)
         self.name = name
         self.w_lr, self.w_lr_min, self.grad_clip = w_lr, w_lr_min, grad_clip
         self.arch_first, self.unrolled, self.train_arch = arch_first, unrolled, train_arch
+        self.fd_radius = fd_radius
         self.init_alphas()
         self.w_opt = torch.optim.SGD(supernet.parameters(), lr=w_lr, momentum=w_momentum,
                                      nesterov=w_nesterov and w_momentum > 0, weight_decay=w_weight_decay)
@@ -90,7 +92,7 @@ class Darts(Method):
         xi, mu, wd = group["lr"], group["momentum"], group["weight_decay"]
         # Virtual step w' = w − ξ(μ·m + ∇_w L_tr + λ·w), α held fixed.
         fixed = {k: v.detach() for k, v in self.edge_weights().items()}
-        loss_tr, _ = self.loss(*train_batch, fixed)
+        loss_tr, _ = self.loss(*train_batch, fixed, params={**dict(zip(names, params)), **buffers})
         g_w = torch.autograd.grad(loss_tr, params)
         w_virtual = {}
         with torch.no_grad():
@@ -101,8 +103,8 @@ class Darts(Method):
         loss_val, logits = self.loss(*valid_batch, self.edge_weights(), params={**w_virtual, **buffers})
         grads = torch.autograd.grad(loss_val, list(alphas) + [w_virtual[n] for n in names])
         d_alpha, v = grads[: len(alphas)], grads[len(alphas):]
-        # ε = 0.01/‖v‖: central differences of ∇_α L_tr at w ± ε·v approximate ∇²_{α,w} L_tr · v.
-        eps = 0.01 / torch.cat([g.reshape(-1) for g in v]).norm()
+        # ε = r/‖v‖ (r = 0.01 in the references): central differences of ∇_α L_tr at w ± ε·v approximate ∇²_{α,w} L_tr · v.
+        eps = self.fd_radius / torch.cat([g.reshape(-1) for g in v]).norm()
         with torch.no_grad():
             w_plus = {n: p + eps * g for n, p, g in zip(names, params, v)}
             w_minus = {n: p - eps * g for n, p, g in zip(names, params, v)}
