@@ -60,6 +60,19 @@ def eval_app(cfg):
     return _guard(run_eval, cfg)
 
 
+def quote_genotype_args(args):
+    """Quote ``genotype=`` values for Hydra's override parser, which rejects ``|``, ``~`` and the
+    brackets of a DARTS ``Genotype(...)`` unquoted, so arch strings can be pasted as they are."""
+    out = []
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if sep and key.lstrip("+") == "genotype" and value and value[0] not in "'\"":
+            value = '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+            arg = f"{key}={value}"
+        out.append(arg)
+    return out
+
+
 def check_overrides(config_name, args):
     """Validate overrides before Hydra runs, so mistakes give one line and exit code 2.
 
@@ -130,6 +143,7 @@ def main():
     if cmd not in apps:
         fail(f"unknown command '{cmd}'; choose one of: search, eval, bench")
     sys.argv.pop(1)
+    sys.argv[1:] = quote_genotype_args(sys.argv[1:])
     app, config_name = apps[cmd]
     check_overrides(config_name, sys.argv[1:])
     app()

@@ -173,8 +173,10 @@ def run_search(cfg, out_dir):
                 elapsed += seconds
                 record = epoch_record(epoch, method, space, sums, seconds, bench, bench_ds)
                 if not all(math.isfinite(record[k]) for k in ("train_loss", "valid_loss") if record[k] is not None):
-                    raise UserError(f"loss became NaN/inf in epoch {epoch}; the checkpoint of the last good epoch "
-                                    f"({epoch - 1}) is kept in {run.path}; lower method.w_lr/arch_lr or check the data")
+                    kept = (f"the checkpoint after epoch {epoch - 1} is kept in {run.path}" if epoch
+                            else "no epoch had completed, so no checkpoint was written")
+                    raise UserError(f"loss became NaN/inf in epoch {epoch}; {kept}; lower method.w_lr/arch_lr "
+                                    "or check the data (dataset.mean/std)")
                 history.append(record)
                 run.append_metrics(record)
                 log_epoch(record, t.epochs)

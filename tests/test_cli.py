@@ -1,0 +1,142 @@
+"""The ``nasrun`` command in a subprocess: help, runs, multirun, eval, and one-line errors (exit 2)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from .conftest import TINY, write_nb201_fixture
+
+ENV = {**os.environ, "NASRUN_BENCH": "", "HYDRA_FULL_ERROR": "0", "PYTHONWARNINGS": "ignore"}
+NASRUN = [sys.executable, "-m", "nasrun.cli"]
+ARCH = "|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_3x3~1|skip_connect~2|"
+
+
+def nasrun(*args, timeout=120, cwd=None):
+    return subprocess.run(NASRUN + list(args), capture_output=True, text=True, timeout=timeout, env=ENV, cwd=cwd)
+
+
+def assert_user_error(proc, *needles):
+    assert proc.returncode == 2, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("nasrun: error") or "Error" in ln]
+    assert len(errors) == 1 and errors[0] == lines[-1] and errors[0].startswith("nasrun: error: "), proc.stderr
+    assert "Traceback" not in proc.stderr
+    for needle in needles:
+        assert needle in errors[0], errors[0]
+
+
+def test_help_and_cfg(tmp_path):
+    assert "nasrun search" in nasrun("--help").stdout
+    proc = nasrun("search", "--help")
+    assert proc.returncode == 0 and "method: darts, darts_2nd" in proc.stdout
+    proc = nasrun("search", "--cfg", "job", "method=darts_2nd")
+    assert proc.returncode == 0 and "unrolled: true" in proc.stdout
+
+
+def test_search_and_eval_end_to_end(tmp_path):
+    out = tmp_path / "run"
+    proc = nasrun("search", *TINY, f"hydra.run.dir={out}")
+    assert proc.returncode == 0, proc.stderr
+    assert "run directory" in proc.stdout and (out / "summary.json").exists() and (out / ".hydra").exists()
+    bench = tmp_path / "NAS-Bench-201-v1_1-096897.pth"
+    genotype = json.loads((out / "genotype.json").read_text())["genotype"]
+    truth = write_nb201_fixture(bench, [genotype, ARCH])
+    proc = nasrun("bench", "convert", str(bench), "-o", str(tmp_path / "nb201.json"))
+    assert proc.returncode == 0 and "2 architectures" in proc.stdout
+    proc = nasrun("eval", f"genotype={out}", f"benchmark.path={tmp_path / 'nb201.json'}",
+                  f"hydra.run.dir={tmp_path / 'eval'}")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
+    expected = truth[genotype]["cifar10"][0]["ori-test"]
+    assert summary["results"]["cifar10"]["test_acc"] == pytest.approx(expected)
+    assert f"{expected:.2f}" in proc.stdout and "ImageNet16-120" in proc.stdout
+
+
+def test_eval_literal_without_benchmark_prints_params(tmp_path):
+    proc = nasrun("eval", f"genotype={ARCH}", f"hydra.run.dir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr
+    assert "0.802426" in proc.stdout and "no benchmark file found" in proc.stdout
+
+
+def test_multirun_over_seeds(tmp_path):
+    proc = nasrun("search", "-m", "seed=0,1", *TINY, "trainer.epochs=1", f"hydra.sweep.dir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr
+    seeds = [json.loads((tmp_path / str(i) / "summary.json").read_text())["seed"] for i in (0, 1)]
+    assert seeds == [0, 1]
+
+
+@pytest.mark.parametrize("args, needles", [
+    (["search", "method=nope"], ["unknown method 'nope'", "darts, darts_2nd"]),
+    (["search", "-m", "space=nb201,bogus"], ["unknown space 'bogus'"]),
+    (["search", "trainer.nonsense=1"], ["trainer.nonsense"]),
+    (["frobnicate"], ["unknown command"]),
+    (["eval", "genotype=|conv~0|+|x|"], ["expected 3 nodes"]),
+    (["eval", "genotype=|nor_conv_3x3~0|+|none~0|none~1|+|none~0|none~1|pool~2|"], ["unknown op 'pool'"]),
+    (["eval", "genotype=Genotype(normal=[('sep_conv_3x3', 0)], normal_concat=[2], reduce=[], reduce_concat=[2])"],
+     ["space=darts"]),
+    (["eval", f"genotype={ARCH}", "benchmark=nb201", "benchmark.path=/nonexistent/nb201.pth"],
+     ["not found", "/nonexistent/nb201.pth", "bench convert"]),
+    (["search", "dataset=cifar10", "dataset.download=false", "trainer.device=cpu", "benchmark=none"],
+     ["cifar10 not found", "dataset.root"]),
+    (["search", *TINY, "dataset.std=[0,0,0]"], ["NaN/inf in epoch 0"]),
+])
+def test_user_errors_are_one_line_exit_2(tmp_path, args, needles):
+    args = [a for a in args] + [f"hydra.run.dir={tmp_path / 'r'}", f"hydra.sweep.dir={tmp_path / 'm'}"]
+    if "dataset=cifar10" in args:
+        args.append(f"dataset.root={tmp_path / 'nodata'}")
+    assert_user_error(nasrun(*args, cwd=tmp_path), *needles)
+
+
+def test_corrupt_benchmark_and_changed_config(tmp_path):
+    bad = tmp_path / "nb201.pth"
+    bad.write_bytes(b"\x00not a pickle")
+    assert_user_error(nasrun("eval", f"genotype={ARCH}", "benchmark=nb201", f"benchmark.path={bad}",
+                             f"hydra.run.dir={tmp_path / 'e'}"), "corrupt", str(bad))
+    run = tmp_path / "run"
+    assert nasrun("search", *TINY, "trainer.epochs=1", f"hydra.run.dir={run}").returncode == 0
+    assert_user_error(nasrun("search", *TINY, "trainer.epochs=1", "method.w_lr=0.5", f"hydra.run.dir={run}"),
+                      "different config", "method.w_lr")
+
+
+def _alpha(run):
+    return torch.load(run / "checkpoint.pt", weights_only=False)["method"]["alphas"]["normal"]
+
+
+def test_kill_and_resume_equals_uninterrupted(tmp_path):
+    args = [*TINY, "trainer.epochs=12", "dataset.synthetic.n_train=256"]
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    assert nasrun("search", *args, f"hydra.run.dir={straight}").returncode == 0
+    proc = subprocess.Popen(NASRUN + ["search", *args, f"hydra.run.dir={killed}"], env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (killed / "checkpoint.pt").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    epochs_done = torch.load(killed / "checkpoint.pt", weights_only=False)["epoch"]
+    assert 1 <= epochs_done < 12
+    resumed = nasrun("search", *args, f"hydra.run.dir={killed}")
+    assert resumed.returncode == 0 and "resuming" in resumed.stderr
+    assert torch.equal(_alpha(straight), _alpha(killed))
+    assert json.loads((straight / "genotype.json").read_text()) == json.loads((killed / "genotype.json").read_text())
+    assert len((killed / "metrics.jsonl").read_text().splitlines()) == 12
+
+
+def test_sigterm_checkpoints_and_exits_cleanly(tmp_path):
+    args = [*TINY, "trainer.epochs=200", "dataset.synthetic.n_train=256", f"hydra.run.dir={tmp_path}"]
+    proc = subprocess.Popen(NASRUN + ["search", *args], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (tmp_path / "checkpoint.pt").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 3 and "received SIGTERM" in err and "Traceback" not in err
+    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    assert not ckpt["finished"] and ckpt["epoch"] < 200
