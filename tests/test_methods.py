@@ -99,8 +99,12 @@ def test_arch_first_switch_changes_which_weights_the_alpha_step_sees():
         space, sup, method = tiny_method([f"method.arch_first={str(first).lower()}"])
         train, valid = batches()
         seen = []
-        original = method.first_order_grad
-        method.first_order_grad = lambda b: (seen.append([p.detach().clone() for p in sup.parameters()]), original(b))[1]
+
+        def spy(batch, original=method.first_order_grad, sup=sup, seen=seen):
+            seen.append([p.detach().clone() for p in sup.parameters()])
+            return original(batch)
+
+        method.first_order_grad = spy
         w_before = [p.detach().clone() for p in sup.parameters()]
         method.step(train, valid)
         results[first] = all(torch.equal(a, b) for a, b in zip(seen[0], w_before))
