@@ -112,12 +112,14 @@ def main():
     p.add_argument("--C", type=int, default=16)
     p.add_argument("--N", type=int, default=5)
     p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--amp", action="store_true", help="bf16 autocast in nasrun's loop (trainer.amp)")
     args = p.parse_args()
     device = resolve_device(args.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     data = make_synthetic(n_train=4096, n_test=16, image_size=32, num_classes=10, seed=0)
-    print(f"device={device} batch={args.batch} C={args.C} N={args.N} steps={args.steps} "
+    print(f"device={device} batch={args.batch} C={args.C} N={args.N} steps={args.steps} amp={args.amp} "
+          f"channels_last={args.channels_last} "
           f"{torch.cuda.get_device_name(device) if device.type == 'cuda' else ''}")
     print(f"{'space':14s} {'method':10s} {'ref img/s':>10s} {'nasrun img/s':>13s} {'speed-up':>9s} "
           f"{'ref MB':>8s} {'nasrun MB':>10s} {'mem ratio':>9s}")
@@ -127,7 +129,7 @@ def main():
             ref, ref_mb = peak_mb(lambda m=ref_method: run_reference(m, data, args.batch, args.steps, args.warmup,
                                                                      device), device)
             del ref_method
-            our_method = make_method(space, name, args.C, args.N, device, True)
+            our_method = make_method(space, name, args.C, args.N, device, args.amp)
             ours, our_mb = peak_mb(lambda m=our_method: run_nasrun(m, data, args.batch, args.steps, args.warmup, device,
                                                                    args.channels_last), device)
             del our_method
