@@ -14,10 +14,18 @@ TINY = ["space.C=4", "space.N=1", "dataset=synthetic", "trainer.epochs=2", "trai
         "trainer.device=cpu", "trainer.progress=false", "benchmark=none"]
 
 
+def tiny_space(name):
+    """Smallest sizes of a space: one cell per NB201 stage, three DARTS cells (two of them reductions)."""
+    return ["space.C=4", "space.N=1"] if name.startswith("nb201") else ["space.C=4", "space.layers=3"]
+
+
 def make_cfg(overrides=(), config_name="search", tiny=True):
     """Compose ``conf/<config_name>.yaml`` with overrides (tiny sizes first, so later ones win)."""
+    overrides = list(overrides)
+    space = next((o.split("=", 1)[1] for o in overrides if o.startswith("space=")), "nb201")
+    base = tiny_space(space) + TINY[2:] if tiny else []
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name=config_name, overrides=(TINY if tiny else []) + list(overrides))
+        return compose(config_name=config_name, overrides=base + overrides)
 
 
 @pytest.fixture(autouse=True)

@@ -59,4 +59,88 @@ def mixed(ops, x, w):
     return out
 
 
-__all__ = ["ReLUConvBN", "Zero", "Identity", "Pooling", "mixed", "torch"]
+
+
+
+# --- DARTS-space operations (quark0/darts `operations.py`; methods.md §1.1). Convs have no bias. ---
+
+class StdReLUConvBN(nn.Module):
+    """DARTS ReLU → Conv (no bias) → BN(affine)."""
+
+    def __init__(self, C_in, C_out, kernel, stride, padding, affine=True):
+        super().__init__()
+        self.op = nn.Sequential(nn.ReLU(inplace=False), nn.Conv2d(C_in, C_out, kernel, stride, padding, bias=False),
+                                nn.BatchNorm2d(C_out, affine=affine))
+
+    def forward(self, x):
+        return self.op(x)
+
+
+class FactorizedReduce(nn.Module):
+    """ReLU, two 1×1 stride-2 convs to C_out/2 on x and on x shifted by one pixel, concat, BN."""
+
+    def __init__(self, C_in, C_out, affine=True):
+        super().__init__()
+        self.relu = nn.ReLU(inplace=False)
+        self.conv_1 = nn.Conv2d(C_in, C_out // 2, 1, stride=2, padding=0, bias=False)
+        self.conv_2 = nn.Conv2d(C_in, C_out // 2, 1, stride=2, padding=0, bias=False)
+        self.bn = nn.BatchNorm2d(C_out, affine=affine)
+
+    def forward(self, x):
+        x = self.relu(x)
+        return self.bn(torch.cat([self.conv_1(x), self.conv_2(x[:, :, 1:, 1:])], dim=1))
+
+
+class SepConv(nn.Module):
+    """Two stacked [ReLU, depthwise k×k, 1×1, BN] blocks; the first carries the stride."""
+
+    def __init__(self, C_in, C_out, kernel, stride, padding, affine=True):
+        super().__init__()
+        self.op = nn.Sequential(
+            nn.ReLU(inplace=False), nn.Conv2d(C_in, C_in, kernel, stride, padding, groups=C_in, bias=False),
+            nn.Conv2d(C_in, C_in, 1, bias=False), nn.BatchNorm2d(C_in, affine=affine),
+            nn.ReLU(inplace=False), nn.Conv2d(C_in, C_in, kernel, 1, padding, groups=C_in, bias=False),
+            nn.Conv2d(C_in, C_out, 1, bias=False), nn.BatchNorm2d(C_out, affine=affine))
+
+    def forward(self, x):
+        return self.op(x)
+
+
+class DilConv(nn.Module):
+    """ReLU, dilated depthwise k×k, 1×1, BN."""
+
+    def __init__(self, C_in, C_out, kernel, stride, padding, dilation, affine=True):
+        super().__init__()
+        self.op = nn.Sequential(
+            nn.ReLU(inplace=False),
+            nn.Conv2d(C_in, C_in, kernel, stride, padding, dilation=dilation, groups=C_in, bias=False),
+            nn.Conv2d(C_in, C_out, 1, bias=False), nn.BatchNorm2d(C_out, affine=affine))
+
+    def forward(self, x):
+        return self.op(x)
+
+
+class Noise(nn.Module):
+    """RobustDARTS S4 ``noise`` op: fresh N(0,1) of the output shape; the input gets no gradient."""
+
+    def __init__(self, stride=1):
+        super().__init__()
+        self.stride = stride
+
+    def forward(self, x):
+        if self.stride != 1:
+            x = x[:, :, :: self.stride, :: self.stride]
+        return torch.randn_like(x)
+
+
+DARTS_OPS = {
+    "none": lambda C, stride, affine: Zero(stride),
+    "noise": lambda C, stride, affine: Noise(stride),
+    "avg_pool_3x3": lambda C, stride, affine: nn.AvgPool2d(3, stride=stride, padding=1, count_include_pad=False),
+    "max_pool_3x3": lambda C, stride, affine: nn.MaxPool2d(3, stride=stride, padding=1),
+    "skip_connect": lambda C, stride, affine: Identity() if stride == 1 else FactorizedReduce(C, C, affine=affine),
+    "sep_conv_3x3": lambda C, stride, affine: SepConv(C, C, 3, stride, 1, affine=affine),
+    "sep_conv_5x5": lambda C, stride, affine: SepConv(C, C, 5, stride, 2, affine=affine),
+    "dil_conv_3x3": lambda C, stride, affine: DilConv(C, C, 3, stride, 2, 2, affine=affine),
+    "dil_conv_5x5": lambda C, stride, affine: DilConv(C, C, 5, stride, 4, 2, affine=affine),
+}

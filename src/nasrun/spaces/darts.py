@@ -1,0 +1,336 @@
+"""The DARTS cell space and its variants (Liu et al. 2019; RobustDARTS S1-S4; Amended-DARTS; methods.md §1.1-1.3).
+
+One class covers them all: the op list (or per-edge op lists, S1), the topology (``full``: node i takes
+every earlier state, 14 edges; ``fixed``: node i takes c_{k-2} and the previous state, 8 edges) and
+whether α is shared by cell type (``normal``/``reduce``) or owned by every cell (``amended_deep``).
+"""
+
+from math import comb, prod
+
+import torch
+from torch import nn
+
+from ..errors import UserError
+from .base import SearchSpace
+from .darts_genotypes import NAMED, DartsGenotype, DeepGenotype, parse_darts_text
+from .ops import DARTS_OPS, FactorizedReduce, Identity, StdReLUConvBN, mixed
+
+STEPS = 4
+CONCAT = tuple(range(2, 2 + STEPS))
+
+
+def topology_edges(topology):
+    """``[(node, input_state)]`` in α-row order; input 0 = c_{k-2}, 1 = c_{k-1}, 2+i = node i."""
+    if topology == "full":
+        return [(i, j) for i in range(STEPS) for j in range(i + 2)]
+    if topology == "fixed":
+        return [(i, j) for i in range(STEPS) for j in (0, i + 1)]
+    raise UserError(f"unknown topology '{topology}'; choose full or fixed")
+
+
+def search_op(name, C, stride):
+    op = DARTS_OPS[name](C, stride, False)
+    if "pool" in name:  # search-time pools get a non-affine BN (quark0 MixedOp)
+        op = nn.Sequential(op, nn.BatchNorm2d(C, affine=False))
+    return op
+
+
+def drop_path(x, p):
+    """Zero whole samples with probability p and rescale the rest (quark0 ``drop_path``)."""
+    keep = 1.0 - p
+    mask = torch.empty(x.size(0), 1, 1, 1, device=x.device, dtype=x.dtype).bernoulli_(keep)
+    return x / keep * mask
+
+
+class SearchCell(nn.Module):
+    """Mixed-op DARTS cell with the space's topology and per-edge op lists."""
+
+    def __init__(self, C_pp, C_p, C, reduction, reduction_prev, edges, edge_ops):
+        super().__init__()
+        self.reduction = reduction
+        self.preprocess0 = (FactorizedReduce(C_pp, C, affine=False) if reduction_prev
+                            else StdReLUConvBN(C_pp, C, 1, 1, 0, affine=False))
+        self.preprocess1 = StdReLUConvBN(C_p, C, 1, 1, 0, affine=False)
+        self.by_node = [[(e, j) for e, (n, j) in enumerate(edges) if n == i] for i in range(STEPS)]
+        self.ops = nn.ModuleList(nn.ModuleList(search_op(o, C, 2 if reduction and j < 2 else 1) for o in edge_ops[e])
+                                 for e, (_, j) in enumerate(edges))
+
+    def forward(self, s0, s1, w):
+        states = [self.preprocess0(s0), self.preprocess1(s1)]
+        for node in self.by_node:
+            states.append(sum(mixed(self.ops[e], states[j], w[e]) for e, j in node))
+        return torch.cat(states[2:], dim=1)
+
+
+class DartsSupernet(nn.Module):
+    """quark0 ``model_search.Network``: ``forward(x, weights)`` with weights per α key."""
+
+    def __init__(self, C, num_classes, layers, edges, cell_ops, keys, in_channels=3, stem_multiplier=3):
+        super().__init__()
+        C_curr = stem_multiplier * C
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, C_curr, 3, padding=1, bias=False), nn.BatchNorm2d(C_curr))
+        C_pp, C_p, C_curr = C_curr, C_curr, C
+        self.cells, self.keys, reduction_prev = nn.ModuleList(), keys, False
+        for i in range(layers):
+            reduction = i in (layers // 3, 2 * layers // 3)
+            C_curr = C_curr * 2 if reduction else C_curr
+            self.cells.append(SearchCell(C_pp, C_p, C_curr, reduction, reduction_prev, edges, cell_ops(i, reduction)))
+            reduction_prev = reduction
+            C_pp, C_p = C_p, STEPS * C_curr
+        self.global_pooling = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(C_p, num_classes)
+
+    def forward(self, x, weights):
+        s0 = s1 = self.stem(x)
+        for cell, key in zip(self.cells, self.keys):
+            s0, s1 = s1, cell(s0, s1, weights[key])
+        return self.classifier(self.global_pooling(s1).flatten(1))
+
+
+class EvalCell(nn.Module):
+    """Discrete cell: node = op1(h1) + op2(h2), drop-path on non-identity ops in training."""
+
+    def __init__(self, genes, concat, C_pp, C_p, C, reduction, reduction_prev):
+        super().__init__()
+        self.preprocess0 = FactorizedReduce(C_pp, C) if reduction_prev else StdReLUConvBN(C_pp, C, 1, 1, 0)
+        self.preprocess1 = StdReLUConvBN(C_p, C, 1, 1, 0)
+        self.indices = [j for _, j in genes]
+        self.concat = list(concat)
+        self._ops = nn.ModuleList(DARTS_OPS[op](C, 2 if reduction and j < 2 else 1, True) for op, j in genes)
+
+    def forward(self, s0, s1, drop_prob):
+        states = [self.preprocess0(s0), self.preprocess1(s1)]
+        for i in range(len(self._ops) // 2):
+            hs = []
+            for k in (2 * i, 2 * i + 1):
+                h = self._ops[k](states[self.indices[k]])
+                if self.training and drop_prob > 0 and not isinstance(self._ops[k], Identity):
+                    h = drop_path(h, drop_prob)
+                hs.append(h)
+            states.append(hs[0] + hs[1])
+        return torch.cat([states[i] for i in self.concat], dim=1)
+
+
+class AuxiliaryHead(nn.Module):
+    """Auxiliary classifier after the second reduction (CIFAR: pool 5/3 on 8×8; ImageNet: pool 5/2, no 2nd BN)."""
+
+    def __init__(self, C, num_classes, imagenet=False):
+        super().__init__()
+        layers = [nn.ReLU(inplace=True), nn.AvgPool2d(5, stride=2 if imagenet else 3, padding=0, count_include_pad=False),
+                  nn.Conv2d(C, 128, 1, bias=False), nn.BatchNorm2d(128), nn.ReLU(inplace=True),
+                  nn.Conv2d(128, 768, 2, bias=False)]
+        layers += [nn.ReLU(inplace=True)] if imagenet else [nn.BatchNorm2d(768), nn.ReLU(inplace=True)]
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Linear(768, num_classes)
+
+    def forward(self, x):
+        return self.classifier(self.features(x).flatten(1))
+
+
+class DartsNetwork(nn.Module):
+    """NetworkCIFAR (and the ImageNet mobile variant, ``imagenet=True``) of quark0 ``model.py``.
+
+    ``forward`` returns ``(logits, logits_aux)``; ``logits_aux`` is None unless training with the head.
+    Set ``drop_path_prob`` per epoch (0.2·e/E in the DARTS protocol).
+    """
+
+    def __init__(self, cell_genes, C, num_classes, layers, auxiliary, imagenet=False, in_channels=3):
+        super().__init__()
+        self.drop_path_prob = 0.0
+        self.aux_index = 2 * layers // 3
+        if imagenet:
+            self.stem0 = nn.Sequential(nn.Conv2d(in_channels, C // 2, 3, 2, 1, bias=False), nn.BatchNorm2d(C // 2),
+                                       nn.ReLU(inplace=True), nn.Conv2d(C // 2, C, 3, 2, 1, bias=False), nn.BatchNorm2d(C))
+            self.stem1 = nn.Sequential(nn.ReLU(inplace=True), nn.Conv2d(C, C, 3, 2, 1, bias=False), nn.BatchNorm2d(C))
+            C_pp, C_p, C_curr, reduction_prev = C, C, C, True
+        else:
+            self.stem = nn.Sequential(nn.Conv2d(in_channels, 3 * C, 3, padding=1, bias=False), nn.BatchNorm2d(3 * C))
+            C_pp, C_p, C_curr, reduction_prev = 3 * C, 3 * C, C, False
+        self.cells = nn.ModuleList()
+        C_aux = None
+        for i in range(layers):
+            reduction = i in (layers // 3, 2 * layers // 3)
+            C_curr = C_curr * 2 if reduction else C_curr
+            genes, concat = cell_genes(i, reduction)
+            self.cells.append(EvalCell(genes, concat, C_pp, C_p, C_curr, reduction, reduction_prev))
+            reduction_prev = reduction
+            C_pp, C_p = C_p, len(concat) * C_curr
+            if i == self.aux_index:
+                C_aux = C_p
+        self.auxiliary_head = AuxiliaryHead(C_aux, num_classes, imagenet) if auxiliary else None
+        self.imagenet = imagenet
+        self.global_pooling = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(C_p, num_classes)
+
+    def forward(self, x):
+        logits_aux = None
+        if self.imagenet:
+            s0 = self.stem0(x)
+            s1 = self.stem1(s0)
+        else:
+            s0 = s1 = self.stem(x)
+        for i, cell in enumerate(self.cells):
+            s0, s1 = s1, cell(s0, s1, self.drop_path_prob)
+            if i == self.aux_index and self.auxiliary_head is not None and self.training:
+                logits_aux = self.auxiliary_head(s1)
+        return self.classifier(self.global_pooling(s1).flatten(1)), logits_aux
+
+
+class DartsSpace(SearchSpace):
+    """DARTS-family cell space.
+
+    Args:
+        name: config name (darts, darts_7op, darts_s1..s4, darts_fixed, amended_deep).
+        ops: candidate ops of every edge (α-column order); ignored when ``edge_ops`` is given.
+        edge_ops: per-cell-type, per-edge op lists ``{"normal": [[...] × E], "reduce": [...]}`` (RobustDARTS S1).
+        topology: ``full`` (14 edges) or ``fixed`` (8 edges, Amended-DARTS).
+        shared_alpha: one α per cell type (True) or one α per cell (``amended_deep``).
+        C, layers: search supernet width and depth.
+        eval_C, eval_layers, auxiliary: defaults of the evaluation network (DARTS protocol: 36, 20, True).
+    """
+
+    default_split = "darts"
+
+    def __init__(self, name="darts", ops=None, edge_ops=None, topology="full", shared_alpha=True, C=16, layers=8,
+                 eval_C=36, eval_layers=20, auxiliary=True):
+        self.name, self.topology, self.shared_alpha = name, topology, shared_alpha
+        self.C, self.layers, self.eval_C, self.eval_layers, self.auxiliary = C, layers, eval_C, eval_layers, auxiliary
+        self.edges = topology_edges(topology)
+        if edge_ops is None:
+            if not ops:
+                raise UserError(f"space {name}: give ops or edge_ops")
+            edge_ops = {k: [list(ops)] * len(self.edges) for k in ("normal", "reduce")}
+        self.edge_ops = {k: [list(v) for v in lists] for k, lists in edge_ops.items()}
+        for k, lists in self.edge_ops.items():
+            if len(lists) != len(self.edges) or len({len(v) for v in lists}) != 1:
+                raise UserError(f"space {name}: edge_ops.{k} needs {len(self.edges)} lists of equal length")
+            unknown = sorted({o for v in lists for o in v} - set(DARTS_OPS))
+            if unknown:
+                raise UserError(f"space {name}: unknown op(s) {unknown}; DARTS ops are {sorted(DARTS_OPS)}")
+        self.ops = sorted({o for lists in self.edge_ops.values() for v in lists for o in v})
+
+    def alpha_keys(self, layers=None):
+        """α key of every cell of a supernet with ``layers`` cells."""
+        layers = layers or self.layers
+        return [self._key(i, i in (layers // 3, 2 * layers // 3)) for i in range(layers)]
+
+    def _key(self, i, reduction):
+        return ("reduce" if reduction else "normal") if self.shared_alpha else f"cell{i}"
+
+    def alpha_shapes(self):
+        K = len(self.edge_ops["normal"][0])
+        return {k: (len(self.edges), K) for k in dict.fromkeys(self.alpha_keys())}
+
+    def op_names(self, key):
+        """Candidate ops per edge for an α key."""
+        return self.edge_ops["reduce" if key == "reduce" or self._is_reduce_key(key) else "normal"]
+
+    def _is_reduce_key(self, key):
+        if not key.startswith("cell"):
+            return False
+        i = int(key[4:])
+        return i in (self.layers // 3, 2 * self.layers // 3)
+
+    def build_supernet(self, num_classes, in_channels=3):
+        def cell_ops(i, reduction):
+            return self.edge_ops["reduce" if reduction else "normal"]
+
+        return DartsSupernet(self.C, num_classes, self.layers, self.edges, cell_ops, self.alpha_keys(), in_channels)
+
+    def build_network(self, genotype, num_classes, C=None, layers=None, auxiliary=None, imagenet=False, in_channels=3):
+        g = self._coerce(genotype)
+        layers = layers or self.eval_layers
+        if isinstance(g, DeepGenotype):
+            if len(g.cells_genes) != layers:
+                raise UserError(f"this genotype has {len(g.cells_genes)} cells; pass layers={len(g.cells_genes)}")
+
+            def cell_genes(i, reduction):
+                return g.cells_genes[i], g.concat
+        else:
+            def cell_genes(i, reduction):
+                return (g.reduce, g.reduce_concat) if reduction else (g.normal, g.normal_concat)
+        aux = self.auxiliary if auxiliary is None else auxiliary
+        return DartsNetwork(cell_genes, C or self.eval_C, num_classes, layers, aux, imagenet, in_channels)
+
+    def derive(self, weights):
+        genes = {k: self._derive_cell(w.detach().float().cpu(), self.op_names(k)) for k, w in weights.items()}
+        if self.shared_alpha:
+            return DartsGenotype(genes["normal"], CONCAT, genes["reduce"], CONCAT)
+        return DeepGenotype(tuple(genes[k] for k in self.alpha_keys()))
+
+    def _derive_cell(self, w, op_lists):
+        """DARTS rule: per node the top-2 incoming edges by strongest non-none op, then that op (quark0 order)."""
+        def best(e):
+            ks = [k for k, o in enumerate(op_lists[e]) if o != "none"]
+            return max(ks, key=lambda k: (w[e, k].item(), -k))
+
+        gene = []
+        for i in range(STEPS):
+            node_edges = [e for e, (n, _) in enumerate(self.edges) if n == i]
+            top = sorted(node_edges, key=lambda e: -w[e, best(e)].item())[:2]
+            gene += [(op_lists[e][best(e)], self.edges[e][1]) for e in top]
+        return tuple(gene)
+
+    def _coerce(self, genotype):
+        if isinstance(genotype, (DartsGenotype, DeepGenotype)):
+            return genotype
+        return self.parse_genotype(genotype)
+
+    def parse_genotype(self, text):
+        text = str(text).strip()
+        if text in NAMED:
+            g = NAMED[text]
+        elif text.startswith("|"):
+            raise UserError(f"this is an NB201 arch string, not a genotype of space {self.name}; pass space=nb201")
+        elif text.startswith(("Genotype", "DeepGenotype", "{")):
+            g = parse_darts_text(text)
+        else:
+            raise UserError(f"unknown genotype {text[:60]!r}: give Genotype(...) text, JSON, or a published name "
+                            f"({', '.join(sorted(NAMED))})")
+        self._validate(g)
+        return g
+
+    def _validate(self, g):
+        allowed = set(self.ops) - {"none"}
+        for key, genes in g.cells().items():
+            if len(genes) != 2 * STEPS:
+                raise UserError(f"malformed DARTS genotype: {key} has {len(genes)} entries, expected {2 * STEPS}")
+            for k, (op, j) in enumerate(genes):
+                node = k // 2
+                if op not in allowed:
+                    raise UserError(f"malformed genotype for space {self.name}: {key} node {node} uses {op!r}; "
+                                    f"allowed ops are {sorted(allowed)}")
+                if not 0 <= j < node + 2:
+                    raise UserError(f"malformed DARTS genotype: {key} node {node} takes input {j}; "
+                                    f"node {node} can only take 0..{node + 1}")
+
+    def format_genotype(self, genotype):
+        return str(self._coerce(genotype))
+
+    def _cell_count(self, op_lists):
+        counts = [sum(o != "none" for o in ops) for ops in op_lists]
+        total = 1
+        for i in range(STEPS):
+            node = [counts[e] for e, (n, _) in enumerate(self.edges) if n == i]
+            total *= sum(node[a] * node[b] for a in range(len(node)) for b in range(a + 1, len(node)))
+        return total
+
+    def num_architectures(self):
+        return prod(self._cell_count(self.op_names(k)) for k in dict.fromkeys(self.alpha_keys()))
+
+    def genotype_stats(self, genotype):
+        g = self._coerce(genotype)
+        cells = [g.normal] if isinstance(g, DartsGenotype) else list(g.cells_genes)
+        return {"skip_count": sum(op == "skip_connect" for genes in cells for op, _ in genes),
+                "depth": max(cell_depth(genes) for genes in cells)}
+
+
+def cell_depth(genes):
+    """Longest path in a DARTS cell (methods.md §6.6): inputs depth 0, node = 1 + max of its inputs, +1 for the output."""
+    depth = [0, 0]
+    for i in range(len(genes) // 2):
+        depth.append(1 + max(depth[genes[2 * i][1]], depth[genes[2 * i + 1][1]]))
+    return 1 + max(depth[2:])
+
+
+__all__ = ["DartsSpace", "cell_depth", "comb"]
