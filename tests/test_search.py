@@ -7,7 +7,7 @@ import signal
 import pytest
 import torch
 
-import nasrun.search as search_mod
+import nasrun.engine as search_mod
 from nasrun.benchmarks.nb201 import DATASETS, FORMAT
 from nasrun.errors import Interrupted, UserError
 from nasrun.search import run_search
@@ -55,7 +55,7 @@ def test_interrupt_and_resume_is_bit_identical(tmp_path, monkeypatch):
     cfg = make_cfg(["trainer.epochs=3", "method=darts_2nd"])
     run_search(cfg, tmp_path / "straight")
     calls = {"n": 0}
-    original = search_mod._accumulate
+    original = search_mod.accumulate
 
     def signal_at_step_5(*args):
         original(*args)
@@ -63,12 +63,12 @@ def test_interrupt_and_resume_is_bit_identical(tmp_path, monkeypatch):
         if calls["n"] == 5:  # mid-epoch (2 steps per epoch at this size → epoch 2, step 1)
             os.kill(os.getpid(), signal.SIGUSR1)
 
-    monkeypatch.setattr(search_mod, "_accumulate", signal_at_step_5)
+    monkeypatch.setattr(search_mod, "accumulate", signal_at_step_5)
     with pytest.raises(Interrupted, match="SIGUSR1"):
         run_search(cfg, tmp_path / "resumed")
     ckpt = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=False)
     assert (ckpt["epoch"], ckpt["step"], ckpt["finished"]) == (2, 1, False)
-    monkeypatch.setattr(search_mod, "_accumulate", original)
+    monkeypatch.setattr(search_mod, "accumulate", original)
     run_search(cfg, tmp_path / "resumed")
     a1, w1, g1 = final_state(tmp_path / "straight")
     a2, w2, g2 = final_state(tmp_path / "resumed")
@@ -82,7 +82,9 @@ def test_interrupt_and_resume_is_bit_identical(tmp_path, monkeypatch):
 def test_finished_run_is_idempotent(tmp_path, monkeypatch):
     cfg = make_cfg()
     first = run_search(cfg, tmp_path)
-    monkeypatch.setattr(search_mod, "build_data", lambda *a: pytest.fail("a finished run must not train again"))
+    import nasrun.search
+
+    monkeypatch.setattr(nasrun.search, "build_data", lambda *a: pytest.fail("a finished run must not train again"))
     assert run_search(cfg, tmp_path) == first
 
 

@@ -272,14 +272,19 @@ class SearchStream:
         self.perm = self.train_idx[torch.randperm(len(self.train_idx), generator=self.gen)]
 
     def batch(self, step):
+        """``(train_batch, valid_batch)``; ``valid_batch`` is None for a stream without a valid split."""
         bs = self.batch_size
         t = self.perm[step * bs:(step + 1) * bs]
+        size = self.x.shape[-1]
+        if self.valid_idx is None:
+            pt = self.augment.draw(len(t), size, self.gen)
+            t = t.to(self.device, non_blocking=True)
+            return (self.augment(self.x[t], pt), self.y[t]), None
         nv = len(self.valid_idx)
         if self.pairing == "nb201":
             v = self.valid_idx[torch.randint(0, nv, (len(t),), generator=self.gen)]
         else:
             v = self.valid_idx[torch.randperm(nv, generator=self.gen)[:bs]]
-        size = self.x.shape[-1]
         pt, pv = self.augment.draw(len(t), size, self.gen), self.augment.draw(len(v), size, self.gen)
         t, v = t.to(self.device, non_blocking=True), v.to(self.device, non_blocking=True)
         return ((self.augment(self.x[t], pt), self.y[t]), (self.augment(self.x[v], pv), self.y[v]))

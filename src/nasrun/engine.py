@@ -1,0 +1,178 @@
+"""The resumable epoch loop shared by search and retraining.
+
+Per epoch: ``epoch_start(epoch)``, then ``step(batch)`` for every batch of the stream (accumulating
+device-side sums, no host sync), then ``epoch_end(epoch, means, seconds) -> record``; the record is
+appended to metrics.jsonl and a checkpoint is written atomically. SIGTERM/SIGUSR1 checkpoint at the
+next step boundary and raise :class:`Interrupted`; a NaN/inf loss stops with the last good checkpoint.
+"""
+
+import math
+import random
+import signal
+import threading
+import time
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from .errors import Interrupted, UserError
+
+console = Console(stderr=True)
+SUMS = ("train_loss", "train_correct", "train_n", "valid_loss", "valid_correct", "valid_n")
+
+
+class StopFlag:
+    """Set by SIGTERM/SIGUSR1 (Slurm preemption); the loop checkpoints at the next step boundary."""
+
+    def __init__(self):
+        self.signal = None
+        self._old = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGUSR1):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.signal = signal.Signals(signum).name
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def seed_everything(seed):
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def rng_state():
+    return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "python": random.getstate(), "numpy": np.random.get_state()}
+
+
+def set_rng_state(state):
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+
+
+def accumulate(sums, out, n_train, n_valid):
+    """Add one step's detached losses/correct counts (device tensors) to the epoch sums."""
+    if "train_loss" in out:
+        sums["train_loss"] += out["train_loss"].double() * n_train
+        sums["train_correct"] += out["train_correct"]
+        sums["train_n"] += n_train
+    if "valid_loss" in out:
+        sums["valid_loss"] += out["valid_loss"].double() * n_valid
+        sums["valid_correct"] += out["valid_correct"]
+        sums["valid_n"] += n_valid
+
+
+def means(sums):
+    """Epoch means (the only host sync of an epoch): losses, accuracies in %, image count."""
+    s = {k: v.item() for k, v in sums.items()}
+
+    def ratio(a, b, scale=1.0):
+        return scale * s[a] / s[b] if s[b] else None
+
+    return {"train_loss": ratio("train_loss", "train_n"), "train_acc": ratio("train_correct", "train_n", 100),
+            "valid_loss": ratio("valid_loss", "valid_n"), "valid_acc": ratio("valid_correct", "valid_n", 100),
+            "train_n": s["train_n"]}
+
+
+class EpochLoop:
+    """Resumable loop over ``epochs`` passes of ``stream``.
+
+    Args:
+        run: the :class:`~nasrun.rundir.RunDir`.
+        stateful: ``{name: obj}`` whose ``state_dict``/``load_state_dict`` go into the checkpoint.
+        stream: batch source with ``steps``, ``start_epoch``, ``batch``, ``state_dict``.
+        device: where the sums live.
+        progress: show a rich progress bar.
+        layout: memory format applied to image batches.
+    """
+
+    def __init__(self, run, stateful, stream, device, progress=True, layout=torch.contiguous_format):
+        self.run, self.stateful, self.stream, self.device = run, stateful, stream, device
+        self.progress, self.layout = progress, layout
+        self.epoch, self.step, self.history, self.elapsed = 0, 0, [], 0.0
+        self.sums = self._zero()
+
+    def _zero(self):
+        return {k: torch.zeros((), device=self.device, dtype=torch.float64) for k in SUMS}
+
+    def resume(self, state):
+        """Restore everything from a checkpoint dict (as written by :meth:`checkpoint`)."""
+        for name, obj in self.stateful.items():
+            obj.load_state_dict(state[name])
+        set_rng_state(state["rng"])
+        self.epoch, self.step, self.history, self.elapsed = state["epoch"], state["step"], state["history"], state["elapsed"]
+        self.sums = {k: v.to(self.device) for k, v in state["sums"].items()}
+        if self.step:
+            self.stream.load_state_dict(state["stream"])
+        console.print(f"resuming {self.run.path} at epoch {self.epoch} step {self.step}")
+
+    def checkpoint(self, finished=False, summary=None):
+        self.run.save_checkpoint({**{n: o.state_dict() for n, o in self.stateful.items()}, "epoch": self.epoch,
+                                  "step": self.step, "history": self.history, "elapsed": self.elapsed,
+                                  "rng": rng_state(), "stream": self.stream.state_dict(),
+                                  "sums": {k: v.cpu() for k, v in self.sums.items()}, "finished": finished,
+                                  "summary": summary})
+
+    def _prepare(self, batch):
+        x, y = batch
+        return x.contiguous(memory_format=self.layout), y
+
+    def fit(self, epochs, step_fn, epoch_start, epoch_end, log):
+        """Run the remaining epochs; ``step_fn(train, valid)`` returns detached device tensors."""
+        self.run.truncate_metrics(self.epoch)
+        bar = Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                       console=console, transient=True, disable=not self.progress)
+        try:
+            with StopFlag() as stop, bar:
+                while self.epoch < epochs:
+                    epoch_start(self.epoch)
+                    if self.step == 0:
+                        self.stream.start_epoch(self.epoch)
+                    task = bar.add_task("", total=self.stream.steps, completed=self.step, epoch=f"{self.epoch + 1}/{epochs}")
+                    tic = time.perf_counter()
+                    while self.step < self.stream.steps:
+                        train, valid = self.stream.batch(self.step)
+                        train = self._prepare(train)
+                        valid = self._prepare(valid) if valid is not None else None
+                        out = step_fn(train, valid)
+                        accumulate(self.sums, out, len(train[1]), len(valid[1]) if valid is not None else 0)
+                        self.step += 1
+                        bar.advance(task)
+                        if stop.signal:
+                            self.elapsed += time.perf_counter() - tic
+                            self.checkpoint()
+                            raise Interrupted(f"received {stop.signal}; checkpoint written at epoch {self.epoch} step "
+                                              f"{self.step} in {self.run.path}; rerun the same command to resume")
+                    bar.remove_task(task)
+                    seconds = time.perf_counter() - tic
+                    self.elapsed += seconds
+                    m = means(self.sums)
+                    if not all(math.isfinite(m[k]) for k in ("train_loss", "valid_loss") if m[k] is not None):
+                        kept = (f"the checkpoint after epoch {self.epoch - 1} is kept in {self.run.path}" if self.epoch
+                                else "no epoch had completed, so no checkpoint was written")
+                        raise UserError(f"loss became NaN/inf in epoch {self.epoch}; {kept}; lower the learning rates "
+                                        "or check the data (dataset.mean/std)")
+                    record = epoch_end(self.epoch, m, seconds)
+                    self.history.append(record)
+                    self.run.append_metrics(record)
+                    log(record, epochs)
+                    self.epoch, self.step, self.sums = self.epoch + 1, 0, self._zero()
+                    self.checkpoint()
+        except torch.OutOfMemoryError:
+            total = (torch.cuda.get_device_properties(self.device).total_memory / 2**30
+                     if self.device.type == "cuda" else float("nan"))
+            raise UserError(f"out of memory on {self.device} ({total:.1f} GiB) at batch size {self.stream.batch_size}; "
+                            "lower the batch size or the network width") from None
