@@ -140,3 +140,14 @@ def test_sigterm_checkpoints_and_exits_cleanly(tmp_path):
     assert proc.returncode == 3 and "received SIGTERM" in err and "Traceback" not in err
     ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
     assert not ckpt["finished"] and ckpt["epoch"] < 200
+
+
+def test_retrain_pasted_darts_genotype(tmp_path):
+    from nasrun.spaces.darts_genotypes import NAMED
+
+    proc = nasrun("eval", "space=darts", f"genotype={NAMED['PDARTS']}", "dataset=synthetic",
+                  "dataset.synthetic.image_size=32", "dataset.synthetic.n_train=32", "retrain.C=4", "retrain.layers=3",
+                  "retrain.epochs=1", "retrain.batch_size=16", "trainer.device=cpu", f"hydra.run.dir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["genotype"] == str(NAMED["PDARTS"]) and summary["protocol"] == "darts"

@@ -14,7 +14,7 @@ from hydra.core.hydra_config import HydraConfig
 from .errors import Interrupted, UserError
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"
-GROUPS = ("space", "method", "selector", "stop", "dataset", "trainer", "benchmark", "experiment")
+GROUPS = ("space", "method", "selector", "stop", "dataset", "trainer", "benchmark", "retrain", "experiment")
 USAGE = """usage: nasrun COMMAND [overrides]
 
 commands:

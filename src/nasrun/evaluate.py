@@ -1,4 +1,4 @@
-"""``run_eval(cfg, out_dir)``: benchmark query of a genotype for tabular spaces (retraining comes later)."""
+"""``run_eval(cfg, out_dir)``: benchmark query of a genotype for tabular spaces, or retraining from scratch."""
 
 import json
 from pathlib import Path
@@ -11,7 +11,7 @@ from .benchmarks.nb201 import DATASETS
 from .config import build
 from .errors import UserError
 from .rundir import RunDir
-from .utils import count_flops, count_parameters
+from .utils import count_flops, count_parameters, resolve_device
 
 HEADS = {"cifar10": (10, 32), "cifar100": (100, 32), "ImageNet16-120": (120, 16)}
 
@@ -35,17 +35,18 @@ def read_genotype_arg(value):
 
 
 def run_eval(cfg, out_dir):
-    """Evaluate ``cfg.genotype``; for NB201 print valid/test accuracy, parameters and FLOPs per dataset."""
+    """Evaluate ``cfg.genotype``: NB201 benchmark table (``mode=benchmark``) or retraining (``mode=retrain``)."""
     run = RunDir(out_dir, cfg)
-    run.start()
     space = build(cfg.space)
     mode = cfg.mode if cfg.mode != "auto" else ("benchmark" if space.benchmark else "retrain")
-    if mode != "benchmark":
-        raise UserError(f"eval mode '{mode}' is not available for space {space.name} yet; use mode=benchmark "
-                        "with a tabular space (nb201)")
-    if space.benchmark is None:
+    if mode not in ("benchmark", "retrain"):
+        raise UserError(f"unknown eval mode '{mode}'; choose auto, benchmark or retrain")
+    if mode == "benchmark" and space.benchmark is None:
         raise UserError(f"space {space.name} has no tabular benchmark; use mode=retrain")
     genotype = space.parse_genotype(read_genotype_arg(cfg.genotype))
+    if mode == "retrain":
+        return _retrain(cfg, run, space, genotype)
+    run.start()
     bench = open_benchmark(cfg.benchmark.name, cfg.benchmark.path, space.benchmark)
     rows = {}
     for ds in DATASETS:
@@ -68,6 +69,26 @@ def run_eval(cfg, out_dir):
     if bench is None:
         console.print("no benchmark file found: accuracies need NAS-Bench-201 (set benchmark.path or $NASRUN_BENCH; "
                       "see `nasrun bench --help`)")
+    return summary
+
+
+def _retrain(cfg, run, space, genotype):
+    from .retrain import run_retrain
+
+    state = run.load_checkpoint()
+    if state is not None and state.get("finished"):
+        summary = state["summary"]
+    else:
+        run.start()
+        summary = run_retrain(cfg, run, state, space, genotype, resolve_device(cfg.trainer.device))
+    table = Table(title=f"nasrun eval (retrain, {summary['protocol']})", show_header=False)
+    table.add_column("key", style="bold")
+    table.add_column("value", overflow="fold")
+    for key in ("genotype", "dataset", "epochs", "test_acc", "test_error", "params_m", "flops_m", "train_seconds",
+                "run_dir"):
+        value = summary[key]
+        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+    Console().print(table)
     return summary
 
 

@@ -1,0 +1,151 @@
+"""Retraining a genotype from scratch (methods.md §7; quark0 ``train.py`` / ``train_imagenet.py``).
+
+Protocol keys come from ``conf/retrain/<preset>.yaml``: width and depth, SGD with a per-epoch cosine
+(or exponential) schedule, auxiliary head weight, linearly increasing drop-path, cutout, gradient clip.
+The loop is :class:`~nasrun.engine.EpochLoop`, so a retrain checkpoints and resumes like a search.
+"""
+
+import contextlib
+import functools
+import math
+
+import torch
+import torch.nn.functional as F
+
+from .data import Augment, NORMALISATION, SearchStream, load_dataset
+from .engine import EpochLoop, console, seed_everything
+from .errors import UserError
+from .utils import count_flops, count_parameters
+
+
+class Protocol:
+    """Retraining hyper-parameters (one YAML per protocol under ``conf/retrain``).
+
+    Args:
+        name: preset name.
+        C, layers: evaluation network width and depth.
+        imagenet: use the ImageNet mobile network (stems of stride 8) instead of NetworkCIFAR.
+        auxiliary_weight: weight of the auxiliary head's loss (0 disables the head).
+        drop_path: final drop-path probability; epoch e uses drop_path·e/E.
+        cutout: cutout side length (0 disables).
+        epochs, batch_size: schedule length and batch.
+        lr, lr_min: SGD learning rate and the cosine floor.
+        schedule: ``cosine`` or ``exponential`` (lr·gamma^e, ImageNet).
+        gamma: decay factor of the exponential schedule.
+        lr_offset: quark0 steps its scheduler at the start of each epoch, so epoch e runs at lr(e+1).
+        momentum, weight_decay, grad_clip, label_smoothing: optimisation settings.
+    """
+
+    def __init__(self, name, C, layers, imagenet, auxiliary_weight, drop_path, cutout, epochs, batch_size, lr, lr_min,
+                 schedule, gamma, lr_offset, momentum, weight_decay, grad_clip, label_smoothing):
+        if schedule not in ("cosine", "exponential"):
+            raise UserError(f"retrain.schedule must be cosine or exponential, not {schedule!r}")
+        self.__dict__.update({k: v for k, v in locals().items() if k != "self"})
+
+    def lr_at(self, epoch):
+        e = epoch + self.lr_offset
+        if self.schedule == "exponential":
+            return self.lr * self.gamma ** e
+        return self.lr_min + (self.lr - self.lr_min) * (1 + math.cos(math.pi * e / self.epochs)) / 2
+
+
+class Retrainer:
+    """Network + SGD with the protocol's per-step logic; checkpointable like a search method."""
+
+    def __init__(self, net, protocol, autocast):
+        self.net, self.p, self.autocast = net, protocol, autocast
+        self.opt = torch.optim.SGD(net.parameters(), lr=protocol.lr, momentum=protocol.momentum,
+                                   weight_decay=protocol.weight_decay)
+
+    def on_epoch_start(self, epoch):
+        for g in self.opt.param_groups:
+            g["lr"] = self.p.lr_at(epoch)
+        self.net.drop_path_prob = self.p.drop_path * epoch / self.p.epochs
+        self.net.train()
+
+    def step(self, train, _valid=None):
+        x, y = train
+        self.opt.zero_grad(set_to_none=True)
+        with self.autocast():
+            logits, aux = self.net(x)
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=self.p.label_smoothing)
+        total = loss
+        if aux is not None and self.p.auxiliary_weight:
+            total = loss + self.p.auxiliary_weight * F.cross_entropy(aux.float(), y, label_smoothing=self.p.label_smoothing)
+        total.backward()
+        if self.p.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.p.grad_clip)
+        self.opt.step()
+        return {"train_loss": loss.detach(), "train_correct": (logits.argmax(1) == y).sum()}
+
+    @torch.no_grad()
+    def evaluate(self, x, y, augment, batch_size=256):
+        """Loss and accuracy (%) on a whole uint8 test set, normalised only."""
+        self.net.eval()
+        loss, correct = torch.zeros((), device=x.device, dtype=torch.float64), torch.zeros((), device=x.device)
+        for i in range(0, len(x), batch_size):
+            with self.autocast():
+                logits, _ = self.net(augment.normalise(x[i:i + batch_size]))
+            loss += F.cross_entropy(logits.float(), y[i:i + batch_size], reduction="sum").double()
+            correct += (logits.argmax(1) == y[i:i + batch_size]).sum()
+        self.net.train()
+        return loss.item() / len(x), 100.0 * correct.item() / len(x)
+
+    def state_dict(self):
+        return {"net": self.net.state_dict(), "opt": self.opt.state_dict()}
+
+    def load_state_dict(self, state):
+        self.net.load_state_dict(state["net"])
+        self.opt.load_state_dict(state["opt"])
+
+
+def run_retrain(cfg, run, state, space, genotype, device):
+    """Retrain ``genotype`` on the full training set, evaluating on the test set every epoch."""
+    p = Protocol(**cfg.retrain)
+    t = cfg.trainer
+    seed_everything(cfg.seed)
+    d = dict(cfg.dataset)
+    data = load_dataset(d["name"], d["root"], d["download"], d.get("synthetic"))
+    mean, std = d["mean"], d["std"]
+    if mean is None or std is None:
+        mean, std = NORMALISATION.get((data.name, "darts"), ([0.5] * 3, [0.25] * 3))
+    augment = Augment(mean, std, crop_pad=d["crop_pad"], flip=d["flip"], cutout=p.cutout, cutout_prob=1.0)
+    stream = SearchStream(data.train_x, data.train_y, torch.arange(len(data.train_x)), None, p.batch_size, augment,
+                          "darts", cfg.seed, device)
+    test_x, test_y = data.test_x.to(device), data.test_y.to(device)
+    size = data.train_x.shape[-1]
+    net = space.build_network(genotype, data.num_classes, C=p.C, layers=p.layers, auxiliary=p.auxiliary_weight > 0,
+                              imagenet=p.imagenet, in_channels=data.train_x.shape[1])
+    params = count_parameters(net)
+    flops = count_flops(net, (1, data.train_x.shape[1], size, size))
+    net = net.to(device)
+    layout = torch.channels_last if t.channels_last else torch.contiguous_format
+    net = net.to(memory_format=layout)
+    autocast = (functools.partial(torch.autocast, "cuda", dtype=torch.bfloat16) if t.amp and device.type == "cuda"
+                else contextlib.nullcontext)
+    trainer = Retrainer(net, p, autocast)
+    loop = EpochLoop(run, {"retrainer": trainer}, stream, device, t.progress, layout)
+    if state is not None:
+        loop.resume(state)
+    console.print(f"retrain: {space.name} C={p.C} layers={p.layers} on {data.name} ({len(data.train_x)} train, "
+                  f"{len(data.test_x)} test), {params / 1e6:.3f}M params, {p.epochs} epochs → {run.path}")
+
+    def epoch_end(epoch, m, seconds):
+        test_loss, test_acc = trainer.evaluate(test_x, test_y, augment)
+        return {"epoch": epoch, "lr": trainer.opt.param_groups[0]["lr"], "drop_path_prob": net.drop_path_prob,
+                "train_loss": m["train_loss"], "train_acc": m["train_acc"], "test_loss": test_loss, "test_acc": test_acc,
+                "seconds": round(seconds, 3), "images_per_s": round(m["train_n"] / seconds, 1) if seconds else None}
+
+    def log(r, epochs):
+        console.print(f"epoch {r['epoch'] + 1}/{epochs}  lr {r['lr']:.5f}  train {r['train_loss']:.3f} / "
+                      f"{r['train_acc']:.2f}%  test {r['test_loss']:.3f} / {r['test_acc']:.2f}%  {r['seconds']:.1f}s")
+
+    loop.fit(p.epochs, trainer.step, trainer.on_epoch_start, epoch_end, log)
+    final = loop.history[-1]
+    summary = {"genotype": space.format_genotype(genotype), "space": space.name, "mode": "retrain", "protocol": p.name,
+               "dataset": data.name, "seed": cfg.seed, "epochs": p.epochs, "test_acc": final["test_acc"],
+               "test_error": 100.0 - final["test_acc"], "params": params, "params_m": params / 1e6,
+               "flops_m": flops / 1e6, "train_seconds": round(loop.elapsed, 2), "run_dir": str(run.path)}
+    run.write("summary.json", summary)
+    loop.checkpoint(finished=True, summary=summary)
+    return summary
