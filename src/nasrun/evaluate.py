@@ -16,20 +16,27 @@ from .utils import count_flops, count_parameters, resolve_device
 HEADS = {"cifar10": (10, 32), "cifar100": (100, 32), "ImageNet16-120": (120, 16)}
 
 
+def _existing(path, test):
+    try:
+        return test(path)
+    except OSError:  # e.g. a genotype literal longer than a file name may be
+        return False
+
+
 def read_genotype_arg(value):
     """Genotype text from a literal, a ``genotype.json`` file, or a search run directory."""
     text = str(value).strip()
     path = Path(text).expanduser()
-    if len(text) < 4096 and path.is_dir():
+    if _existing(path, Path.is_dir):
         path = path / "genotype.json"
         if not path.exists():
             raise UserError(f"{path.parent} has no genotype.json; is it a finished search run?")
-    if len(text) < 4096 and path.is_file():
+    if _existing(path, Path.is_file):
         try:
             return json.loads(path.read_text()).get("genotype") if path.suffix == ".json" else path.read_text().strip()
         except json.JSONDecodeError as exc:
             raise UserError(f"{path} is not valid JSON ({exc})") from None
-    if text.endswith(".json") and not path.exists():
+    if text.endswith(".json"):
         raise UserError(f"genotype file {path} does not exist")
     return text
 
