@@ -9,9 +9,10 @@ from omegaconf import OmegaConf
 from nasrun.cli import CONF_DIR, GROUPS
 from nasrun.config import build
 from nasrun.errors import UserError
+from nasrun.retrain import Protocol
 from nasrun.search import run_search
 
-from .conftest import make_cfg
+from .conftest import make_cfg, tiny_space
 
 CHOICES = [(g, p.stem) for g in GROUPS if g != "experiment" for p in sorted((CONF_DIR / g).glob("*.yaml"))]
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
@@ -19,10 +20,11 @@ EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 
 @pytest.mark.parametrize("group, choice", CHOICES)
 def test_every_group_option_composes(group, choice):
-    cfg = make_cfg([f"{group}={choice}"], tiny=False)
+    extra, config_name = (["genotype=DARTS_V2"], "eval") if group == "retrain" else ([], "search")
+    cfg = make_cfg([f"{group}={choice}", *extra], config_name=config_name, tiny=False)
     assert OmegaConf.select(cfg, group) is not None
-    if group in ("space", "selector"):
-        obj = build(cfg[group])
+    if group in ("space", "selector", "retrain"):
+        obj = build(cfg[group]) if group != "retrain" else Protocol(**cfg.retrain)
         assert obj.name == choice
     if group == "method":
         space = build(make_cfg(tiny=True).space)
@@ -37,8 +39,9 @@ def test_primary_configs_compose(config_name):
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_experiment_runs_a_tiny_step(experiment, tmp_path):
-    cfg = make_cfg([f"+experiment={experiment}", "trainer.epochs=1", "trainer.batch_size=16", "space.C=4",
-                    "space.N=1", "dataset=synthetic", "trainer.device=cpu", "trainer.progress=false"])
+    space = make_cfg([f"+experiment={experiment}"], tiny=False).space.name
+    cfg = make_cfg([f"+experiment={experiment}", "trainer.epochs=1", "trainer.batch_size=16", *tiny_space(space),
+                    "dataset=synthetic", "trainer.device=cpu", "trainer.progress=false", "benchmark=none"], tiny=False)
     summary = run_search(cfg, tmp_path)
     assert Path(summary["run_dir"], "genotype.json").exists()
 
