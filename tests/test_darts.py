@@ -259,3 +259,11 @@ def test_retrain_from_search_run_and_named_presets(tmp_path):
 def test_darts_genotype_dataclass_is_plain_data():
     g = NAMED["DARTS_V2"]
     assert isinstance(g, DartsGenotype) and hash(g) == hash(DARTS.parse_genotype(str(g)))
+
+
+@pytest.mark.parametrize("name, size_m", [("darts_pt_s5_0", 2.85), ("darts_pt_s5_1", 3.05), ("darts_pt_s5_2", 2.66),
+                                          ("darts_pt_s5_3", 3.33), ("blank_pt_s5_0", 3.04), ("blank_pt_s5_1", 3.15),
+                                          ("blank_pt_s5_2", 2.58), ("blank_pt_s5_3", 3.40)])
+def test_darts_pt_cells_match_their_published_sizes(name, size_m):
+    """ruocwang/darts-pt annotates each published cell with its parameter size in M (C=36, 20 cells)."""
+    assert round(count_parameters(DARTS.build_network(name, 10)) / 1e6, 2) == size_m

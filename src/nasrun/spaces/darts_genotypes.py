@@ -141,5 +141,41 @@ NAMED = {
                 [("max_pool_3x3", 0), ("sep_conv_5x5", 1), ("dil_conv_5x5", 2), ("sep_conv_5x5", 1),
                  ("sep_conv_5x5", 1), ("dil_conv_5x5", 3), ("skip_connect", 4), ("sep_conv_5x5", 1)]),
 }
+# DARTS-PT (ruocwang/darts-pt sota/cnn/genotypes.py), DARTS space: darts_pt_* project a DARTS supernet,
+# blank_pt_* a fixed-α supernet. The repository annotates each with its parameter size in M (checked in tests).
+_PT = {
+    "darts_pt_s5_0": ("sep_conv_3x3 0 sep_conv_3x3 1 sep_conv_5x5 0 dil_conv_3x3 1 skip_connect 0 skip_connect 2 skip_connect 0 "
+                      "max_pool_3x3 4", "sep_conv_3x3 0 avg_pool_3x3 1 dil_conv_5x5 1 dil_conv_3x3 2 avg_pool_3x3 0 "
+                      "max_pool_3x3 2 sep_conv_3x3 2 skip_connect 4"),
+    "darts_pt_s5_1": ("sep_conv_3x3 0 sep_conv_3x3 1 sep_conv_3x3 0 dil_conv_3x3 1 max_pool_3x3 0 skip_connect 2 skip_connect 0 "
+                      "dil_conv_3x3 4", "dil_conv_5x5 0 avg_pool_3x3 1 max_pool_3x3 0 sep_conv_5x5 2 max_pool_3x3 1 "
+                      "dil_conv_3x3 3 sep_conv_5x5 0 sep_conv_3x3 4"),
+    "darts_pt_s5_2": ("skip_connect 0 sep_conv_3x3 1 sep_conv_3x3 0 dil_conv_3x3 1 skip_connect 2 dil_conv_3x3 3 max_pool_3x3 1 "
+                      "skip_connect 2", "avg_pool_3x3 0 max_pool_3x3 1 avg_pool_3x3 0 sep_conv_3x3 1 dil_conv_5x5 2 "
+                      "skip_connect 3 sep_conv_3x3 2 sep_conv_5x5 4"),
+    "darts_pt_s5_3": ("sep_conv_3x3 0 sep_conv_3x3 1 sep_conv_3x3 0 sep_conv_3x3 1 skip_connect 0 skip_connect 2 sep_conv_3x3 1 "
+                      "skip_connect 3", "avg_pool_3x3 0 sep_conv_5x5 1 max_pool_3x3 1 skip_connect 2 dil_conv_5x5 1 "
+                      "max_pool_3x3 3 sep_conv_5x5 2 skip_connect 3"),
+    "blank_pt_s5_0": ("sep_conv_3x3 0 sep_conv_5x5 1 sep_conv_3x3 0 sep_conv_3x3 1 avg_pool_3x3 1 skip_connect 3 max_pool_3x3 0 "
+                      "avg_pool_3x3 2", "skip_connect 0 sep_conv_5x5 1 dil_conv_3x3 1 sep_conv_5x5 2 max_pool_3x3 0 "
+                      "skip_connect 3 max_pool_3x3 0 max_pool_3x3 2"),
+    "blank_pt_s5_1": ("avg_pool_3x3 0 avg_pool_3x3 1 sep_conv_3x3 0 max_pool_3x3 2 skip_connect 2 sep_conv_3x3 3 sep_conv_5x5 0 "
+                      "sep_conv_5x5 1", "max_pool_3x3 0 dil_conv_5x5 1 sep_conv_3x3 0 skip_connect 1 avg_pool_3x3 2 "
+                      "max_pool_3x3 3 sep_conv_5x5 3 sep_conv_5x5 4"),
+    "blank_pt_s5_2": ("avg_pool_3x3 0 dil_conv_3x3 1 sep_conv_5x5 0 max_pool_3x3 1 max_pool_3x3 0 skip_connect 1 sep_conv_5x5 1 "
+                      "avg_pool_3x3 2", "sep_conv_3x3 0 avg_pool_3x3 1 avg_pool_3x3 0 sep_conv_5x5 1 max_pool_3x3 0 "
+                      "sep_conv_5x5 3 max_pool_3x3 2 dil_conv_5x5 4"),
+    "blank_pt_s5_3": ("sep_conv_3x3 0 sep_conv_3x3 1 sep_conv_3x3 0 skip_connect 1 max_pool_3x3 2 sep_conv_3x3 3 avg_pool_3x3 0 "
+                      "sep_conv_5x5 1", "dil_conv_5x5 0 sep_conv_5x5 1 sep_conv_5x5 0 dil_conv_3x3 1 avg_pool_3x3 1 "
+                      "skip_connect 2 max_pool_3x3 0 skip_connect 4"),
+}
+
+
+def _pairs(text):
+    words = text.split()
+    return [(words[i], int(words[i + 1])) for i in range(0, len(words), 2)]
+
+
+NAMED.update({name: _g(_pairs(n), _pairs(r)) for name, (n, r) in _PT.items()})
 NAMED["PC_DARTS_cifar"] = NAMED["PC_DARTS"]
 NAMED["DrNAS_cifar10"] = NAMED["DrNAS"]
