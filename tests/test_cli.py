@@ -104,15 +104,22 @@ def test_corrupt_benchmark_and_changed_config(tmp_path):
                       "different config", "method.w_lr")
 
 
-def _alpha(run):
-    return torch.load(run / "checkpoint.pt", weights_only=False)["method"]["alphas"]["normal"]
+RETRAIN = ["space=darts", "genotype=DARTS_V2", "dataset=synthetic", "dataset.synthetic.image_size=32",
+           "dataset.synthetic.n_train=64", "retrain.C=4", "retrain.layers=3", "retrain.epochs=12",
+           "retrain.batch_size=16", "trainer.device=cpu", "trainer.progress=false"]
 
 
-def test_kill_and_resume_equals_uninterrupted(tmp_path):
-    args = [*TINY, "trainer.epochs=12", "dataset.synthetic.n_train=256"]
+def _final(run, kind):
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=False)
+    return ckpt["method"]["alphas"] if kind == "search" else ckpt["retrainer"]["net"]
+
+
+@pytest.mark.parametrize("cmd, args", [("search", [*TINY, "trainer.epochs=12", "dataset.synthetic.n_train=256"]),
+                                       ("eval", RETRAIN)])
+def test_kill_and_resume_equals_uninterrupted(tmp_path, cmd, args):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
-    assert nasrun("search", *args, f"hydra.run.dir={straight}").returncode == 0
-    proc = subprocess.Popen(NASRUN + ["search", *args, f"hydra.run.dir={killed}"], env=ENV,
+    assert nasrun(cmd, *args, f"hydra.run.dir={straight}").returncode == 0
+    proc = subprocess.Popen(NASRUN + [cmd, *args, f"hydra.run.dir={killed}"], env=ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while not (killed / "checkpoint.pt").exists() and time.time() < deadline and proc.poll() is None:
@@ -122,10 +129,12 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path):
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     epochs_done = torch.load(killed / "checkpoint.pt", weights_only=False)["epoch"]
     assert 1 <= epochs_done < 12
-    resumed = nasrun("search", *args, f"hydra.run.dir={killed}")
+    resumed = nasrun(cmd, *args, f"hydra.run.dir={killed}")
     assert resumed.returncode == 0 and "resuming" in resumed.stderr
-    assert torch.equal(_alpha(straight), _alpha(killed))
-    assert json.loads((straight / "genotype.json").read_text()) == json.loads((killed / "genotype.json").read_text())
+    a, b = _final(straight, cmd), _final(killed, cmd)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    s1, s2 = (json.loads((d / "summary.json").read_text()) for d in (straight, killed))
+    assert s1["genotype"] == s2["genotype"] and s1.get("test_acc") == s2.get("test_acc")
     assert len((killed / "metrics.jsonl").read_text().splitlines()) == 12
 
 
