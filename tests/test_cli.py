@@ -12,12 +12,12 @@ import torch
 
 from .conftest import TINY, write_nb201_fixture
 
-ENV = {**os.environ, "NASRUN_BENCH": "", "HYDRA_FULL_ERROR": "0", "PYTHONWARNINGS": "ignore"}
+ENV = {**os.environ, "NASRUN_BENCH": "", "HYDRA_FULL_ERROR": "0", "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
 NASRUN = [sys.executable, "-m", "nasrun.cli"]
 ARCH = "|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_3x3~1|skip_connect~2|"
 
 
-def nasrun(*args, timeout=120, cwd=None):
+def nasrun(*args, timeout=300, cwd=None):
     return subprocess.run(NASRUN + list(args), capture_output=True, text=True, timeout=timeout, env=ENV, cwd=cwd)
 
 
