@@ -13,7 +13,7 @@ from torch import nn
 from ..errors import UserError
 from .base import SearchSpace
 from .darts_genotypes import NAMED, DartsGenotype, DeepGenotype, parse_darts_text
-from .ops import DARTS_OPS, FactorizedReduce, Identity, StdReLUConvBN, mixed
+from .ops import DARTS_OPS, FactorizedReduce, Identity, ReLUConvBN, mixed
 
 STEPS = 4
 CONCAT = tuple(range(2, 2 + STEPS))
@@ -49,8 +49,8 @@ class SearchCell(nn.Module):
         super().__init__()
         self.reduction = reduction
         self.preprocess0 = (FactorizedReduce(C_pp, C, affine=False) if reduction_prev
-                            else StdReLUConvBN(C_pp, C, 1, 1, 0, affine=False))
-        self.preprocess1 = StdReLUConvBN(C_p, C, 1, 1, 0, affine=False)
+                            else ReLUConvBN(C_pp, C, 1, 1, 0, affine=False, bias=False))
+        self.preprocess1 = ReLUConvBN(C_p, C, 1, 1, 0, affine=False, bias=False)
         self.by_node = [[(e, j) for e, (n, j) in enumerate(edges) if n == i] for i in range(STEPS)]
         self.ops = nn.ModuleList(nn.ModuleList(search_op(o, C, 2 if reduction and j < 2 else 1) for o in edge_ops[e])
                                  for e, (_, j) in enumerate(edges))
@@ -92,8 +92,8 @@ class EvalCell(nn.Module):
 
     def __init__(self, genes, concat, C_pp, C_p, C, reduction, reduction_prev):
         super().__init__()
-        self.preprocess0 = FactorizedReduce(C_pp, C) if reduction_prev else StdReLUConvBN(C_pp, C, 1, 1, 0)
-        self.preprocess1 = StdReLUConvBN(C_p, C, 1, 1, 0)
+        self.preprocess0 = FactorizedReduce(C_pp, C) if reduction_prev else ReLUConvBN(C_pp, C, 1, 1, 0, bias=False)
+        self.preprocess1 = ReLUConvBN(C_p, C, 1, 1, 0, bias=False)
         self.indices = [j for _, j in genes]
         self.concat = list(concat)
         self._ops = nn.ModuleList(DARTS_OPS[op](C, 2 if reduction and j < 2 else 1, True) for op, j in genes)

@@ -5,13 +5,14 @@ from torch import nn
 
 
 class ReLUConvBN(nn.Module):
-    """ReLU → Conv → BN. Following AutoDL, the conv has a bias exactly when the BN is not affine."""
+    """ReLU → Conv → BN. By default (AutoDL, NB201) the conv has a bias exactly when the BN is not affine;
+    the DARTS-space ops pass ``bias=False`` (quark0 convs never have one)."""
 
-    def __init__(self, C_in, C_out, kernel, stride, padding, dilation=1, affine=True, track_running_stats=True):
+    def __init__(self, C_in, C_out, kernel, stride, padding, dilation=1, affine=True, track_running_stats=True, bias=None):
         super().__init__()
         self.op = nn.Sequential(
             nn.ReLU(inplace=False),
-            nn.Conv2d(C_in, C_out, kernel, stride, padding, dilation=dilation, bias=not affine),
+            nn.Conv2d(C_in, C_out, kernel, stride, padding, dilation=dilation, bias=not affine if bias is None else bias),
             nn.BatchNorm2d(C_out, affine=affine, track_running_stats=track_running_stats),
         )
 
@@ -63,18 +64,6 @@ def mixed(ops, x, w):
 
 
 # --- DARTS-space operations (quark0/darts `operations.py`; methods.md §1.1). Convs have no bias. ---
-
-class StdReLUConvBN(nn.Module):
-    """DARTS ReLU → Conv (no bias) → BN(affine)."""
-
-    def __init__(self, C_in, C_out, kernel, stride, padding, affine=True):
-        super().__init__()
-        self.op = nn.Sequential(nn.ReLU(inplace=False), nn.Conv2d(C_in, C_out, kernel, stride, padding, bias=False),
-                                nn.BatchNorm2d(C_out, affine=affine))
-
-    def forward(self, x):
-        return self.op(x)
-
 
 class FactorizedReduce(nn.Module):
     """ReLU, two 1×1 stride-2 convs to C_out/2 on x and on x shifted by one pixel, concat, BN."""
