@@ -128,17 +128,6 @@ def test_cosine_schedule_autodl_convention():
     assert method.lrs()["w_lr"] == pytest.approx(0.001 + 0.024 * (1 + math.cos(math.pi * 10 / 50)) / 2)
 
 
-@pytest.mark.parametrize("name", ["darts", "darts_2nd"])
-def test_every_method_config_steps_on_every_space(name):
-    from nasrun.spaces import available_spaces
-
-    for space_name in available_spaces():
-        space, sup, method = tiny_method([f"method={name}", f"space={space_name}"])
-        out = method.step(*batches())
-        assert torch.isfinite(out["train_loss"]) and torch.isfinite(out["valid_loss"])
-        assert space.derive(method.derive_weights()) is not None
-
-
 def test_fd_radius_flag_changes_the_gradient():
     grads = []
     for r in (0.01, 1e-4):

@@ -64,7 +64,11 @@ def set_rng_state(state):
 
 
 def accumulate(sums, out, n_train, n_valid):
-    """Add one step's detached losses/correct counts (device tensors) to the epoch sums."""
+    """Add one step's detached losses/correct counts (device tensors) to the epoch sums.
+
+    A step over several batches reports its own counts as ``train_n``/``valid_n`` (losses are means).
+    """
+    n_train, n_valid = out.get("train_n", n_train), out.get("valid_n", n_valid)
     if "train_loss" in out:
         sums["train_loss"] += out["train_loss"].double() * n_train
         sums["train_correct"] += out["train_correct"]
@@ -126,12 +130,18 @@ class EpochLoop:
                                   "sums": {k: v.cpu() for k, v in self.sums.items()}, "finished": finished,
                                   "summary": summary})
 
-    def _prepare(self, batch):
-        x, y = batch
-        return x.contiguous(memory_format=self.layout), y
+    def _batch(self, step):
+        train, valid = self.stream.batch(step)
+        fmt = self.layout
+        return ((train[0].contiguous(memory_format=fmt), train[1]),
+                (valid[0].contiguous(memory_format=fmt), valid[1]) if valid is not None else None)
 
-    def fit(self, epochs, step_fn, epoch_start, epoch_end, log):
-        """Run the remaining epochs; ``step_fn(train, valid)`` returns detached device tensors."""
+    def fit(self, epochs, step_fn, epoch_start, epoch_end, log, group=1):
+        """Run the remaining epochs; ``step_fn(train, valid)`` returns detached device tensors.
+
+        With ``group > 1`` (TSE-DARTS) ``step_fn`` receives a list of up to ``group`` consecutive
+        ``(train, valid)`` batches; interrupts then land on group boundaries, so resumes stay exact.
+        """
         self.run.truncate_metrics(self.epoch)
         bar = Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                        console=console, transient=True, disable=not self.progress)
@@ -144,13 +154,13 @@ class EpochLoop:
                     task = bar.add_task("", total=self.stream.steps, completed=self.step, epoch=f"{self.epoch + 1}/{epochs}")
                     tic = time.perf_counter()
                     while self.step < self.stream.steps:
-                        train, valid = self.stream.batch(self.step)
-                        train = self._prepare(train)
-                        valid = self._prepare(valid) if valid is not None else None
-                        out = step_fn(train, valid)
+                        n = min(group, self.stream.steps - self.step)
+                        batches = [self._batch(self.step + k) for k in range(n)]
+                        out = step_fn(*batches[0]) if group == 1 else step_fn(batches)
+                        train, valid = batches[0]
                         accumulate(self.sums, out, len(train[1]), len(valid[1]) if valid is not None else 0)
-                        self.step += 1
-                        bar.advance(task)
+                        self.step += n
+                        bar.advance(task, n)
                         if stop.signal:
                             self.elapsed += time.perf_counter() - tic
                             self.checkpoint()

@@ -15,6 +15,7 @@ from rich.table import Table
 from .benchmarks import open_benchmark
 from .config import build
 from .data import BENCHMARK_NAMES, build_search_stream, load_dataset
+from .diagnostics import ies_entropy, tse_estimators
 from .engine import EpochLoop, console, seed_everything
 from .errors import UserError
 from .rundir import RunDir
@@ -87,9 +88,14 @@ def run_search(cfg, out_dir):
                 "seconds": round(seconds, 3), "images_per_s": round(m["train_n"] / seconds, 1) if seconds else None,
                 "alpha": {k: [[round(x, 5) for x in row] for row in v.tolist()] for k, v in method.edge_weights().items()},
                 "genotype": space.format_genotype(genotype), **space.genotype_stats(genotype),
+                "ies_entropy": ies_entropy(method.derive_weights()),
+                **tse_estimators([r["train_loss"] for r in loop.history] + [m["train_loss"]]),
+                **method.epoch_metrics(),
                 "benchmark": (bench.query(genotype, bench_ds) if bench is not None else None)}
 
-    loop.fit(t.epochs, method.step, lambda e: method.on_epoch_start(e, t.epochs), epoch_end, log_epoch)
+    group = getattr(method, "group_size", 1)
+    loop.fit(t.epochs, method.step_group if group > 1 else method.step, lambda e: method.on_epoch_start(e, t.epochs),
+             epoch_end, log_epoch, group=group)
     elapsed, history = loop.elapsed, loop.history
 
     selections = selector.select(space=space, method=method, history=history, stream=stream)

@@ -49,10 +49,13 @@ class Method(abc.ABC):
         """Weights the selector reads the genotype from (softmax(α) by default)."""
         return {k: v.detach() for k, v in self.edge_weights().items()}
 
-    def loss(self, x, y, weights, params=None):
-        """Cross-entropy and logits of the supernet; ``params`` evaluates it functionally at other weights."""
+    def loss(self, x, y, weights, params=None, model=None):
+        """Cross-entropy and logits of the supernet; ``params`` evaluates it functionally at other weights,
+        ``model`` evaluates another module (a copy) instead."""
         with self.autocast():
-            if params is None:
+            if model is not None:
+                logits = model(x, weights)
+            elif params is None:
                 logits = self.supernet(x, weights)
             else:
                 logits = functional_call(self.supernet, params, (x, weights))
@@ -69,6 +72,10 @@ class Method(abc.ABC):
 
     def lrs(self):
         """Current learning rates, for logging."""
+        return {}
+
+    def epoch_metrics(self):
+        """Method-specific per-epoch values for metrics.jsonl (temperatures, mixing probability, ...)."""
         return {}
 
     def state_dict(self):

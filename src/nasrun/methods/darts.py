@@ -69,13 +69,23 @@ class Darts(Method):
 
     def arch_step(self, train_batch, valid_batch):
         """Adam step on α with the first-order or unrolled hypergradient."""
-        grads, loss, logits = (self.unrolled_grad(train_batch, valid_batch) if self.unrolled
-                               else self.first_order_grad(valid_batch))
+        grads, loss, logits = self.arch_grad(train_batch, valid_batch)
         for a, g in zip(self.arch_parameters(), grads):
             a.grad = g
         self.arch_opt.step()
         self.arch_opt.zero_grad(set_to_none=True)
         return {"valid_loss": loss.detach(), "valid_correct": (logits.argmax(1) == valid_batch[1]).sum()}
+
+    def arch_grad(self, train_batch, valid_batch):
+        """The α gradient rule: ``(grads, valid_loss, valid_logits)``; subclasses replace it."""
+        if self.unrolled:
+            return self.unrolled_grad(train_batch, valid_batch)
+        return self.first_order_grad(valid_batch)
+
+    def functional_state(self):
+        """``(names, params, cloned buffers)`` for evaluating the supernet at other weights."""
+        names, params = zip(*self.supernet.named_parameters())
+        return names, params, {n: b.clone() for n, b in self.supernet.named_buffers()}
 
     def first_order_grad(self, valid_batch):
         """∇_α L_val(w, α) (no weight gradients are accumulated)."""

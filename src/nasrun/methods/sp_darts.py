@@ -1,0 +1,90 @@
+"""SP-DARTS (Zhang & Ding: sparse temperature, batch-mixed; methods.md §4.5).
+
+Each step draws φ ~ Bernoulli(p_e) and runs both the w step and the α step with softmax(α/t),
+t = t_sp if φ else t_sm (= ``sm_factor``·t_sp). p_e is 0 during warm-up, then grows linearly from p_low
+to p_up; warm-up epochs use t = ``warmup_factor``·t_sp. Valid accuracy is also monitored at the
+near-discrete temperature ``monitor_temperature``.
+"""
+
+import torch
+import torch.nn.functional as F
+
+from .darts import Darts
+
+
+class SpDarts(Darts):
+    """SP-DARTS on top of DARTS (first order).
+
+    Args:
+        t_sp: sparse temperature.
+        sm_factor: t_sm = sm_factor·t_sp (10 in the paper, 11 in the NB201 code after warm-up).
+        warmup_factor: temperature factor of the warm-up epochs (both temperatures are warmup_factor·t_sp).
+        warmup_epochs: i_wp.
+        p_low, p_up: range of the Bernoulli mixing probability.
+        schedule_offset: 0 = paper Eq. 20; 1 = the code, which is one epoch ahead.
+        monitor_temperature: temperature of the monitoring accuracy (null disables it).
+        Other arguments: as :class:`~nasrun.methods.darts.Darts`.
+    """
+
+    def __init__(self, supernet, space, name="sp_darts", w_lr=0.05, w_lr_min=0.05, w_momentum=0.9, w_nesterov=True,
+                 w_weight_decay=5e-4, grad_clip=5.0, arch_lr=3e-4, arch_betas=(0.5, 0.999), arch_weight_decay=0.0,
+                 arch_first=False, train_arch=True, t_sp=1.1e-3, sm_factor=10.0, warmup_factor=10.0, warmup_epochs=1,
+                 p_low=0.0, p_up=1.0, schedule_offset=0, monitor_temperature=1e-4):
+        super().__init__(supernet, space, name, w_lr, w_lr_min, w_momentum, w_nesterov, w_weight_decay, grad_clip,
+                         arch_lr, arch_betas, arch_weight_decay, arch_first, False, 0.01, train_arch)
+        self.t_sp, self.sm_factor, self.warmup_factor, self.warmup_epochs = t_sp, sm_factor, warmup_factor, warmup_epochs
+        self.p_low, self.p_up, self.schedule_offset = p_low, p_up, schedule_offset
+        self.monitor_temperature = monitor_temperature
+        self.temperature, self.p, self.warm = t_sp, 0.0, True
+        self._epoch_stats = None
+
+    def mix_probability(self, epoch, epochs):
+        """p_e (Eq. 20; ``schedule_offset=1`` reproduces the code's one-epoch lead), capped at p_up."""
+        if epoch < self.warmup_epochs:
+            return 0.0
+        frac = (epoch - self.warmup_epochs + self.schedule_offset) / max(epochs - self.warmup_epochs, 1)
+        return min(self.p_low + (self.p_up - self.p_low) * frac, self.p_up)
+
+    def on_epoch_start(self, epoch, epochs):
+        super().on_epoch_start(epoch, epochs)
+        self.p, self.warm = self.mix_probability(epoch, epochs), epoch < self.warmup_epochs
+        if self._epoch_stats is None or self._epoch_epoch != epoch:
+            self._epoch_epoch = epoch
+            self._epoch_stats = {k: torch.zeros(()) for k in ("sparse", "steps", "mon_correct", "mon_n")}
+
+    def step(self, train_batch, valid_batch):
+        if self.warm:
+            self.temperature = self.warmup_factor * self.t_sp
+        else:
+            sparse = bool(torch.rand(()) < self.p)
+            self.temperature = self.t_sp if sparse else self.sm_factor * self.t_sp
+            self._epoch_stats["sparse"] += float(sparse)
+        self._epoch_stats["steps"] += 1
+        out = super().step(train_batch, valid_batch)
+        if self.monitor_temperature and valid_batch is not None:
+            with torch.no_grad():
+                w = {k: F.softmax(a / self.monitor_temperature, dim=-1) for k, a in self.alphas.items()}
+                _, logits = self.loss(*valid_batch, w)
+                self._epoch_stats["mon_correct"] += (logits.argmax(1) == valid_batch[1]).sum().cpu()
+                self._epoch_stats["mon_n"] += len(valid_batch[1])
+        return out
+
+    def edge_weights(self, alphas=None):
+        alphas = self.alphas if alphas is None else alphas
+        return {k: F.softmax(a / self.temperature, dim=-1) for k, a in alphas.items()}
+
+    def derive_weights(self):
+        return {k: F.softmax(a.detach(), dim=-1) for k, a in self.alphas.items()}
+
+    def epoch_metrics(self):
+        s = self._epoch_stats
+        return {"mix_probability": self.p, "sparse_fraction": (s["sparse"] / s["steps"]).item() if s["steps"] else None,
+                "monitor_acc": (100 * s["mon_correct"] / s["mon_n"]).item() if s["mon_n"] else None,
+                "warmup": self.warm}
+
+    def state_dict(self):
+        return {**super().state_dict(), "epoch_stats": self._epoch_stats, "epoch": getattr(self, "_epoch_epoch", None)}
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        self._epoch_stats, self._epoch_epoch = state["epoch_stats"], state["epoch"]
