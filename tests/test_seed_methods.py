@@ -135,6 +135,17 @@ def test_sp_mixing_probability_schedule():
     assert code.mix_probability(1, E) == pytest.approx(0.9 / 49) and code.mix_probability(49, E) == pytest.approx(0.9)
 
 
+def test_sp_late_switch_flags():
+    _, m = tiny(["method=sp_darts", "method.late_epoch=45", "method.late_t_sp=6e-4", "method.p_up=0.9"])
+    m.on_epoch_start(44, 50)
+    assert m.t_sp == pytest.approx(1.1e-3) and m.p == pytest.approx(0.9 * 43 / 49)
+    m.on_epoch_start(47, 50)
+    assert m.t_sp == pytest.approx(6e-4) and m.p == pytest.approx(0.9 * 44 / 49)
+    _, paper = tiny(["method=sp_darts", "method.p_up=0.9"])
+    paper.on_epoch_start(47, 50)
+    assert paper.t_sp == pytest.approx(1.1e-3) and paper.p == pytest.approx(0.9 * 46 / 49)
+
+
 def test_sp_temperatures_per_step():
     _, m = tiny(["method=sp_darts", "method.t_sp=0.01", "method.sm_factor=11"])
     seen = []

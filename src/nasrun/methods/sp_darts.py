@@ -23,23 +23,28 @@ class SpDarts(Darts):
         p_low, p_up: range of the Bernoulli mixing probability.
         schedule_offset: 0 = paper Eq. 20; 1 = the code, which is one epoch ahead.
         monitor_temperature: temperature of the monitoring accuracy (null disables it).
+        late_epoch, late_t_sp: from ``late_epoch`` on, use ``late_t_sp`` and freeze p at its value of that
+            epoch (the repo's CIFAR-100 script: 45 and 6e-4; the paper is silent). null disables.
         Other arguments: as :class:`~nasrun.methods.darts.Darts`.
     """
 
     def __init__(self, supernet, space, name="sp_darts", w_lr=0.05, w_lr_min=0.05, w_momentum=0.9, w_nesterov=True,
                  w_weight_decay=5e-4, grad_clip=5.0, arch_lr=3e-4, arch_betas=(0.5, 0.999), arch_weight_decay=0.0,
                  arch_first=False, train_arch=True, t_sp=1.1e-3, sm_factor=10.0, warmup_factor=10.0, warmup_epochs=1,
-                 p_low=0.0, p_up=1.0, schedule_offset=0, monitor_temperature=1e-4):
+                 p_low=0.0, p_up=1.0, schedule_offset=0, monitor_temperature=1e-4, late_epoch=None, late_t_sp=None):
         super().__init__(supernet, space, name, w_lr, w_lr_min, w_momentum, w_nesterov, w_weight_decay, grad_clip,
                          arch_lr, arch_betas, arch_weight_decay, arch_first, False, 0.01, train_arch)
         self.t_sp, self.sm_factor, self.warmup_factor, self.warmup_epochs = t_sp, sm_factor, warmup_factor, warmup_epochs
         self.p_low, self.p_up, self.schedule_offset = p_low, p_up, schedule_offset
         self.monitor_temperature = monitor_temperature
+        self.late_epoch, self.late_t_sp, self.base_t_sp = late_epoch, late_t_sp, t_sp
         self.temperature, self.p, self.warm = t_sp, 0.0, True
         self._epoch_stats = None
 
     def mix_probability(self, epoch, epochs):
         """p_e (Eq. 20; ``schedule_offset=1`` reproduces the code's one-epoch lead), capped at p_up."""
+        if self.late_epoch is not None and epoch > self.late_epoch:
+            epoch = self.late_epoch  # frozen after the late switch
         if epoch < self.warmup_epochs:
             return 0.0
         frac = (epoch - self.warmup_epochs + self.schedule_offset) / max(epochs - self.warmup_epochs, 1)
@@ -48,6 +53,8 @@ class SpDarts(Darts):
     def on_epoch_start(self, epoch, epochs):
         super().on_epoch_start(epoch, epochs)
         self.p, self.warm = self.mix_probability(epoch, epochs), epoch < self.warmup_epochs
+        late = self.late_epoch is not None and epoch >= self.late_epoch
+        self.t_sp = self.late_t_sp if late else self.base_t_sp
         if self._epoch_stats is None or self._epoch_epoch != epoch:
             self._epoch_epoch = epoch
             self._epoch_stats = {k: torch.zeros(()) for k in ("sparse", "steps", "mon_correct", "mon_n")}
