@@ -146,3 +146,16 @@ def test_stream_is_deterministic_per_epoch_and_resumable():
     assert torch.equal(s2.batch(0)[0][0], first[0][0][0])
     s2.start_epoch(4)
     assert not torch.equal(s2.batch(0)[0][0], first[0][0][0])
+
+
+def test_failed_download_reason_is_in_the_error(tmp_path, monkeypatch):
+    import nasrun.tvcompat
+
+    def offline():
+        raise OSError("no route to host")
+
+    monkeypatch.setattr(nasrun.tvcompat, "import_torchvision", offline)
+    with pytest.raises(UserError, match=r"download failed \(OSError: no route to host\)"):
+        load_dataset("cifar10", tmp_path, download=True)
+    with pytest.raises(UserError, match=r"downloading is off"):
+        load_dataset("svhn", tmp_path, download=False)

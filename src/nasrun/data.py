@@ -56,9 +56,18 @@ def data_root(root):
     return Path(os.path.expanduser(root or os.environ.get("NASRUN_DATA") or "data"))
 
 
-def _missing(name, where, how):
-    return UserError(f"{name} not found at {where} and no network to download it; {how} "
-                     "(or set dataset.root=DIR / $NASRUN_DATA)")
+def _missing(name, where, how, download_error=None):
+    why = f"the download failed ({download_error})" if download_error else "downloading is off (dataset.download=false)"
+    return UserError(f"{name} not found at {where} and {why}; {how} (or set dataset.root=DIR / $NASRUN_DATA)")
+
+
+def _try_download(fn):
+    """Run a torchvision downloader; return None on success or a short reason on failure."""
+    try:
+        fn()
+        return None
+    except Exception as exc:  # noqa: BLE001 - offline, HTTP errors, bad archives: all mean "not available"
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}"
 
 
 def _unpickle(path):
@@ -77,17 +86,19 @@ def read_cifar(name, root, download):
         "cifar100": ("cifar-100-python", ["train"], ["test"], "fine_labels"),
     }[name]
     base = root / folder
+    error = None
     if not all((base / f).exists() for f in train_files + test_files) and download:
-        try:
-            from .tvcompat import import_torchvision
+        from .tvcompat import import_torchvision
 
+        def fetch():
             tv = import_torchvision()
             cls = tv.datasets.CIFAR10 if name == "cifar10" else tv.datasets.CIFAR100
             cls(str(root), train=True, download=True)
-        except Exception:  # noqa: BLE001 - any download failure means "not available offline"
-            pass
+
+        error = _try_download(fetch)
     if not all((base / f).exists() for f in train_files + test_files):
-        raise _missing(name, base, f"put the CIFAR python-version batches ({', '.join(train_files + test_files)}) there")
+        raise _missing(name, base, f"put the CIFAR python-version batches ({', '.join(train_files + test_files)}) there",
+                       error)
 
     def load(files):
         xs, ys = [], []
@@ -107,17 +118,18 @@ def read_cifar(name, root, download):
 def read_svhn(root, download):
     """SVHN from torchvision's ``train_32x32.mat`` / ``test_32x32.mat`` (label 10 means digit 0)."""
     files = {"train": root / "train_32x32.mat", "test": root / "test_32x32.mat"}
+    error = None
     if not all(p.exists() for p in files.values()) and download:
-        try:
-            from .tvcompat import import_torchvision
+        from .tvcompat import import_torchvision
 
+        def fetch():
             tv = import_torchvision()
             for split in files:
                 tv.datasets.SVHN(str(root), split=split, download=True)
-        except Exception:  # noqa: BLE001
-            pass
+
+        error = _try_download(fetch)
     if not all(p.exists() for p in files.values()):
-        raise _missing("svhn", root, "put train_32x32.mat and test_32x32.mat there")
+        raise _missing("svhn", root, "put train_32x32.mat and test_32x32.mat there", error)
     from scipy.io import loadmat
 
     out = []
