@@ -17,3 +17,56 @@ def tse_estimators(losses, last=1, mu=0.9):
     for x in losses[1:]:
         ema = (1 - mu) * ema + mu * x
     return {"tse": sum(losses), "tse_e": sum(losses[-last:]), "tse_ema": ema}
+
+
+def operation_magnitudes(weights, op_names):
+    """m(t, o) = (1/N)·Σ_edges a_{e,o} of the normal cell [SS] Eq. 11 (None when edges have different op lists)."""
+    if "normal" not in weights or any(ops != op_names[0] for ops in op_names):
+        return None
+    m = weights["normal"].detach().float().mean(dim=0)
+    return {op: round(float(v), 6) for op, v in zip(op_names[0], m)}
+
+
+def hessian_eigenvalue(method, valid_batch, mode="auto", exact_max=400, iters=100, tol=1e-6):
+    """Dominant (largest) eigenvalue of ∇²_α (L_val + wd/2·‖α‖²) on one valid batch (RobustDARTS, methods.md §6.1).
+
+    ``exact`` builds the Hessian by double back-propagation and takes ``eigvalsh``; ``power`` uses
+    Hessian-vector power iteration (shifted once if the dominant eigenvalue is negative); ``auto``
+    picks exact while α has at most ``exact_max`` entries.
+    """
+    alphas = method.arch_parameters()
+    sizes = [a.numel() for a in alphas]
+    wd = method.arch_opt.param_groups[0].get("weight_decay", 0.0) if hasattr(method, "arch_opt") else 0.0
+    x, y = valid_batch
+
+    def grad_fn():
+        loss, _ = method.loss(x, y, method.edge_weights())
+        loss = loss + 0.5 * wd * sum((a * a).sum() for a in alphas)
+        return torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, alphas, create_graph=True)])
+
+    g = grad_fn()
+
+    def hvp(v):
+        return torch.cat([h.reshape(-1) for h in torch.autograd.grad(g, alphas, grad_outputs=v, retain_graph=True)])
+
+    n = sum(sizes)
+    if mode == "exact" or (mode == "auto" and n <= exact_max):
+        eye = torch.eye(n, device=g.device, dtype=g.dtype)
+        H = torch.stack([hvp(eye[i]) for i in range(n)])
+        H = (H + H.T) / 2
+        return float(torch.linalg.eigvalsh(H.double()).max())
+
+    def power(shift):
+        v = torch.randn(n, device=g.device, dtype=g.dtype, generator=None)
+        v, lam = v / v.norm(), 0.0
+        for _ in range(iters):
+            w = hvp(v) - shift * v
+            new = float(v @ w)
+            v = w / w.norm()
+            if abs(new - lam) <= tol * max(1.0, abs(new)):
+                return new
+            lam = new
+        return lam
+
+    lam = power(0.0)
+    return lam if lam >= 0 else power(lam) + lam

@@ -108,6 +108,7 @@ class EpochLoop:
         self.progress, self.layout = progress, layout
         self.epoch, self.step, self.history, self.elapsed = 0, 0, [], 0.0
         self.sums = self._zero()
+        self.last_batch, self.stop_epoch = None, None
 
     def _zero(self):
         return {k: torch.zeros((), device=self.device, dtype=torch.float64) for k in SUMS}
@@ -136,11 +137,13 @@ class EpochLoop:
         return ((train[0].contiguous(memory_format=fmt), train[1]),
                 (valid[0].contiguous(memory_format=fmt), valid[1]) if valid is not None else None)
 
-    def fit(self, epochs, step_fn, epoch_start, epoch_end, log, group=1):
+    def fit(self, epochs, step_fn, epoch_start, epoch_end, log, group=1, stop_fn=None):
         """Run the remaining epochs; ``step_fn(train, valid)`` returns detached device tensors.
 
         With ``group > 1`` (TSE-DARTS) ``step_fn`` receives a list of up to ``group`` consecutive
         ``(train, valid)`` batches; interrupts then land on group boundaries, so resumes stay exact.
+        ``stop_fn(history)`` returns the epoch to roll back to when an early-stopping rule fires; it is
+        checked before every epoch, so a resumed run stops at the same place.
         """
         self.run.truncate_metrics(self.epoch)
         bar = Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
@@ -148,6 +151,11 @@ class EpochLoop:
         try:
             with StopFlag() as stop, bar:
                 while self.epoch < epochs:
+                    if stop_fn is not None and self.history and self.step == 0:
+                        self.stop_epoch = stop_fn(self.history)
+                        if self.stop_epoch is not None:
+                            console.print(f"early stop after epoch {self.epoch - 1}: keeping epoch {self.stop_epoch}")
+                            break
                     epoch_start(self.epoch)
                     if self.step == 0:
                         self.stream.start_epoch(self.epoch)
@@ -157,6 +165,7 @@ class EpochLoop:
                         n = min(group, self.stream.steps - self.step)
                         batches = [self._batch(self.step + k) for k in range(n)]
                         out = step_fn(*batches[0]) if group == 1 else step_fn(batches)
+                        self.last_batch = batches[-1]
                         train, valid = batches[0]
                         accumulate(self.sums, out, len(train[1]), len(valid[1]) if valid is not None else 0)
                         self.step += n

@@ -15,7 +15,7 @@ from rich.table import Table
 from .benchmarks import open_benchmark
 from .config import build
 from .data import BENCHMARK_NAMES, build_search_stream, load_dataset
-from .diagnostics import ies_entropy, tse_estimators
+from .diagnostics import hessian_eigenvalue, ies_entropy, operation_magnitudes, tse_estimators
 from .engine import EpochLoop, console, seed_everything
 from .errors import UserError
 from .rundir import RunDir
@@ -72,6 +72,8 @@ def run_search(cfg, out_dir):
     if t.amp and device.type == "cuda":
         method.autocast = functools.partial(torch.autocast, "cuda", dtype=torch.bfloat16)
     selector = build(cfg.selector)
+    stop = build(cfg.stop)
+    diag = cfg.diagnostics
     bench = open_benchmark(cfg.benchmark.name, cfg.benchmark.path, space.benchmark)
     bench_ds = cfg.benchmark.dataset or BENCHMARK_NAMES.get(data.name, "cifar10")
 
@@ -82,6 +84,12 @@ def run_search(cfg, out_dir):
     console.print(f"search: space={space.name} method={method.name} dataset={data.name} ({protocol} split, "
                   f"{stream.steps} steps/epoch) device={device} → {run.path}")
 
+    def hessian(epoch):
+        every, valid = diag.hessian_every, loop.last_batch and loop.last_batch[1]
+        if not every or valid is None or not ((epoch + 1) % every == 0 or epoch == t.epochs - 1):
+            return None
+        return hessian_eigenvalue(method, valid, diag.hessian_mode)
+
     def epoch_end(epoch, m, seconds):
         genotype = space.derive(method.derive_weights())
         return {"epoch": epoch, **method.lrs(), **{k: v for k, v in m.items() if k != "train_n"},
@@ -89,24 +97,33 @@ def run_search(cfg, out_dir):
                 "alpha": {k: [[round(x, 5) for x in row] for row in v.tolist()] for k, v in method.edge_weights().items()},
                 "genotype": space.format_genotype(genotype), **space.genotype_stats(genotype),
                 "ies_entropy": ies_entropy(method.derive_weights()),
+                "op_magnitude": operation_magnitudes(method.derive_weights(), space.op_names("normal")),
+                "hessian_eigenvalue": hessian(epoch),
                 **tse_estimators([r["train_loss"] for r in loop.history] + [m["train_loss"]]),
                 **method.epoch_metrics(),
                 "benchmark": (bench.query(genotype, bench_ds) if bench is not None else None)}
 
     group = getattr(method, "group_size", 1)
     loop.fit(t.epochs, method.step_group if group > 1 else method.step, lambda e: method.on_epoch_start(e, t.epochs),
-             epoch_end, log_epoch, group=group)
+             epoch_end, log_epoch, group=group, stop_fn=lambda h: stop.check(h, t.epochs))
     elapsed, history = loop.elapsed, loop.history
 
-    selections = selector.select(space=space, method=method, history=history, stream=stream)
+    if loop.stop_epoch is not None:  # roll back to the genotype recorded at the stop rule's epoch
+        selections = [(f"{stop.name}", space.parse_genotype(history[loop.stop_epoch]["genotype"]))]
+        chosen_epoch = loop.stop_epoch
+    else:
+        selections = selector.select(space=space, method=method, history=history, stream=stream)
+        chosen_epoch = len(history) - 1
     label, genotype = selections[0]
     text = space.format_genotype(genotype)
-    run.write("genotype.json", {"space": space.name, "selector": label, "epoch": t.epochs - 1, "genotype": text})
+    run.write("genotype.json", {"space": space.name, "selector": label, "epoch": chosen_epoch, "genotype": text})
     if len(selections) > 1:
         for lab, g in selections:
-            run.write(f"genotypes/{lab}.json", {"space": space.name, "selector": lab, "genotype": space.format_genotype(g)})
+            run.write(f"genotypes/{lab.replace('@', '_epoch')}.json",
+                      {"space": space.name, "selector": lab, "genotype": space.format_genotype(g)})
     summary = {"genotype": text, "space": space.name, "method": method.name, "selector": label,
-               "dataset": data.name, "seed": cfg.seed, "epochs": t.epochs, **space.genotype_stats(genotype),
+               "dataset": data.name, "seed": cfg.seed, "epochs": t.epochs, "epochs_run": len(history),
+               "stop_epoch": loop.stop_epoch, **space.genotype_stats(genotype),
                "benchmark": query_all(bench, genotype), "benchmark_source": getattr(bench, "source", None),
                "search_seconds": round(elapsed, 2), "peak_memory_mb": round(peak_memory_mb(device), 1),
                "run_dir": str(run.path)}
