@@ -39,9 +39,11 @@ def test_primary_configs_compose(config_name):
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_experiment_runs_a_tiny_step(experiment, tmp_path):
-    space = make_cfg([f"+experiment={experiment}"], tiny=False).space.name
-    cfg = make_cfg([f"+experiment={experiment}", "trainer.epochs=1", "trainer.batch_size=16", *tiny_space(space),
-                    "dataset=synthetic", "trainer.device=cpu", "trainer.progress=false", "benchmark=none"], tiny=False)
+    full = make_cfg([f"+experiment={experiment}"], tiny=False)
+    small_pt = ["selector.proj_intv=1", "selector.max_valid_batches=1"] if full.selector.name == "pt" else []
+    cfg = make_cfg([f"+experiment={experiment}", "trainer.epochs=1", "trainer.batch_size=16", *tiny_space(full.space.name),
+                    "dataset=synthetic", "trainer.device=cpu", "trainer.progress=false", "benchmark=none", *small_pt],
+                   tiny=False)
     summary = run_search(cfg, tmp_path)
     assert Path(summary["run_dir"], "genotype.json").exists()
 

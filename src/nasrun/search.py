@@ -112,7 +112,10 @@ def run_search(cfg, out_dir):
         selections = [(f"{stop.name}", space.parse_genotype(history[loop.stop_epoch]["genotype"]))]
         chosen_epoch = loop.stop_epoch
     else:
-        selections = selector.select(space=space, method=method, history=history, stream=stream)
+        selections = selector.select(space=space, method=method, history=history, stream=stream, bench=bench,
+                                     bench_dataset=bench_ds)
+        if getattr(selector, "decisions", None):
+            run.write("selection.json", {"selector": selector.name, "decisions": selector.decisions})
         chosen_epoch = len(history) - 1
     label, genotype = selections[0]
     text = space.format_genotype(genotype)

@@ -1,0 +1,199 @@
+"""Perturbation-based selection (DARTS-PT, Wang et al. ICLR'21; methods.md §5.2; reference ruocwang/darts-pt).
+
+After the search, fine-tune the supernet with a fresh SGD while projecting: at each scheduled epoch pick a
+random un-projected edge per cell type, mask each candidate op in turn (its weight set to 0, the others
+unchanged) and evaluate the supernet on the whole valid split with train-mode BN; the op whose removal
+hurts most (lowest accuracy, or highest loss) becomes the edge's fixed one-hot. In the DARTS space the
+last projections are topological: for a random node with more than two inputs, repeatedly drop the input
+edge whose removal hurts least until two remain. The genotype is then read from the projected weights.
+"""
+
+import math
+
+import torch
+
+from ..engine import console
+
+
+def pt_schedule(n_op, n_topo, proj_intv, style):
+    """``[(tune_epoch, kind)]`` of the reference schedules.
+
+    ``nb201``: tune proj_intv·(n_op−1) epochs, project at multiples of proj_intv and at the last epoch.
+    ``darts``: tune proj_intv·(n_op+n_topo−1)+1 epochs, project at multiples of proj_intv; op projections
+    first, then topology.
+    """
+    if style == "nb201":
+        tune = proj_intv * (n_op - 1)
+        epochs = [e for e in range(tune) if e % proj_intv == 0 or e == tune - 1]
+    else:
+        tune = proj_intv * (n_op + n_topo - 1) + 1
+        epochs = [e for e in range(tune) if e % proj_intv == 0]
+    kinds = ["op"] * n_op + ["topology"] * n_topo
+    return tune, list(zip(epochs, kinds))
+
+
+class PerturbationSelector:
+    """DARTS-PT projection.
+
+    Args:
+        name: selector name.
+        criterion: ``acc`` (choose argmin accuracy without the op) or ``loss`` (argmax loss).
+        proj_intv: epochs of fine-tuning between projections (5).
+        tune_lr: fine-tuning SGD learning rate (darts-pt: the search lr / 10 = 0.0025).
+        tune_lr_min: cosine floor over the tuning epochs (DARTS space 0.001; NB201 uses a constant: = tune_lr).
+        momentum, weight_decay: fine-tuning SGD settings.
+        max_valid_batches: cap on the valid batches per evaluation (null: the whole valid split).
+    """
+
+    def __init__(self, name="pt", criterion="acc", proj_intv=5, tune_lr=0.0025, tune_lr_min=0.0025, momentum=0.9,
+                 weight_decay=3e-4, max_valid_batches=None):
+        if criterion not in ("acc", "loss"):
+            raise ValueError("selector.criterion must be acc or loss")
+        self.name, self.criterion, self.proj_intv = name, criterion, proj_intv
+        self.tune_lr, self.tune_lr_min, self.momentum, self.weight_decay = tune_lr, tune_lr_min, momentum, weight_decay
+        self.max_valid_batches = max_valid_batches
+        self.decisions = []
+
+    # --- evaluation -------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self, method, stream, weights):
+        """Accuracy (%) and mean loss of the supernet with ``weights`` on the valid split (train-mode BN)."""
+        method.supernet.train()
+        idx = stream.valid_idx
+        correct, loss, n = 0, 0.0, 0
+        for b, i in enumerate(range(0, len(idx), stream.batch_size)):
+            if self.max_valid_batches is not None and b >= self.max_valid_batches:
+                break
+            j = idx[i:i + stream.batch_size].to(stream.device)
+            x, y = stream.augment.normalise(stream.x[j]), stream.y[j]
+            batch_loss, logits = method.loss(x, y, weights)
+            correct += int((logits.argmax(1) == y).sum())
+            loss += float(batch_loss) * len(y)
+            n += len(y)
+        return 100.0 * correct / n, loss / n
+
+    def _worse(self, result):
+        """Key that is larger for a bigger drop in quality."""
+        acc, loss = result
+        return -acc if self.criterion == "acc" else loss
+
+    # --- projection -------------------------------------------------------------------------------------------
+    def select(self, space, method, history, stream, bench=None, bench_dataset="cifar10", **_state):
+        keys = sorted(space.alpha_shapes())
+        edges = {k: space.alpha_shapes()[k][0] for k in keys}
+        fixed = {k: {} for k in keys}          # edge -> op index (one-hot)
+        removed = {k: set() for k in keys}     # edges dropped by topology projection
+        base = method.edge_weights
+
+        def projected(alphas=None):
+            out = {}
+            for k, w in base(alphas).items():
+                w = w.clone()
+                for e, o in fixed[k].items():
+                    w[e] = 0.0
+                    w[e, o] = 1.0
+                for e in removed[k]:
+                    w[e] = 0.0
+                out[k] = w
+            return out
+
+        def annotate(when):
+            """Attach the partially projected genotype (and its benchmark result) to the new decisions."""
+            g = space.derive({k: v.detach() for k, v in projected().items()})
+            for d in self.decisions:
+                if "genotype" not in d:
+                    d["genotype"] = space.format_genotype(g)
+                    d["benchmark"] = bench.query(g, bench_dataset) if bench is not None else None
+                    console.print(f"pt: {when}: {d['kind']} projection → {d['genotype']}")
+
+        method.edge_weights = projected
+        topo_nodes = self._topology_nodes(space)
+        n_op, n_topo = edges[keys[0]], len(topo_nodes)
+        style = "nb201" if not topo_nodes else "darts"
+        tune_epochs, events = pt_schedule(n_op, n_topo, self.proj_intv, style)
+        method.w_opt = torch.optim.SGD(method.supernet.parameters(), lr=self.tune_lr, momentum=self.momentum,
+                                       weight_decay=self.weight_decay)
+        gen = torch.Generator().manual_seed(int(torch.randint(0, 2**31 - 1, ())))
+        schedule = dict(events)
+        first_epoch = len(history)
+        try:
+            for e in range(tune_epochs):
+                lr = self.tune_lr_min + (self.tune_lr - self.tune_lr_min) * (1 + math.cos(math.pi * e / tune_epochs)) / 2
+                for g in method.w_opt.param_groups:
+                    g["lr"] = lr
+                if e in schedule:
+                    for k in keys:
+                        if schedule[e] == "op":
+                            self._project_op(k, method, stream, fixed, removed, edges, gen, projected)
+                        else:
+                            self._project_topology(k, method, stream, fixed, removed, space, topo_nodes, gen, projected)
+                    annotate(f"tune epoch {e}")
+                if e == tune_epochs - 1:
+                    break
+                stream.start_epoch(first_epoch + e)
+                for step in range(stream.steps):
+                    method.step(*stream.batch(step))
+            # the NB201 formula leaves one projection out when proj_intv < 2: finish what remains
+            for k in keys:
+                while any(x not in fixed[k] and x not in removed[k] for x in range(edges[k])):
+                    self._project_op(k, method, stream, fixed, removed, edges, gen, projected)
+                while any(len([x for x in es if x not in removed[k]]) > 2 for es in topo_nodes.values()):
+                    self._project_topology(k, method, stream, fixed, removed, space, topo_nodes, gen, projected)
+            annotate("final")
+        finally:
+            method.edge_weights = base
+        final = {}
+        for k, w in base().items():
+            w = w.detach().clone()
+            for e, o in fixed[k].items():
+                w[e] = 0.0
+                w[e, o] = 1.0
+            for e in removed[k]:
+                w[e] = 0.0
+            final[k] = w
+        return [(self.name, space.derive(final))]
+
+    def _project_op(self, key, method, stream, fixed, removed, edges, gen, projected):
+        remaining = [e for e in range(edges[key]) if e not in fixed[key] and e not in removed[key]]
+        if not remaining:
+            return
+        e = remaining[int(torch.randint(len(remaining), (1,), generator=gen))]
+        ops = method.space.op_names(key)[e]
+        scores = {}
+        for o, name in enumerate(ops):
+            w = {k: v.detach().clone() for k, v in projected().items()}
+            w[key][e, o] = 0.0
+            scores[name] = self.evaluate(method, stream, w)
+        best = max(range(len(ops)), key=lambda o: (self._worse(scores[ops[o]]), -o))
+        fixed[key][e] = best
+        self.decisions.append({"kind": "op", "cell": key, "edge": e, "chosen": ops[best],
+                               "scores": {k: {"acc": a, "loss": l} for k, (a, l) in scores.items()}})
+
+    def _project_topology(self, key, method, stream, fixed, removed, space, topo_nodes, gen, projected):
+        nodes = [n for n in topo_nodes if len([e for e in topo_nodes[n] if e not in removed[key]]) > 2]
+        if not nodes:
+            return
+        node = nodes[int(torch.randint(len(nodes), (1,), generator=gen))]
+        dropped = []
+        while len(live := [e for e in topo_nodes[node] if e not in removed[key]]) > 2:
+            results = {}
+            for e in live:
+                w = {k: v.detach().clone() for k, v in projected().items()}
+                w[key][e] = 0.0
+                results[e] = self.evaluate(method, stream, w)
+            drop = min(live, key=lambda e: (self._worse(results[e]), e))  # removing it hurts least
+            removed[key].add(drop)
+            dropped.append(drop)
+        self.decisions.append({"kind": "topology", "cell": key, "node": node, "dropped": dropped,
+                               "kept": [e for e in topo_nodes[node] if e not in removed[key]]})
+
+    @staticmethod
+    def _topology_nodes(space):
+        """``{node: [edge indices]}`` for nodes with more than two candidate inputs (DARTS full topology)."""
+        edges = getattr(space, "edges", None)
+        if not edges or not isinstance(edges[0], tuple):
+            return {}
+        nodes = {}
+        for e, (n, _) in enumerate(edges):
+            nodes.setdefault(n, []).append(e)
+        return {n: es for n, es in nodes.items() if len(es) > 2}

@@ -1,0 +1,107 @@
+"""DARTS-PT projection (methods.md §5.2): schedules and decisions on a hand-built decisive supernet."""
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from nasrun.config import build
+from nasrun.data import Augment, SearchStream
+from nasrun.search import run_search
+from nasrun.selectors.pt import PerturbationSelector, pt_schedule
+from nasrun.spaces import get_space
+
+from .conftest import make_cfg
+
+
+def test_reference_schedules():
+    tune, events = pt_schedule(6, 0, 5, "nb201")
+    assert tune == 25 and events == [(0, "op"), (5, "op"), (10, "op"), (15, "op"), (20, "op"), (24, "op")]
+    tune, events = pt_schedule(14, 3, 5, "darts")
+    assert tune == 81 and len(events) == 17
+    assert [e for e, k in events if k == "op"] == list(range(0, 70, 5))
+    assert [e for e, k in events if k == "topology"] == [70, 75, 80]
+
+
+class Decisive(nn.Module):
+    """Sample i depends on one decisive (cell, edge, op) weight, chosen by a pixel: its correct-class
+    logit is 10·w[e, o] and the others are 0. Masking that op (or its edge) makes the sample wrong
+    (ties go to class 0) and raises its loss; masking anything else changes nothing."""
+
+    def __init__(self, items, n_classes=4):
+        super().__init__()
+        self.items, self.n = items, n_classes
+        self.dummy = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x, weights):
+        label = torch.round(x[:, 0, 0, 0] * 255 / 10).long()
+        which = torch.round(x[:, 0, 0, 1] * 255 / 10).long() % len(self.items)
+        vals = torch.stack([weights[k][e, o] for k, e, o in self.items])
+        logits = torch.zeros(len(x), self.n, dtype=x.dtype) + 0 * self.dummy
+        return logits.scatter(1, label[:, None], 10 * vals[which][:, None])
+
+
+class FakeMethod:
+    def __init__(self, space, supernet):
+        self.space, self.supernet = space, supernet
+        self.alphas = {k: torch.zeros(*s) for k, s in space.alpha_shapes().items()}
+
+    def edge_weights(self, alphas=None):
+        return {k: torch.softmax(a, -1) for k, a in (alphas or self.alphas).items()}
+
+    def loss(self, x, y, weights):
+        logits = self.supernet(x, weights)
+        return torch.nn.functional.cross_entropy(logits, y), logits
+
+    def step(self, train, valid):
+        return {}
+
+
+def decisive_stream(n_items, n=400):
+    g = torch.Generator().manual_seed(0)
+    y = torch.randint(1, 4, (n,), generator=g)
+    x = torch.zeros(n, 3, 4, 4, dtype=torch.uint8)
+    x[:, 0, 0, 0] = (y * 10).to(torch.uint8)
+    x[:, 0, 0, 1] = (torch.arange(n) % n_items * 10).to(torch.uint8)
+    aug = Augment([0.0] * 3, [1.0] * 3, crop_pad=0, flip=False)
+    return SearchStream(x, y, torch.arange(n // 2), torch.arange(n // 2, n), 16, aug, "darts", 0, torch.device("cpu"))
+
+
+@pytest.mark.parametrize("criterion", ["acc", "loss"])
+def test_pt_picks_the_decisive_op_on_every_nb201_edge(criterion):
+    space = get_space("nb201", C=4, N=1)
+    choice = [3, 1, 4, 0, 2, 3]
+    items = [("normal", e, o) for e, o in enumerate(choice)]
+    method = FakeMethod(space, Decisive(items))
+    sel = PerturbationSelector(criterion=criterion, proj_intv=1)
+    torch.manual_seed(0)
+    ((_, g),) = sel.select(space, method, [], decisive_stream(len(items)))
+    assert [space.ops.index(op) for op, _ in (pair for node in g.nodes for pair in node)] == choice
+    assert sorted(d["edge"] for d in sel.decisions) == list(range(6))
+
+
+def test_pt_topology_keeps_the_decisive_edges_in_the_darts_space():
+    space = get_space("darts_7op", C=4, layers=3)
+    true_edges = {0: (0, 1), 1: (2, 4), 2: (5, 8), 3: (10, 13)}
+    items = [(k, e, 3) for k in ("normal", "reduce") for pair in true_edges.values() for e in pair]  # sep_conv_3x3
+    method = FakeMethod(space, Decisive(items))
+    sel = PerturbationSelector(proj_intv=1)
+    torch.manual_seed(0)
+    ((_, g),) = sel.select(space, method, [], decisive_stream(len(items)))
+    for cell in (g.normal, g.reduce):
+        for node, pair in true_edges.items():
+            kept = sorted(space.edges[e][1] for e in pair)
+            assert sorted(j for _, j in cell[2 * node:2 * node + 2]) == kept
+            assert all(op == "sep_conv_3x3" for op, _ in cell[2 * node:2 * node + 2])
+    assert [d["kind"] for d in sel.decisions].count("topology") == 6  # 3 nodes × 2 cell types
+
+
+def test_pt_end_to_end_on_a_fixed_alpha_supernet(tmp_path):
+    cfg = make_cfg(["method=fixed_alpha", "selector=pt", "selector.proj_intv=1", "selector.max_valid_batches=1",
+                    "trainer.epochs=1"])
+    summary = run_search(cfg, tmp_path)
+    decisions = json.loads((tmp_path / "selection.json").read_text())["decisions"]
+    assert len(decisions) == 6 and decisions[-1]["genotype"] == summary["genotype"]
+    assert summary["selector"] == "pt"
+    assert build(make_cfg(["selector=pt"]).selector).criterion == "acc"
