@@ -161,3 +161,13 @@ def test_retrain_pasted_darts_genotype(tmp_path):
     assert proc.returncode == 0, proc.stderr
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["genotype"] == str(NAMED["PDARTS"]) and summary["protocol"] == "darts"
+
+
+def test_select_command(tmp_path):
+    assert nasrun("search", *TINY, f"hydra.run.dir={tmp_path / 's'}").returncode == 0
+    proc = nasrun("select", f"run={tmp_path / 's'}", "selector=argmax", "trainer.device=cpu", f"hydra.run.dir={tmp_path / 'o'}")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((tmp_path / "o" / "genotype.json").read_text())["genotype"] == \
+        json.loads((tmp_path / "s" / "genotype.json").read_text())["genotype"]
+    assert_user_error(nasrun("select", f"run={tmp_path / 'missing'}", f"hydra.run.dir={tmp_path / 'p'}"),
+                      "not a search run directory")

@@ -31,9 +31,10 @@ def test_every_group_option_composes(group, choice):
         assert build(cfg.method, supernet=space.build_supernet(10), space=space).name == choice
 
 
-@pytest.mark.parametrize("config_name", ["search", "eval"])
+@pytest.mark.parametrize("config_name", ["search", "eval", "select"])
 def test_primary_configs_compose(config_name):
-    cfg = make_cfg(["genotype=x"] if config_name == "eval" else [], config_name=config_name, tiny=False)
+    extra = {"eval": ["genotype=x"], "select": ["run=x"]}.get(config_name, [])
+    cfg = make_cfg(extra, config_name=config_name, tiny=False)
     assert cfg.task_name == config_name
 
 

@@ -129,3 +129,25 @@ def test_stop_rules_in_the_search_loop(tmp_path):
     run_search(make_cfg(["stop=darts_es", "diagnostics.hessian_every=2", "trainer.epochs=4"]), tmp_path / "es")
     evs = [json.loads(x)["hessian_eigenvalue"] for x in (tmp_path / "es" / "metrics.jsonl").read_text().splitlines()]
     assert evs[0] is None and evs[2] is None and isinstance(evs[1], float) and isinstance(evs[3], float)
+
+
+def test_select_reruns_a_selector_on_a_finished_search(tmp_path):
+    from nasrun.errors import UserError
+    from nasrun.select import run_select
+
+    run_search(make_cfg(["trainer.epochs=3"]), tmp_path / "search")
+    before = (tmp_path / "search" / "checkpoint.pt").read_bytes()
+    cfg = make_cfg([f"run={tmp_path / 'search'}", "selector=selective_stop", "selector.criteria=[peak]",
+                    "trainer.device=cpu", "benchmark=none"], config_name="select", tiny=False)
+    summary = run_select(cfg, tmp_path / "sel")
+    history = [json.loads(x) for x in (tmp_path / "search" / "metrics.jsonl").read_text().splitlines()]
+    t = stop_epoch([r["op_magnitude"] for r in history], "nor_conv_3x3", "peak", True)
+    assert summary["genotype"] == history[t]["genotype"] and summary["source"] == str(tmp_path / "search")
+    assert json.loads((tmp_path / "sel" / "genotype.json").read_text())["source"] == str(tmp_path / "search")
+    assert (tmp_path / "search" / "checkpoint.pt").read_bytes() == before  # the source run is untouched
+    pt = make_cfg([f"run={tmp_path / 'search'}", "selector=pt", "selector.proj_intv=1", "selector.max_valid_batches=1",
+                   "trainer.device=cpu", "benchmark=none"], config_name="select", tiny=False)
+    assert len(json.loads(json.dumps(run_select(pt, tmp_path / "pt")))["genotype"]) > 0
+    assert len(json.loads((tmp_path / "pt" / "selection.json").read_text())["decisions"]) == 6
+    with pytest.raises(UserError, match="not a search run directory"):
+        run_select(make_cfg([f"run={tmp_path / 'nothing'}"], config_name="select", tiny=False), tmp_path / "x")

@@ -19,7 +19,8 @@ USAGE = """usage: nasrun COMMAND [overrides]
 
 commands:
   search   train a supernet, derive the genotype, query the benchmark   (nasrun search --help)
-  eval     query the benchmark for a genotype                          (nasrun eval genotype=...)
+  eval     query the benchmark for a genotype, or retrain it            (nasrun eval genotype=...)
+  select   re-run a selector on a finished search                      (nasrun select run=DIR selector=pt)
   bench    convert | info: compact benchmark tables                     (nasrun bench --help)
 
 examples:
@@ -71,6 +72,13 @@ def quote_genotype_args(args):
             arg = f"{key}={value}"
         out.append(arg)
     return out
+
+
+@hydra.main(config_path=str(CONF_DIR), config_name="select", version_base="1.3")
+def select_app(cfg):
+    from .select import run_select
+
+    return _guard(run_select, cfg)
 
 
 def check_overrides(config_name, args):
@@ -139,9 +147,9 @@ def main():
     cmd = sys.argv[1]
     if cmd == "bench":
         return bench_main(sys.argv[2:])
-    apps = {"search": (search_app, "search"), "eval": (eval_app, "eval")}
+    apps = {"search": (search_app, "search"), "eval": (eval_app, "eval"), "select": (select_app, "select")}
     if cmd not in apps:
-        fail(f"unknown command '{cmd}'; choose one of: search, eval, bench")
+        fail(f"unknown command '{cmd}'; choose one of: search, eval, select, bench")
     sys.argv.pop(1)
     sys.argv[1:] = quote_genotype_args(sys.argv[1:])
     app, config_name = apps[cmd]

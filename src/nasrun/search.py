@@ -49,17 +49,9 @@ def query_all(bench, genotype):
     return {ds: bench.query(genotype, ds) for ds in DATASETS}
 
 
-def run_search(cfg, out_dir):
-    """Run (or resume) one search in ``out_dir`` and return its summary dict."""
-    run = RunDir(out_dir, cfg)
-    state = run.load_checkpoint()
-    if state is not None and state.get("finished"):
-        console.print(f"[green]run already complete[/green]: {run.path}")
-        print_summary(state["summary"])
-        return state["summary"]
-    run.start()
+def build_search(cfg, device):
+    """Space, data, stream, supernet and method of a search config (also used by ``nasrun select``)."""
     t = cfg.trainer
-    device = resolve_device(t.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     seed_everything(cfg.seed)
@@ -71,6 +63,21 @@ def run_search(cfg, out_dir):
     method = build(cfg.method, supernet=supernet, space=space)
     if t.amp and device.type == "cuda":
         method.autocast = functools.partial(torch.autocast, "cuda", dtype=torch.bfloat16)
+    return space, data, stream, protocol, supernet, method
+
+
+def run_search(cfg, out_dir):
+    """Run (or resume) one search in ``out_dir`` and return its summary dict."""
+    run = RunDir(out_dir, cfg)
+    state = run.load_checkpoint()
+    if state is not None and state.get("finished"):
+        console.print(f"[green]run already complete[/green]: {run.path}")
+        print_summary(state["summary"])
+        return state["summary"]
+    run.start()
+    t = cfg.trainer
+    device = resolve_device(t.device)
+    space, data, stream, protocol, supernet, method = build_search(cfg, device)
     selector = build(cfg.selector)
     stop = build(cfg.stop)
     diag = cfg.diagnostics

@@ -1,0 +1,57 @@
+"""``run_select(cfg, out_dir)``: re-run a selector on a finished search's supernet without re-searching."""
+
+import json
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+from .benchmarks import open_benchmark
+from .config import build
+from .data import BENCHMARK_NAMES
+from .engine import console, set_rng_state
+from .errors import UserError
+from .rundir import RunDir
+from .search import build_search, query_all
+from .utils import resolve_device
+
+
+def run_select(cfg, out_dir):
+    """Load ``cfg.run``'s config and final checkpoint, apply ``cfg.selector``, write to a new directory."""
+    source = Path(str(cfg.run)).expanduser()
+    ckpt_path, conf_path = source / "checkpoint.pt", source / "config.yaml"
+    if not ckpt_path.exists() or not conf_path.exists():
+        raise UserError(f"{source} is not a search run directory (needs config.yaml and checkpoint.pt)")
+    state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    if not state.get("finished"):
+        raise UserError(f"the search in {source} has not finished; resume it first (rerun its command)")
+    search_cfg = OmegaConf.load(conf_path)
+    search_cfg.trainer.device = cfg.trainer.device
+    search_cfg.trainer.progress = False
+    run = RunDir(out_dir, cfg)
+    run.start()
+    device = resolve_device(cfg.trainer.device)
+    space, data, stream, _, supernet, method = build_search(search_cfg, device)
+    supernet.load_state_dict(state["supernet"])
+    method.load_state_dict(state["method"])
+    set_rng_state(state["rng"])
+    selector = build(cfg.selector)
+    bench = open_benchmark(cfg.benchmark.name, cfg.benchmark.path, space.benchmark)
+    bench_ds = cfg.benchmark.dataset or BENCHMARK_NAMES.get(data.name, "cifar10")
+    history = state["history"]
+    selections = selector.select(space=space, method=method, history=history, stream=stream, bench=bench,
+                                 bench_dataset=bench_ds)
+    if getattr(selector, "decisions", None):
+        run.write("selection.json", {"selector": selector.name, "decisions": selector.decisions})
+    label, genotype = selections[0]
+    text = space.format_genotype(genotype)
+    run.write("genotype.json", {"space": space.name, "selector": label, "source": str(source), "genotype": text})
+    for lab, g in selections[1:] if len(selections) > 1 else []:
+        run.write(f"genotypes/{lab.replace('@', '_epoch')}.json",
+                  {"space": space.name, "selector": lab, "source": str(source), "genotype": space.format_genotype(g)})
+    summary = {"genotype": text, "space": space.name, "selector": label, "source": str(source),
+               **space.genotype_stats(genotype), "benchmark": query_all(bench, genotype), "run_dir": str(run.path)}
+    run.write("summary.json", summary)
+    console.print(f"select: {selector.name} on {source} → {text}")
+    print(json.dumps({"genotype": text, "run_dir": str(run.path)}))
+    return summary
