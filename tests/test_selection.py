@@ -151,3 +151,14 @@ def test_select_reruns_a_selector_on_a_finished_search(tmp_path):
     assert len(json.loads((tmp_path / "pt" / "selection.json").read_text())["decisions"]) == 6
     with pytest.raises(UserError, match="not a search run directory"):
         run_select(make_cfg([f"run={tmp_path / 'nothing'}"], config_name="select", tiny=False), tmp_path / "x")
+
+
+def test_discretised_accuracy_uses_one_hot_argmax_weights():
+    from nasrun.diagnostics import discretised_accuracy
+
+    method = tiny_method()
+    g = torch.Generator().manual_seed(5)
+    x, y = torch.randn(16, 3, 8, 8, generator=g), torch.randint(0, 4, (16,), generator=g)
+    onehot = F.one_hot(method.alphas["normal"].argmax(-1), 5).float()
+    expected = 100.0 * float((method.supernet(x, {"normal": onehot}).argmax(1) == y).float().mean())
+    assert discretised_accuracy(method, (x, y)) == pytest.approx(expected, abs=1e-3)

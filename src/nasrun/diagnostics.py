@@ -70,3 +70,13 @@ def hessian_eigenvalue(method, valid_batch, mode="auto", exact_max=400, iters=10
 
     lam = power(0.0)
     return lam if lam >= 0 else power(lam) + lam
+
+
+@torch.no_grad()
+def discretised_accuracy(method, valid_batch):
+    """Accuracy (%) of the supernet with one-hot(argmax α) mixing weights on one valid batch ([SP], §6.4)."""
+    x, y = valid_batch
+    weights = {k: torch.nn.functional.one_hot(w.argmax(-1), w.shape[-1]).to(w.dtype)
+               for k, w in method.derive_weights().items()}
+    _, logits = method.loss(x, y, weights)
+    return round(100.0 * float((logits.argmax(1) == y).float().mean()), 3)

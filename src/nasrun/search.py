@@ -15,7 +15,7 @@ from rich.table import Table
 from .benchmarks import open_benchmark
 from .config import build
 from .data import BENCHMARK_NAMES, build_search_stream, load_dataset
-from .diagnostics import hessian_eigenvalue, ies_entropy, operation_magnitudes, tse_estimators
+from .diagnostics import discretised_accuracy, hessian_eigenvalue, ies_entropy, operation_magnitudes, tse_estimators
 from .engine import EpochLoop, console, seed_everything
 from .errors import UserError
 from .rundir import RunDir
@@ -106,6 +106,8 @@ def run_search(cfg, out_dir):
                 "ies_entropy": ies_entropy(method.derive_weights()),
                 "op_magnitude": operation_magnitudes(method.derive_weights(), space.op_names("normal")),
                 "hessian_eigenvalue": hessian(epoch),
+                "discrete_valid_acc": (discretised_accuracy(method, loop.last_batch[1]) if diag.discrete_acc
+                                       and loop.last_batch and loop.last_batch[1] is not None else None),
                 **tse_estimators([r["train_loss"] for r in loop.history] + [m["train_loss"]]),
                 **method.epoch_metrics(),
                 "benchmark": (bench.query(genotype, bench_ds) if bench is not None else None)}
