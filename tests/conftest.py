@@ -28,6 +28,22 @@ def make_cfg(overrides=(), config_name="search", tiny=True):
         return compose(config_name=config_name, overrides=base + overrides)
 
 
+def tiny_method(overrides=(), dtype=torch.float32, seed=0, arch_lr=1e-3):
+    """A method on a tiny supernet with α away from uniform (so second-order terms are not degenerate)."""
+    from nasrun.config import build
+
+    torch.manual_seed(seed)
+    cfg = make_cfg(list(overrides))
+    space = build(cfg.space)
+    sup = space.build_supernet(4).to(dtype)
+    method = build(cfg.method, supernet=sup, space=space)
+    with torch.no_grad():
+        for a in method.arch_parameters():
+            a.data = a.data.to(dtype).normal_(0, 0.5)
+    method.arch_opt = torch.optim.Adam(method.arch_parameters(), lr=arch_lr)
+    return space, sup, method
+
+
 @pytest.fixture(autouse=True)
 def _isolate_env(monkeypatch, tmp_path):
     """No benchmark or data from the developer's machine leaks into a test."""

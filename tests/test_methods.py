@@ -6,25 +6,10 @@ import pytest
 import torch
 from torch.func import functional_call
 
-from nasrun.config import build
 from nasrun.methods.base import cosine_lr
 from nasrun.spaces import get_space
 
-from .conftest import make_cfg
-
-
-def tiny_method(overrides=(), dtype=torch.float32, seed=0):
-    torch.manual_seed(seed)
-    cfg = make_cfg(list(overrides))
-    space = build(cfg.space)
-    sup = space.build_supernet(4).to(dtype)
-    method = build(cfg.method, supernet=sup, space=space)
-    with torch.no_grad():
-        for a in method.arch_parameters():
-            a.data = a.data.to(dtype)
-            a.normal_(0, 0.5)  # away from uniform so the Hessian term is not degenerate
-    method.arch_opt = torch.optim.Adam(method.arch_parameters(), lr=1e-3)
-    return space, sup, method
+from .conftest import tiny_method
 
 
 def batches(dtype=torch.float32, n=8, seed=1):

@@ -10,26 +10,17 @@ import torch
 import torch.nn.functional as F
 
 from nasrun.cli import CONF_DIR
-from nasrun.config import build
 from nasrun.diagnostics import ies_entropy, tse_estimators
 from nasrun.search import run_search
 from nasrun.spaces import available_spaces
 
-from .conftest import make_cfg
+from .conftest import make_cfg, tiny_method
 
 METHODS = sorted(p.stem for p in (CONF_DIR / "method").glob("*.yaml"))
 
 
 def tiny(overrides, dtype=torch.float32, seed=0):
-    torch.manual_seed(seed)
-    cfg = make_cfg(list(overrides))
-    space = build(cfg.space)
-    sup = space.build_supernet(4).to(dtype)
-    method = build(cfg.method, supernet=sup, space=space)
-    with torch.no_grad():
-        for a in method.arch_parameters():
-            a.data = a.data.to(dtype).normal_(0, 0.5)
-    method.arch_opt = torch.optim.Adam(method.arch_parameters(), lr=1e-2)
+    _, sup, method = tiny_method(overrides, dtype, seed, arch_lr=1e-2)
     return sup, method
 
 

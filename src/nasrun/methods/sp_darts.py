@@ -57,7 +57,8 @@ class SpDarts(Darts):
         self.t_sp = self.late_t_sp if late else self.base_t_sp
         if self._epoch_stats is None or self._epoch_epoch != epoch:
             self._epoch_epoch = epoch
-            self._epoch_stats = {k: torch.zeros(()) for k in ("sparse", "steps", "mon_correct", "mon_n")}
+            device = self.alphas[next(iter(self.alphas))].device  # accumulate where the logits are: no host sync
+            self._epoch_stats = {k: torch.zeros((), device=device) for k in ("sparse", "steps", "mon_correct", "mon_n")}
 
     def step(self, train_batch, valid_batch):
         if self.warm:
@@ -72,7 +73,7 @@ class SpDarts(Darts):
             with torch.no_grad():
                 w = {k: F.softmax(a / self.monitor_temperature, dim=-1) for k, a in self.alphas.items()}
                 _, logits = self.loss(*valid_batch, w)
-                self._epoch_stats["mon_correct"] += (logits.argmax(1) == valid_batch[1]).sum().cpu()
+                self._epoch_stats["mon_correct"] += (logits.argmax(1) == valid_batch[1]).sum()
                 self._epoch_stats["mon_n"] += len(valid_batch[1])
         return out
 

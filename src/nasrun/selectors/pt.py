@@ -142,15 +142,7 @@ class PerturbationSelector:
             annotate("final")
         finally:
             method.edge_weights = base
-        final = {}
-        for k, w in base().items():
-            w = w.detach().clone()
-            for e, o in fixed[k].items():
-                w[e] = 0.0
-                w[e, o] = 1.0
-            for e in removed[k]:
-                w[e] = 0.0
-            final[k] = w
+        final = {k: v.detach() for k, v in projected().items()}
         return [(self.name, space.derive(final))]
 
     def _project_op(self, key, method, stream, fixed, removed, edges, gen, projected):
