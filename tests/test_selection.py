@@ -11,7 +11,8 @@ from nasrun.config import build
 from nasrun.diagnostics import hessian_eigenvalue, operation_magnitudes
 from nasrun.search import run_search
 from nasrun.selectors.selective_stop import stop_epoch
-from nasrun.stops import DartsES, DartsPlus
+from nasrun.errors import UserError
+from nasrun.stops import DartsES, DartsPlus, SelectiveStopOnline, replay
 
 from .conftest import make_cfg
 
@@ -67,25 +68,39 @@ def test_darts_plus_rt_counts_identical_rankings():
 
 
 def es_history(late_value, upto=49):
-    """Eigenvalues every 2 epochs (epochs 1, 3, ...): value 1 for the first 13, then ``late_value``."""
+    """Eigenvalues at RobustDARTS' Hessian epochs 0, 2, 4, ... and the last: 1 for the first 13, then ``late_value``."""
     history = []
     for e in range(upto + 1):
         ev = None
-        if (e + 1) % 2 == 0:
-            k = (e - 1) // 2
-            ev = 1.0 if k <= 12 else late_value
+        if e % 2 == 0 or e == upto:
+            ev = 1.0 if e // 2 <= 12 else late_value
         history.append(record(e, ev=ev))
     return history
 
 
 def test_darts_es_fires_where_the_arithmetic_says():
-    # k-th eigenvalue at epoch 2k+1; at k=13 (epoch 27) LA = (4·1 + 3)/5 = 1.4 vs LA 4 values back = 1 → 1.4 > 1.3;
-    # la_epoch = 27 − 2·2 = 23, stop epoch = 23 − 2·4 = 15.
+    # k-th eigenvalue at epoch 2k; at k=13 (epoch 26) LA = (4·1 + 3)/5 = 1.4 vs LA 4 values back = 1 → 1.4 > 1.3;
+    # la_epoch = 26 − 2·2 = 22, stop epoch = 22 − 2·4 = 14.
     rule, history = DartsES(), es_history(3.0)
     fired = [(r["epoch"], rule.check(history[: i + 1], 50)) for i, r in enumerate(history)]
-    assert [f for f in fired if f[1] is not None][0] == (27, 15)
+    assert [f for f in fired if f[1] is not None][0] == (26, 14)
+    assert replay(rule, history, 50) == 14  # the same rule replayed after the search (nasrun select stop=...)
     never = es_history(1.2)
     assert all(rule.check(never[: i + 1], 50) is None for i in range(len(never)))
+    assert replay(rule, never, 50) is None
+    with pytest.raises(UserError, match="hessian_every=2"):
+        rule.check([record(0), record(1)], 50)
+
+
+def test_selective_stop_online_waits_patience_epochs_after_the_peak():
+    rule = SelectiveStopOnline(target="A", criterion="peak", eligibility=True, patience=2)
+    mags = [{"A": 0.2, "B": 0.8}, {"A": 0.6, "B": 0.4}, {"A": 0.7, "B": 0.3}, {"A": 0.5, "B": 0.5},
+            {"A": 0.65, "B": 0.35}, {"A": 0.3, "B": 0.7}]
+    history = [{"epoch": e, "op_magnitude": m} for e, m in enumerate(mags)]
+    # best so far: 0, 1, 2, 2, 2, 2 → t* = 2 has stood 2 epochs at epoch 4
+    assert [rule.check(history[: i + 1], 50) for i in range(len(history))] == [None, None, None, None, 2, 2]
+    with pytest.raises(UserError, match="operation magnitudes"):
+        rule.check([{"epoch": 0, "op_magnitude": None}], 50)
 
 
 def test_selective_stop_equations_and_eligibility():
@@ -128,7 +143,85 @@ def test_stop_rules_in_the_search_loop(tmp_path):
     assert summary["stop_epoch"] is None and summary["epochs_run"] == 2  # falls back to the final genotype
     run_search(make_cfg(["stop=darts_es", "diagnostics.hessian_every=2", "trainer.epochs=4"]), tmp_path / "es")
     evs = [json.loads(x)["hessian_eigenvalue"] for x in (tmp_path / "es" / "metrics.jsonl").read_text().splitlines()]
-    assert evs[0] is None and evs[2] is None and isinstance(evs[1], float) and isinstance(evs[3], float)
+    assert evs[1] is None and all(isinstance(evs[e], float) for e in (0, 2, 3))  # epochs 0, 2, ... and the last
+    with pytest.raises(UserError, match="diagnostics.hessian_every=2"):
+        run_search(make_cfg(["stop=darts_es"]), tmp_path / "no_hessian")
+
+
+def test_darts_ada_rolls_back_and_raises_the_weight_decay(tmp_path, monkeypatch):
+    """The eigenvalue doubles at epoch 3 while the weight decay is below 0.01: DARTS-ADA (window 1, f 1, δ 1:
+    stop epoch = e − 1) rolls back to epoch 2 twice (5e-4 → 5e-3 → 5e-2) and then runs on. The result must
+    equal a straight run whose weight decay switches to 5e-2 at epoch 3: the rollback restores everything."""
+    import nasrun.search
+    from nasrun.methods.base import cosine_lr
+
+    epochs, lr3 = 5, cosine_lr(3, 5, 0.025, 0.001)
+
+    def fake_eigenvalue(method, valid, mode):
+        at_epoch3 = method.w_opt.param_groups[0]["lr"] == lr3
+        return 2.0 if at_epoch3 and method.weight_decay < 1e-2 else 1.0
+
+    monkeypatch.setattr(nasrun.search, "hessian_eigenvalue", fake_eigenvalue)
+    ada = ["stop=darts_ada", "stop.window=1", "stop.ev_freq=1", "stop.start_epoch=1", "stop.delta=1",
+           "diagnostics.hessian_every=1", "method.w_weight_decay=5e-4", "stop.max_weight_decay=0.05",
+           f"trainer.epochs={epochs}"]
+    summary = run_search(make_cfg(ada), tmp_path / "ada")
+    events = json.loads((tmp_path / "ada" / "ada.json").read_text())
+    assert [(e["fired_after_epoch"], e["rollback_to"]) for e in events] == [(3, 2), (3, 2)]
+    assert [e["weight_decay"] for e in events] == pytest.approx([5e-3, 5e-2])
+    history = [json.loads(x) for x in (tmp_path / "ada" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in history] == list(range(epochs)) and summary["epochs_run"] == epochs
+    assert [r["w_weight_decay"] for r in history] == pytest.approx([5e-4] * 3 + [5e-2] * 2)
+    early = json.loads((tmp_path / "ada" / "genotypes" / "darts_es.json").read_text())
+    assert early["epoch"] == 2 and early["genotype"] == history[2]["genotype"]
+    assert not (tmp_path / "ada" / "snapshots").exists()  # dropped once the run has finished
+
+    # at its maximum the rule no longer acts: one raise to 5e-3 = max, then the run goes to its end
+    summary = run_search(make_cfg(ada[:-2] + ["stop.max_weight_decay=5e-3", f"trainer.epochs={epochs}"]), tmp_path / "max")
+    assert len(summary["ada"]) == 1 and summary["stop_epoch"] is None and summary["epochs_run"] == epochs
+
+    # killed mid-epoch after the first rollback (call 9 = epoch 3, step 1 of its second pass), then resumed
+    import os
+    import signal
+
+    import nasrun.engine
+    from nasrun.errors import Interrupted
+
+    calls, accumulate = {"n": 0}, nasrun.engine.accumulate
+
+    def signal_at_step_9(*args):
+        accumulate(*args)
+        calls["n"] += 1
+        if calls["n"] == 9:
+            os.kill(os.getpid(), signal.SIGUSR1)
+
+    monkeypatch.setattr(nasrun.engine, "accumulate", signal_at_step_9)
+    with pytest.raises(Interrupted):
+        run_search(make_cfg(ada), tmp_path / "killed")
+    assert len(json.loads((tmp_path / "killed" / "ada.json").read_text())) == 1
+    monkeypatch.setattr(nasrun.engine, "accumulate", accumulate)
+    run_search(make_cfg(ada), tmp_path / "killed")
+    assert json.loads((tmp_path / "killed" / "ada.json").read_text()) == events
+    resumed = [json.loads(x) for x in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["train_loss"] for r in resumed] == [r["train_loss"] for r in history]
+
+    from nasrun.methods.darts import Darts
+
+    original = Darts.on_epoch_start
+
+    def switch(self, epoch, total):
+        original(self, epoch, total)
+        if epoch == 3:
+            self.weight_decay = 5e-2
+
+    monkeypatch.setattr(Darts, "on_epoch_start", switch)
+    run_search(make_cfg(["diagnostics.hessian_every=1", "method.w_weight_decay=5e-4", f"trainer.epochs={epochs}"]),
+               tmp_path / "straight")
+    a, b, c = (torch.load(tmp_path / d / "checkpoint.pt", weights_only=False) for d in ("ada", "straight", "killed"))
+    for other in (b, c):
+        assert all(torch.equal(a["supernet"][k], other["supernet"][k]) for k in a["supernet"])
+        assert all(torch.equal(a["method"]["alphas"][k], other["method"]["alphas"][k]) for k in a["method"]["alphas"])
+
 
 
 def test_select_reruns_a_selector_on_a_finished_search(tmp_path):
@@ -149,6 +242,10 @@ def test_select_reruns_a_selector_on_a_finished_search(tmp_path):
                    "trainer.device=cpu", "benchmark=none"], config_name="select", tiny=False)
     assert len(json.loads(json.dumps(run_select(pt, tmp_path / "pt")))["genotype"]) > 0
     assert len(json.loads((tmp_path / "pt" / "selection.json").read_text())["decisions"]) == 6
+    replayed = run_select(make_cfg([f"run={tmp_path / 'search'}", "selector=argmax", "stop=darts_plus", "stop.k=0",
+                                    "trainer.device=cpu", "benchmark=none"], config_name="select", tiny=False),
+                          tmp_path / "replay")
+    assert replayed["stop_epoch"] == 0 and replayed["genotype"] == history[0]["genotype"]
     with pytest.raises(UserError, match="not a search run directory"):
         run_select(make_cfg([f"run={tmp_path / 'nothing'}"], config_name="select", tiny=False), tmp_path / "x")
 
@@ -162,3 +259,17 @@ def test_discretised_accuracy_uses_one_hot_argmax_weights():
     onehot = F.one_hot(method.alphas["normal"].argmax(-1), 5).float()
     expected = 100.0 * float((method.supernet(x, {"normal": onehot}).argmax(1) == y).float().mean())
     assert discretised_accuracy(method, (x, y)) == pytest.approx(expected, abs=1e-3)
+
+
+def test_ss_darts_presets_resolve_to_the_paper_settings():
+    nb = make_cfg(["+experiment=ss_darts_nb201"], tiny=False)
+    assert (nb.trainer.batch_size, nb.method.w_lr, nb.method.w_lr_min, nb.method.arch_lr) == (256, 0.003, 0.003, 1e-3)
+    assert nb.selector.name == "selective_stop" and list(nb.selector.criteria) == ["residual"] and nb.selector.eligibility
+    es = make_cfg(["+experiment=darts_es_nb201"], tiny=False)
+    assert (es.trainer.batch_size, es.stop.name, es.diagnostics.hessian_every, es.selector.name) == (128, "darts_es", 2, "argmax")
+    assert es.method.w_lr == 0.003  # everything else as SS-DARTS
+    ds = make_cfg(["+experiment=ss_darts_darts"], tiny=False)
+    assert (ds.space.name, ds.trainer.epochs, ds.trainer.batch_size, ds.method.w_lr_min, ds.method.arch_first) == \
+        ("darts_7op", 75, 80, 0.025, True)
+    assert sorted(ds.selector.targets) == ["dil_conv_3x3", "dil_conv_5x5", "sep_conv_3x3", "sep_conv_5x5"]
+    assert list(ds.selector.criteria) == ["peak"] and not ds.selector.eligibility

@@ -8,6 +8,7 @@ next step boundary and raise :class:`Interrupted`; a NaN/inf loss stops with the
 
 import math
 import random
+import shutil
 import signal
 import threading
 import time
@@ -109,27 +110,49 @@ class EpochLoop:
         self.epoch, self.step, self.history, self.elapsed = 0, 0, [], 0.0
         self.sums = self._zero()
         self.last_batch, self.stop_epoch = None, None
+        self.events = []  # run-level events that survive rollbacks (DARTS-ADA), saved in the checkpoint
 
     def _zero(self):
         return {k: torch.zeros((), device=self.device, dtype=torch.float64) for k in SUMS}
 
-    def resume(self, state):
+    def resume(self, state, quiet=False):
         """Restore everything from a checkpoint dict (as written by :meth:`checkpoint`)."""
         for name, obj in self.stateful.items():
             obj.load_state_dict(state[name])
         set_rng_state(state["rng"])
         self.epoch, self.step, self.history, self.elapsed = state["epoch"], state["step"], state["history"], state["elapsed"]
         self.sums = {k: v.to(self.device) for k, v in state["sums"].items()}
+        if not quiet:
+            self.events = state.get("events", [])
         if self.step:
             self.stream.load_state_dict(state["stream"])
-        console.print(f"resuming {self.run.path} at epoch {self.epoch} step {self.step}")
+        if not quiet:
+            console.print(f"resuming {self.run.path} at epoch {self.epoch} step {self.step}")
 
-    def checkpoint(self, finished=False, summary=None):
+    def snapshot_path(self, epoch):
+        return self.run.path / "snapshots" / f"epoch_{epoch:03d}.pt"
+
+    def rollback(self, epoch):
+        """Restore the full state after ``epoch`` from its snapshot (weights, α, optimisers, RNG, history)."""
+        path = self.snapshot_path(epoch)
+        if not path.exists():
+            raise UserError(f"cannot roll back to epoch {epoch}: {path} is missing; rerun without the rollback rule")
+        self.resume(torch.load(path, map_location="cpu", weights_only=False), quiet=True)
+        self.run.truncate_metrics(self.epoch)
+
+    def drop_snapshots(self):
+        if (self.run.path / "snapshots").exists():
+            shutil.rmtree(self.run.path / "snapshots")
+
+    def checkpoint(self, finished=False, summary=None, snapshot=False):
+        """Write checkpoint.pt; with ``snapshot`` first keep the same state as ``snapshots/epoch_<e>.pt``
+        (e = the epoch just finished) for a later :meth:`rollback`."""
         self.run.save_checkpoint({**{n: o.state_dict() for n, o in self.stateful.items()}, "epoch": self.epoch,
                                   "step": self.step, "history": self.history, "elapsed": self.elapsed,
                                   "rng": rng_state(), "stream": self.stream.state_dict(),
                                   "sums": {k: v.cpu() for k, v in self.sums.items()}, "finished": finished,
-                                  "summary": summary})
+                                  "summary": summary, "events": self.events},
+                                 also=self.snapshot_path(self.epoch - 1) if snapshot else None)
 
     def _batch(self, step):
         train, valid = self.stream.batch(step)
@@ -137,13 +160,15 @@ class EpochLoop:
         return ((train[0].contiguous(memory_format=fmt), train[1]),
                 (valid[0].contiguous(memory_format=fmt), valid[1]) if valid is not None else None)
 
-    def fit(self, epochs, step_fn, epoch_start, epoch_end, log, group=1, stop_fn=None):
+    def fit(self, epochs, step_fn, epoch_start, epoch_end, log, group=1, stop_fn=None, snapshot_fn=None):
         """Run the remaining epochs; ``step_fn(train, valid)`` returns detached device tensors.
 
         With ``group > 1`` (TSE-DARTS) ``step_fn`` receives a list of up to ``group`` consecutive
         ``(train, valid)`` batches; interrupts then land on group boundaries, so resumes stay exact.
         ``stop_fn(history)`` returns the epoch to roll back to when an early-stopping rule fires; it is
-        checked before every epoch, so a resumed run stops at the same place.
+        checked before every epoch, so a resumed run stops at the same place; it may instead call
+        :meth:`rollback` and return None to go on from an earlier epoch. ``snapshot_fn(epoch)`` says which
+        epochs' checkpoints to keep under ``snapshots/`` as rollback targets.
         """
         self.run.truncate_metrics(self.epoch)
         bar = Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
@@ -189,7 +214,7 @@ class EpochLoop:
                     self.run.append_metrics(record)
                     log(record, epochs)
                     self.epoch, self.step, self.sums = self.epoch + 1, 0, self._zero()
-                    self.checkpoint()
+                    self.checkpoint(snapshot=snapshot_fn is not None and snapshot_fn(self.epoch - 1))
         except torch.OutOfMemoryError:
             total = (torch.cuda.get_device_properties(self.device).total_memory / 2**30
                      if self.device.type == "cuda" else float("nan"))

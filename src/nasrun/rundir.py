@@ -60,8 +60,12 @@ class RunDir:
                             "use another hydra.run.dir or the original overrides to resume")
         return state
 
-    def save_checkpoint(self, state):
-        atomic_torch_save({**state, "config": self.config}, self.ckpt)
+    def save_checkpoint(self, state, also=None):
+        """Save atomically to checkpoint.pt (and first to ``also``, a rollback snapshot, when given)."""
+        state = {**state, "config": self.config}
+        if also is not None:
+            atomic_torch_save(state, also)
+        atomic_torch_save(state, self.ckpt)
 
     def truncate_metrics(self, epochs_done):
         """Keep the first ``epochs_done`` lines (a kill between metrics and checkpoint leaves one extra)."""

@@ -81,6 +81,9 @@ def run_search(cfg, out_dir):
     selector = build(cfg.selector)
     stop = build(cfg.stop)
     diag = cfg.diagnostics
+    if getattr(stop, "ev_freq", None) and diag.hessian_every != stop.ev_freq:
+        raise UserError(f"stop={stop.name} reads the Hessian eigenvalue every {stop.ev_freq} epochs; "
+                        f"add diagnostics.hessian_every={stop.ev_freq}")
     bench = open_benchmark(cfg.benchmark.name, cfg.benchmark.path, space.benchmark)
     bench_ds = cfg.benchmark.dataset or BENCHMARK_NAMES.get(data.name, "cifar10")
 
@@ -93,7 +96,7 @@ def run_search(cfg, out_dir):
 
     def hessian(epoch):
         every, valid = diag.hessian_every, loop.last_batch and loop.last_batch[1]
-        if not every or valid is None or not ((epoch + 1) % every == 0 or epoch == t.epochs - 1):
+        if not every or valid is None or not (epoch % every == 0 or epoch == t.epochs - 1):  # RobustDARTS epochs
             return None
         return hessian_eigenvalue(method, valid, diag.hessian_mode)
 
@@ -112,37 +115,77 @@ def run_search(cfg, out_dir):
                 **method.epoch_metrics(),
                 "benchmark": (bench.query(genotype, bench_ds) if bench is not None else None)}
 
+    def stop_fn(history):
+        epoch = stop.check(history, t.epochs)
+        if epoch is None or not getattr(stop, "adapt_weight_decay", False):
+            return epoch
+        if not stop.can_raise(method.weight_decay):
+            return None  # DARTS-ADA at its maximum weight decay: train to the end
+        event = {"fired_after_epoch": history[-1]["epoch"], "rollback_to": epoch,
+                 "genotype": history[epoch]["genotype"]}
+        raised = method.weight_decay * stop.mul_factor
+        loop.rollback(epoch)  # restores the optimiser with its old weight decay ...
+        method.weight_decay = raised  # ... so the raise is applied after it
+        loop.events.append({**event, "weight_decay": method.weight_decay})
+        loop.checkpoint()
+        write_ada(run, space, loop.events)
+        console.print(f"DARTS-ADA: rolled back to epoch {epoch}, weight decay now {method.weight_decay:g}")
+        return None
+
     group = getattr(method, "group_size", 1)
     loop.fit(t.epochs, method.step_group if group > 1 else method.step, lambda e: method.on_epoch_start(e, t.epochs),
-             epoch_end, log_epoch, group=group, stop_fn=lambda h: stop.check(h, t.epochs))
+             epoch_end, log_epoch, group=group, stop_fn=stop_fn, snapshot_fn=getattr(stop, "snapshot_epoch", None))
     elapsed, history = loop.elapsed, loop.history
+    write_ada(run, space, loop.events)
 
-    if loop.stop_epoch is not None:  # roll back to the genotype recorded at the stop rule's epoch
-        selections = [(f"{stop.name}", space.parse_genotype(history[loop.stop_epoch]["genotype"]))]
-        chosen_epoch = loop.stop_epoch
-    else:
-        selections = selector.select(space=space, method=method, history=history, stream=stream, bench=bench,
-                                     bench_dataset=bench_ds)
-        if getattr(selector, "decisions", None):
-            run.write("selection.json", {"selector": selector.name, "decisions": selector.decisions})
-        chosen_epoch = len(history) - 1
-    label, genotype = selections[0]
+    selections = choose(run, space, method, history, selector, stop.name, loop.stop_epoch, stream=stream, bench=bench,
+                        bench_dataset=bench_ds)
+    chosen_epoch = len(history) - 1 if loop.stop_epoch is None else loop.stop_epoch
+    label, genotype = write_selections(run, space, selections, epoch=chosen_epoch)
     text = space.format_genotype(genotype)
-    run.write("genotype.json", {"space": space.name, "selector": label, "epoch": chosen_epoch, "genotype": text})
-    if len(selections) > 1:
-        for lab, g in selections:
-            run.write(f"genotypes/{lab.replace('@', '_epoch')}.json",
-                      {"space": space.name, "selector": lab, "genotype": space.format_genotype(g)})
     summary = {"genotype": text, "space": space.name, "method": method.name, "selector": label,
                "dataset": data.name, "seed": cfg.seed, "epochs": t.epochs, "epochs_run": len(history),
-               "stop_epoch": loop.stop_epoch, **space.genotype_stats(genotype),
+               "stop_epoch": loop.stop_epoch, "ada": loop.events or None, **space.genotype_stats(genotype),
                "benchmark": query_all(bench, genotype), "benchmark_source": getattr(bench, "source", None),
                "search_seconds": round(elapsed, 2), "peak_memory_mb": round(peak_memory_mb(device), 1),
                "run_dir": str(run.path)}
     run.write("summary.json", summary)
     loop.checkpoint(finished=True, summary=summary)
+    loop.drop_snapshots()
     print_summary(summary)
     return summary
+
+
+def choose(run, space, method, history, selector, stop_name, stop_epoch, **kwargs):
+    """``[(label, genotype), ...]``: the stop rule's epoch if it fired, else the selector's choice
+    (its decisions, if any, go to selection.json)."""
+    if stop_epoch is not None:  # roll back to the genotype recorded at the stop rule's epoch
+        return [(stop_name, space.parse_genotype(history[stop_epoch]["genotype"]))]
+    selections = selector.select(space=space, method=method, history=history, **kwargs)
+    if getattr(selector, "decisions", None):
+        run.write("selection.json", {"selector": selector.name, "decisions": selector.decisions})
+    return selections
+
+
+def write_ada(run, space, events):
+    """DARTS-ADA's rollbacks to ada.json; the first one's genotype is DARTS-ES's, kept in genotypes/darts_es.json."""
+    if events:
+        run.write("ada.json", events)
+        run.write("genotypes/darts_es.json", {"space": space.name, "selector": "darts_es",
+                                              "epoch": events[0]["rollback_to"], "genotype": events[0]["genotype"]})
+
+
+def write_selections(run, space, selections, **extra):
+    """genotype.json from the first ``(label, genotype)``; with several, each also to ``genotypes/``.
+
+    Returns the first pair."""
+    for i, (label, genotype) in enumerate(selections):
+        record = {"space": space.name, "selector": label, **extra, "genotype": space.format_genotype(genotype)}
+        if i == 0:
+            run.write("genotype.json", record)
+        if len(selections) > 1:
+            run.write(f"genotypes/{label.replace('@', '_epoch')}.json", record)
+    return selections[0]
 
 
 def _fmt(x, spec=".3f"):

@@ -1,4 +1,4 @@
-"""``run_select(cfg, out_dir)``: re-run a selector on a finished search's supernet without re-searching."""
+"""``run_select(cfg, out_dir)``: re-run a selector (or replay a stop rule) on a finished search without re-searching."""
 
 import json
 from pathlib import Path
@@ -12,12 +12,17 @@ from .data import BENCHMARK_NAMES
 from .engine import console, set_rng_state
 from .errors import UserError
 from .rundir import RunDir
-from .search import build_search, query_all
+from .search import build_search, choose, query_all, write_selections
+from .stops import replay
 from .utils import resolve_device
 
 
 def run_select(cfg, out_dir):
-    """Load ``cfg.run``'s config and final checkpoint, apply ``cfg.selector``, write to a new directory."""
+    """Load ``cfg.run``'s config and final checkpoint, apply ``cfg.selector``, write to a new directory.
+
+    With ``stop=...`` the rule is first replayed over the run's history; if it would have fired, the
+    genotype of its epoch is the result (so DARTS+ / DARTS-ES and SS-DARTS come from the same runs, as in [SS]).
+    """
     source = Path(str(cfg.run)).expanduser()
     ckpt_path, conf_path = source / "checkpoint.pt", source / "config.yaml"
     if not ckpt_path.exists() or not conf_path.exists():
@@ -35,23 +40,18 @@ def run_select(cfg, out_dir):
     supernet.load_state_dict(state["supernet"])
     method.load_state_dict(state["method"])
     set_rng_state(state["rng"])
-    selector = build(cfg.selector)
+    selector, stop = build(cfg.selector), build(cfg.stop)
     bench = open_benchmark(cfg.benchmark.name, cfg.benchmark.path, space.benchmark)
     bench_ds = cfg.benchmark.dataset or BENCHMARK_NAMES.get(data.name, "cifar10")
     history = state["history"]
-    selections = selector.select(space=space, method=method, history=history, stream=stream, bench=bench,
-                                 bench_dataset=bench_ds)
-    if getattr(selector, "decisions", None):
-        run.write("selection.json", {"selector": selector.name, "decisions": selector.decisions})
-    label, genotype = selections[0]
+    stop_epoch = replay(stop, history, search_cfg.trainer.epochs)
+    selections = choose(run, space, method, history, selector, stop.name, stop_epoch, stream=stream, bench=bench,
+                        bench_dataset=bench_ds)
+    label, genotype = write_selections(run, space, selections, source=str(source))
     text = space.format_genotype(genotype)
-    run.write("genotype.json", {"space": space.name, "selector": label, "source": str(source), "genotype": text})
-    for lab, g in selections[1:] if len(selections) > 1 else []:
-        run.write(f"genotypes/{lab.replace('@', '_epoch')}.json",
-                  {"space": space.name, "selector": lab, "source": str(source), "genotype": space.format_genotype(g)})
-    summary = {"genotype": text, "space": space.name, "selector": label, "source": str(source),
+    summary = {"genotype": text, "space": space.name, "selector": label, "source": str(source), "stop_epoch": stop_epoch,
                **space.genotype_stats(genotype), "benchmark": query_all(bench, genotype), "run_dir": str(run.path)}
     run.write("summary.json", summary)
-    console.print(f"select: {selector.name} on {source} → {text}")
+    console.print(f"select: {label} on {source} → {text}")
     print(json.dumps({"genotype": text, "run_dir": str(run.path)}))
     return summary

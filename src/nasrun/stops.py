@@ -3,6 +3,9 @@ genotype should be kept, or None to go on. If a rule never fires, the final geno
 
 import math
 
+from .errors import UserError
+from .selectors.selective_stop import magnitude_history, stop_epoch
+
 
 class NoStop:
     """Train all epochs."""
@@ -42,8 +45,14 @@ def _ranking(record):
 
 
 class DartsES:
-    """DARTS-ES (RobustDARTS EVLocalAvg): stop when the local average of the dominant Hessian eigenvalue
-    grows by more than ``factor`` over ``delta`` of its values; roll back to epoch s = la_epoch − f·δ.
+    """DARTS-ES (Zela et al., ICLR 2020; RobustDARTS EVLocalAvg): stop when the local average of the dominant
+    Hessian eigenvalue grows by more than ``factor`` over ``delta`` of its values; roll back to epoch
+    s = la_epoch − f·δ.
+
+    With ``adapt_weight_decay`` it is DARTS-ADA instead: when the rule fires, the search rolls back to the
+    full state after epoch s (weights, α, optimisers, eigenvalue history), multiplies the weight decay by
+    ``mul_factor`` and goes on; once the weight decay has reached ``max_weight_decay`` the rule no longer
+    acts and the search runs to its last epoch. The genotype of the first firing (= DARTS-ES) is kept too.
 
     Args:
         window: w of the local average.
@@ -51,11 +60,24 @@ class DartsES:
         start_epoch: earliest epoch the rollback target may be.
         delta: δ, the look-back in local-average values.
         factor: growth ratio that triggers the stop.
+        adapt_weight_decay: DARTS-ADA instead of stopping.
+        mul_factor: weight-decay multiplier per rollback (RobustDARTS scripts: 10; argparse default 3).
+        max_weight_decay: no raise once the weight decay has reached this (scripts: 0.03; default 2.43e-2).
     """
 
-    def __init__(self, name="darts_es", window=5, ev_freq=2, start_epoch=10, delta=4, factor=1.3):
+    def __init__(self, name="darts_es", window=5, ev_freq=2, start_epoch=10, delta=4, factor=1.3,
+                 adapt_weight_decay=False, mul_factor=10.0, max_weight_decay=0.03):
         self.name, self.window, self.ev_freq = name, window, ev_freq
         self.start_epoch, self.delta, self.factor = start_epoch, delta, factor
+        self.adapt_weight_decay, self.mul_factor, self.max_weight_decay = adapt_weight_decay, mul_factor, max_weight_decay
+
+    def can_raise(self, weight_decay):
+        """DARTS-ADA raises the weight decay only while it is below ``max_weight_decay`` (with float slack)."""
+        return self.adapt_weight_decay and weight_decay < self.max_weight_decay * (1 - 1e-6)
+
+    def snapshot_epoch(self, epoch):
+        """Epochs DARTS-ADA may roll back to: Hessian epochs from ``start_epoch`` on."""
+        return self.adapt_weight_decay and epoch >= self.start_epoch and epoch % self.ev_freq == 0
 
     def local_averages(self, history, epochs):
         values, la = [], []
@@ -69,6 +91,9 @@ class DartsES:
         return la
 
     def check(self, history, epochs):
+        if all(r.get("hessian_eigenvalue") is None for r in history):
+            raise UserError(f"stop={self.name} needs Hessian eigenvalues in the history; search with "
+                            f"diagnostics.hessian_every={self.ev_freq}")
         e = history[-1]["epoch"]
         if history[-1].get("hessian_eigenvalue") is None or e == epochs - 1:
             return None
@@ -78,3 +103,36 @@ class DartsES:
         if stop >= self.start_epoch and len(la) > self.delta and la[-1] / la[-1 - self.delta] > self.factor:
             return stop
         return None
+
+
+class SelectiveStopOnline:
+    """SS-DARTS Algorithm 1 (Zhang & Ding, CIKM 2021): single-point online stop on the operation magnitudes.
+
+    The criterion's epoch t* (Eq. 12 ``peak`` or Eq. 13 ``residual``, with the NB201 eligibility rule) can
+    only be recognised after the fact, so the search stops once t* has not changed for ``patience``
+    epochs and keeps the genotype of t*. The paper leaves this detection rule open; ``patience`` is nasrun's.
+
+    Args:
+        target: the target op (NB201: nor_conv_3x3).
+        criterion: ``peak`` or ``residual``.
+        eligibility: the NB201 code's eligibility rule.
+        patience: epochs after t* without a better epoch before stopping.
+    """
+
+    def __init__(self, name="selective_stop", target="nor_conv_3x3", criterion="residual", eligibility=True, patience=5):
+        self.name, self.target, self.criterion = name, target, criterion
+        self.eligibility, self.patience = eligibility, patience
+
+    def check(self, history, epochs):
+        t = stop_epoch(magnitude_history(history), self.target, self.criterion, self.eligibility)
+        return history[t]["epoch"] if history[-1]["epoch"] - history[t]["epoch"] >= self.patience else None
+
+
+def replay(rule, history, epochs):
+    """The epoch ``rule`` would have stopped at had it run during the search that produced ``history``
+    (checked before every epoch but the first, as the search loop does), or None."""
+    for i in range(1, len(history)):
+        epoch = rule.check(history[:i], epochs)
+        if epoch is not None:
+            return epoch
+    return None

@@ -71,7 +71,7 @@ class Method(abc.ABC):
         """One search iteration; returns detached device tensors (no host sync)."""
 
     def lrs(self):
-        """Current learning rates, for logging."""
+        """Current learning rates (and weight decay), for logging."""
         return {}
 
     def epoch_metrics(self):

@@ -44,7 +44,18 @@ class Darts(Method):
             g["lr"] = lr
 
     def lrs(self):
-        return {"w_lr": self.w_opt.param_groups[0]["lr"], "arch_lr": self.arch_opt.param_groups[0]["lr"]}
+        return {"w_lr": self.w_opt.param_groups[0]["lr"], "arch_lr": self.arch_opt.param_groups[0]["lr"],
+                "w_weight_decay": self.weight_decay}
+
+    @property
+    def weight_decay(self):
+        """The weight optimiser's decay (DARTS-ADA raises it; it is part of the optimiser's saved state)."""
+        return self.w_opt.param_groups[0]["weight_decay"]
+
+    @weight_decay.setter
+    def weight_decay(self, value):
+        for g in self.w_opt.param_groups:
+            g["weight_decay"] = value
 
     def step(self, train_batch, valid_batch):
         out = {}

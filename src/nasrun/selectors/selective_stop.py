@@ -28,6 +28,15 @@ def stop_epoch(magnitudes, target, criterion, eligibility):
     return best
 
 
+def magnitude_history(history):
+    """Per-epoch ``{op: m}`` from the metrics records; a one-line error where the space has none."""
+    magnitudes = [r.get("op_magnitude") for r in history]
+    if not magnitudes or any(m is None for m in magnitudes):
+        raise UserError("selective_stop needs operation magnitudes, which exist only for spaces whose edges "
+                        "share one op list")
+    return magnitudes
+
+
 class SelectiveStop:
     """One genotype per (criterion, target op) from the α history.
 
@@ -42,10 +51,7 @@ class SelectiveStop:
         self.name, self.targets, self.criteria, self.eligibility = name, list(targets), list(criteria), eligibility
 
     def select(self, space, method, history, **_state):
-        magnitudes = [r.get("op_magnitude") for r in history]
-        if not magnitudes or any(m is None for m in magnitudes):
-            raise UserError("selective_stop needs operation magnitudes, which exist only for spaces whose edges "
-                            "share one op list")
+        magnitudes = magnitude_history(history)
         out = []
         for criterion in self.criteria:
             for target in self.targets:
