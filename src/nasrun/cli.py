@@ -118,23 +118,25 @@ def bench_main(argv):
     """``nasrun bench convert SRC [-o DST]`` and ``nasrun bench info FILE``."""
     parser = argparse.ArgumentParser(prog="nasrun bench", description="Benchmark tables for fast queries.")
     sub = parser.add_subparsers(dest="cmd", required=True)
-    conv = sub.add_parser("convert", help="write the compact table of an original NAS-Bench-201 .pth file")
+    conv = sub.add_parser("convert", help="write the compact table of an original benchmark file "
+                                          "(NAS-Bench-201 .pth or NAS-Bench-101 nasbench_only108.tfrecord)")
     conv.add_argument("src")
     conv.add_argument("-o", "--out", help="output file (default: SRC with suffix .json)")
     info = sub.add_parser("info", help="print what a benchmark file holds")
     info.add_argument("file")
     args = parser.parse_args(argv)
-    from .benchmarks.nb201 import NB201Benchmark
+    from .benchmarks import load_any
 
     try:
         if args.cmd == "convert":
-            bench = NB201Benchmark.load(args.src)
+            print(f"reading {args.src} (NAS-Bench-101: a few minutes) ...", file=sys.stderr)
+            bench = load_any(args.src)
             out = Path(args.out or Path(args.src).with_suffix(".json"))
             bench.save(out)
-            print(f"wrote {out} ({len(bench)} architectures, {out.stat().st_size / 1e6:.1f} MB)")
+            print(f"wrote {out} ({bench.name}, {len(bench)} architectures, {out.stat().st_size / 1e6:.1f} MB)")
         else:
-            bench = NB201Benchmark.load(args.file)
-            print(f"{args.file}: nb201 table with {len(bench)} architectures (source {bench.source})")
+            bench = load_any(args.file)
+            print(f"{args.file}: {bench.name} table with {len(bench)} architectures (source {bench.source})")
     except UserError as exc:
         fail(str(exc))
 

@@ -74,9 +74,9 @@ def hessian_eigenvalue(method, valid_batch, mode="auto", exact_max=400, iters=10
 
 @torch.no_grad()
 def discretised_accuracy(method, valid_batch):
-    """Accuracy (%) of the supernet with one-hot(argmax α) mixing weights on one valid batch ([SP], §6.4)."""
+    """Accuracy (%) of the supernet with one-hot(argmax α) mixing weights on one valid batch ([SP], §6.4)
+    (NB-1Shot1: k-hot input and output choices, the derived cell)."""
     x, y = valid_batch
-    weights = {k: torch.nn.functional.one_hot(w.argmax(-1), w.shape[-1]).to(w.dtype)
-               for k, w in method.derive_weights().items()}
+    weights = method.space.discretise(method.derive_weights())
     _, logits = method.loss(x, y, weights)
     return round(100.0 * float((logits.argmax(1) == y).float().mean()), 3)

@@ -50,32 +50,45 @@ def run_eval(cfg, out_dir):
         raise UserError(f"unknown eval mode '{mode}'; choose auto, benchmark or retrain")
     if mode == "benchmark" and space.benchmark is None:
         raise UserError(f"space {space.name} has no tabular benchmark; use mode=retrain")
+    if mode == "retrain" and not space.retrainable:
+        raise UserError(f"space {space.name} is evaluated by its benchmark ({space.benchmark}), not retrained; "
+                        "drop mode=retrain")
     genotype = space.parse_genotype(read_genotype_arg(cfg.genotype))
     if mode == "retrain":
         return _retrain(cfg, run, space, genotype)
     run.start()
     bench = open_benchmark(cfg.benchmark.name, cfg.benchmark.path, space.benchmark)
     rows = {}
-    for ds in DATASETS:
-        classes, size = HEADS[ds]
-        net = space.build_network(genotype, classes)
+    datasets = bench.datasets if bench is not None else (DATASETS if space.retrainable else ("cifar10",))
+    for ds in datasets:
         res = bench.query(genotype, ds) if bench is not None else None
-        rows[ds] = {"valid_acc": res and res["valid_acc"], "test_acc": res and res["test_acc"],
-                    "params_m": count_parameters(net) / 1e6, "flops_m": count_flops(net, (1, 3, size, size)) / 1e6,
-                    "benchmark_params_m": res and res["params"], "benchmark_flops_m": res and res["flops"]}
+        row = {"valid_acc": res and res["valid_acc"], "test_acc": res and res["test_acc"],
+               **{f"benchmark_{k}": v for k, v in (res or {}).items() if k not in ("valid_acc", "test_acc")}}
+        if space.retrainable:  # the benchmark's own network, measured here
+            classes, size = HEADS[ds]
+            net = space.build_network(genotype, classes)
+            row.update(params_m=count_parameters(net) / 1e6, flops_m=count_flops(net, (1, 3, size, size)) / 1e6)
+        rows[ds] = row
     summary = {"genotype": space.format_genotype(genotype), "space": space.name, "mode": mode,
                "benchmark_source": getattr(bench, "source", None), "results": rows}
     run.write("summary.json", summary)
     table = Table(title=f"{space.name}: {summary['genotype']}")
-    for col in ("dataset", "valid acc %", "test acc %", "params (M)", "FLOPs (M)"):
+    for col in ("dataset", "valid acc %", "test acc %", "params (M)", "FLOPs (M)" if space.retrainable else "train s"):
         table.add_column(col, justify="right")
     for ds, r in rows.items():
-        table.add_row(ds, _pct(r["valid_acc"]), _pct(r["test_acc"]), f"{r['params_m']:.6f}", f"{r['flops_m']:.5f}")
+        if space.retrainable:
+            table.add_row(ds, _pct(r["valid_acc"]), _pct(r["test_acc"]), f"{r['params_m']:.6f}", f"{r['flops_m']:.5f}")
+        else:
+            params, seconds = r.get("benchmark_params"), r.get("benchmark_training_time")
+            table.add_row(ds, _pct(r["valid_acc"]), _pct(r["test_acc"]), "-" if params is None else f"{params / 1e6:.6f}",
+                          _pct(seconds))
     console = Console()
     console.print(table)
     if bench is None:
-        console.print("no benchmark file found: accuracies need NAS-Bench-201 (set benchmark.path or $NASRUN_BENCH; "
-                      "see `nasrun bench --help`)")
+        console.print(f"no benchmark file found: accuracies need {space.benchmark} (set benchmark.path or "
+                      "$NASRUN_BENCH; see `nasrun bench --help`)")
+    elif all(r["test_acc"] is None for r in rows.values()):
+        console.print(f"this cell is not in {bench.source}")
     return summary
 
 

@@ -44,9 +44,7 @@ def query_all(bench, genotype):
     """Benchmark results of a genotype on every dataset the benchmark has."""
     if bench is None:
         return None
-    from .benchmarks.nb201 import DATASETS
-
-    return {ds: bench.query(genotype, ds) for ds in DATASETS}
+    return {ds: bench.query(genotype, ds) for ds in bench.datasets}
 
 
 def build_search(cfg, device):

@@ -5,8 +5,11 @@ from pathlib import Path
 
 from ..errors import UserError
 
-KNOWN_FILES = {"nb201": ["nb201.json", "NAS-Bench-201-v1_1-096897.pth", "NAS-Bench-201-v1_0-e61699.pth"]}
+KNOWN_FILES = {"nb201": ["nb201.json", "NAS-Bench-201-v1_1-096897.pth", "NAS-Bench-201-v1_0-e61699.pth"],
+               "nb101": ["nb101.json", "nasbench_only108.tfrecord"]}
 HOW_TO_GET = {"nb201": "download NAS-Bench-201-v1_1-096897.pth (https://github.com/D-X-Y/NAS-Bench-201), "
+                       "then `nasrun bench convert FILE` and pass benchmark.path=FILE.json or set $NASRUN_BENCH",
+              "nb101": "download nasbench_only108.tfrecord (https://github.com/google-research/nasbench), "
                        "then `nasrun bench convert FILE` and pass benchmark.path=FILE.json or set $NASRUN_BENCH"}
 
 
@@ -23,8 +26,10 @@ def find_benchmark_file(kind, path=None):
     if env:
         p = Path(os.path.expanduser(env))
         if p.is_file():
-            return p, [str(p)]
-        folders.append(p)
+            if sniff_kind(p) == kind:  # $NASRUN_BENCH may name the other benchmark's file
+                return p, [str(p)]
+        else:
+            folders.append(p)
     folders.append(Path(os.environ.get("TORCH_HOME", os.path.expanduser("~/.torch"))))
     for folder in folders:
         for name in KNOWN_FILES[kind]:
@@ -55,6 +60,33 @@ def open_benchmark(name, path, space_benchmark):
         if name == "auto" and not path:
             return None
         raise UserError(f"{kind} benchmark file not found (looked at: {', '.join(looked)}); {HOW_TO_GET[kind]}")
+    return benchmark_class(kind).load(found)
+
+
+def benchmark_class(kind):
+    """The table class of a benchmark kind (``nb201`` or ``nb101``)."""
+    if kind == "nb101":
+        from .nb101 import NB101Benchmark
+
+        return NB101Benchmark
     from .nb201 import NB201Benchmark
 
-    return NB201Benchmark.load(found)
+    return NB201Benchmark
+
+
+def load_any(path):
+    """Open a benchmark file of either kind: a compact table says its kind; ``.pth`` is NB201; anything
+    else is read as the NB101 TFRecord."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"benchmark file {path} does not exist")
+    return benchmark_class(sniff_kind(path)).load(path)
+
+
+def sniff_kind(path):
+    """``nb101`` or ``nb201`` from a file's first bytes (compact tables say their kind) or its suffix."""
+    with open(path, "rb") as f:
+        head = f.read(200)
+    if head.startswith(b"{"):
+        return "nb101" if b'"benchmark":"nb101"' in head else "nb201"
+    return "nb201" if Path(path).suffix == ".pth" else "nb101"

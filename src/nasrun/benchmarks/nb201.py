@@ -52,6 +52,7 @@ class NB201Benchmark:
     """
 
     name = "nb201"
+    datasets = DATASETS
 
     def __init__(self, rows, source=""):
         self.rows, self.source = rows, source

@@ -6,6 +6,8 @@ weights ``{cell_type: Tensor[E, K]}`` and the supernet consumes them (``forward(
 
 import abc
 
+import torch
+
 
 class SearchSpace(abc.ABC):
     """Protocol every search space implements (design.md §4)."""
@@ -13,6 +15,7 @@ class SearchSpace(abc.ABC):
     name: str
     benchmark: str | None = None  # name of the tabular benchmark that answers for this space
     default_split: str = "darts"  # data protocol used with `dataset.split=auto`
+    retrainable: bool = True  # build_network gives a stand-alone network (NB-1Shot1: benchmark only)
 
     @abc.abstractmethod
     def alpha_shapes(self):
@@ -29,6 +32,10 @@ class SearchSpace(abc.ABC):
     @abc.abstractmethod
     def derive(self, weights):
         """Genotype from mixing weights (the magnitude / argmax rule of methods.md §5.1)."""
+
+    def discretise(self, weights):
+        """The derived architecture as mixing weights: one-hot argmax per row (spaces with top-k rules override)."""
+        return {k: torch.nn.functional.one_hot(w.argmax(-1), w.shape[-1]).to(w.dtype) for k, w in weights.items()}
 
     @abc.abstractmethod
     def parse_genotype(self, text):

@@ -192,6 +192,8 @@ class NB201Space(SearchSpace):
             text = str(data.get("genotype", ""))
         if text.startswith("Genotype("):
             raise UserError("this is a DARTS-space genotype, not an NB201 arch string; pass space=darts")
+        if text.startswith("input,"):
+            raise UserError("this is an NB101 cell, not an NB201 arch string; pass space=nb1shot1_s1 (or _s2, _s3)")
         parts = text.split("+")
         if len(parts) != MAX_NODES - 1:
             raise UserError(f"malformed NB201 genotype {text!r}: expected 3 nodes separated by '+', got {len(parts)}; "
