@@ -3,13 +3,14 @@ PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
 # Pins that work on a CPU-only machine (CI). GPU users: install your CUDA torch first, then `pip install -e .`.
-PINS    := torch==2.13.0 torchvision==0.28.0 hydra-core==1.3.8 "omegaconf>=2.3,<2.4" rich scikit-learn scipy nas-bench-201==2.1
+PINS    := torch==2.13.0 torchvision==0.28.0 hydra-core==1.3.8 "omegaconf>=2.3,<2.4" rich scikit-learn scipy nas-bench-201==2.1 \
+           hydra-submitit-launcher==1.2.0 hydra-joblib-launcher==1.2.0 matplotlib
 STAMP   := $(VENV)/.installed
 
-.PHONY: help install test test-all test-gpu demo lint bench clean
+.PHONY: help install test test-slurm test-all test-gpu demo lint bench clean
 
 help:
-	@echo "make install | test | test-all | test-gpu | demo | lint | bench | clean"
+	@echo "make install | test | test-slurm | test-all | test-gpu | demo | lint | bench | clean"
 
 $(STAMP): setup.cfg pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -21,8 +22,12 @@ install: $(STAMP)
 
 # pytest exits 5 when nothing was collected; say so instead of failing silently or passing silently.
 test: $(STAMP)
-	@$(BIN)/python -m pytest -q -m "not slow and not gpu" $(PYTEST_ARGS); rc=$$?; \
+	@$(BIN)/python -m pytest -q -m "not slow and not gpu and not slurm" $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; exit 0; fi; exit $$rc
+
+# A real single-node Slurm (installed with apt-get when missing, started and stopped by the test).
+test-slurm: $(STAMP)
+	NASRUN_REQUIRE_SLURM=1 $(BIN)/python -m pytest -q -m slurm $(PYTEST_ARGS)
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)

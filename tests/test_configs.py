@@ -67,3 +67,31 @@ def test_build_passes_runtime_objects():
     space = build(make_cfg().space)
     method = build(make_cfg().method, supernet=space.build_supernet(10), space=space)
     assert isinstance(method.alphas["normal"], torch.nn.Parameter)
+
+
+@pytest.mark.parametrize("launcher, target", [("slurm", "SlurmLauncher"), ("local", "LocalLauncher"),
+                                              ("parallel", "JoblibLauncher")])
+def test_launcher_presets_compose(launcher, target):
+    from hydra import compose, initialize_config_dir
+
+    from nasrun.cli import CONF_DIR
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="search", overrides=[f"hydra/launcher={launcher}"], return_hydra_config=True)
+    assert cfg.hydra.launcher._target_.endswith(target)
+    if launcher == "slurm":
+        assert cfg.hydra.launcher.max_num_timeout > 0 and cfg.hydra.launcher.signal_delay_s > 0
+
+
+def test_table_scripts_are_valid_bash_and_name_existing_presets():
+    import re
+    import subprocess
+
+    scripts = sorted((Path(__file__).parents[1] / "scripts" / "tables").glob("*.sh"))
+    assert len(scripts) >= 7
+    for script in scripts:
+        assert subprocess.run(["bash", "-n", str(script)]).returncode == 0, script
+        text = script.read_text()
+        assert "nasrun report" in text, script
+        for value in re.findall(r"\+experiment=([\w,]+)", text):
+            assert set(value.split(",")) <= set(EXPERIMENTS), (script, value)

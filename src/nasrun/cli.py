@@ -1,4 +1,4 @@
-"""Command line: ``nasrun search|eval [hydra overrides]`` and ``nasrun bench convert|info``.
+"""Command line: ``nasrun search|eval|select [hydra overrides]``, ``nasrun bench convert|info``, ``nasrun report``.
 
 ``main`` dispatches on the first argument; ``search`` and ``eval`` are Hydra apps whose task
 functions are three-line wrappers around :func:`nasrun.search.run_search` / :func:`nasrun.evaluate.run_eval`.
@@ -22,6 +22,7 @@ commands:
   eval     query the benchmark for a genotype, or retrain it            (nasrun eval genotype=...)
   select   re-run a selector on a finished search                      (nasrun select run=DIR selector=pt)
   bench    convert | info: compact benchmark tables                     (nasrun bench --help)
+  report   tables (mean ± std over seeds) and plots from run directories  (nasrun report multirun/...)
 
 examples:
   nasrun search +experiment=demo
@@ -141,6 +142,24 @@ def bench_main(argv):
         fail(str(exc))
 
 
+def report_main(argv):
+    """``nasrun report DIR... [-o OUT] [--protocol mean|best-of-n] [--no-plots]``."""
+    parser = argparse.ArgumentParser(prog="nasrun report", description="Group runs by the config keys that differ "
+                                     "(except the seed) and print mean ± std (n); writes report.csv, report.md, plots/.")
+    parser.add_argument("dirs", nargs="+", help="run directories or folders holding them (multirun/..., outputs/...)")
+    parser.add_argument("-o", "--out", help="where to write the tables and plots (default: the first DIR)")
+    parser.add_argument("--protocol", default="mean", choices=("mean", "best-of-n"),
+                        help="mean ± std over the runs of a group, or the run with the best validation accuracy")
+    parser.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
+    args = parser.parse_args(argv)
+    from .report import print_report, run_report
+
+    try:
+        print_report(*run_report(args.dirs, args.out, args.protocol, plots=not args.no_plots))
+    except UserError as exc:
+        fail(str(exc))
+
+
 def main():
     """Entry point of the ``nasrun`` console script."""
     if len(sys.argv) < 2 or sys.argv[1] in ("-h", "--help", "help"):
@@ -149,9 +168,11 @@ def main():
     cmd = sys.argv[1]
     if cmd == "bench":
         return bench_main(sys.argv[2:])
+    if cmd == "report":
+        return report_main(sys.argv[2:])
     apps = {"search": (search_app, "search"), "eval": (eval_app, "eval"), "select": (select_app, "select")}
     if cmd not in apps:
-        fail(f"unknown command '{cmd}'; choose one of: search, eval, select, bench")
+        fail(f"unknown command '{cmd}'; choose one of: search, eval, select, bench, report")
     sys.argv.pop(1)
     sys.argv[1:] = quote_genotype_args(sys.argv[1:])
     app, config_name = apps[cmd]

@@ -25,7 +25,9 @@ SUMS = ("train_loss", "train_correct", "train_n", "valid_loss", "valid_correct",
 
 
 class StopFlag:
-    """Set by SIGTERM/SIGUSR1 (Slurm preemption); the loop checkpoints at the next step boundary."""
+    """Set by SIGTERM/SIGUSR1/SIGUSR2 (Slurm preemption, time limit; submitit's signal is USR2); the loop
+    checkpoints at the next step boundary,
+    then :meth:`chain` hands the signal to the previous handler (submitit requeues the job there)."""
 
     def __init__(self):
         self.signal = None
@@ -33,7 +35,7 @@ class StopFlag:
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGUSR1):
+            for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2):
                 self._old[sig] = signal.signal(sig, self._handle)
         return self
 
@@ -43,6 +45,16 @@ class StopFlag:
     def __exit__(self, *exc):
         for sig, old in self._old.items():
             signal.signal(sig, old)
+        self._old = {}
+
+    def chain(self):
+        """After the checkpoint, pass the signal on to the handler that was there before (under submitit:
+        its requeue, which resubmits the job and exits); returns if there was none."""
+        sig = getattr(signal, self.signal)
+        previous = self._old.get(sig)
+        self.__exit__()
+        if callable(previous):
+            previous(sig, None)
 
 
 def seed_everything(seed):
@@ -198,6 +210,7 @@ class EpochLoop:
                         if stop.signal:
                             self.elapsed += time.perf_counter() - tic
                             self.checkpoint()
+                            stop.chain()
                             raise Interrupted(f"received {stop.signal}; checkpoint written at epoch {self.epoch} step "
                                               f"{self.step} in {self.run.path}; rerun the same command to resume")
                     bar.remove_task(task)

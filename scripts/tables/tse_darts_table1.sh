@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# [TSE] Table 1 / Table 3 (NAS-Bench-201, CIFAR-10): TSE-DARTS vs DARTS-V1, 4 seeds each, benchmark accuracy.
+# Paper: TSE-DARTS 92.66 % test; DARTS-V1 collapses to all-skip (54.30 %).
+# Cost: 8 searches × 50 epochs; DARTS-V1 measured at 105 s/epoch on an H100 (≈1.5 h per run) → ≈12 GPU-hours.
+# Usage: scripts/tables/tse_darts_table1.sh [overrides, e.g. hydra/launcher=slurm benchmark.path=~/nb201.json]
+set -euo pipefail
+OUT=${OUT:-multirun/tse_darts_table1}
+nasrun search -m +experiment=tse_darts_nb201,darts_v1_nb201 seed=0,1,2,3 hydra.sweep.dir="$OUT" "$@"
+nasrun report "$OUT"

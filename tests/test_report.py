@@ -1,0 +1,90 @@
+"""``nasrun report``: grouping, statistics (against numpy), CSV/Markdown and plots on synthetic run directories."""
+
+import csv
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+
+from nasrun.errors import UserError
+from nasrun.report import run_report
+from nasrun.search import run_search
+
+from .conftest import make_cfg
+
+
+def fake_run(path, method, seed, valid, test, seconds, device="cuda", epochs=4):
+    path.mkdir(parents=True)
+    OmegaConf.save(OmegaConf.create({"seed": seed, "method": {"name": method, "w_lr": 0.025},
+                                     "space": {"name": "nb201"}, "trainer": {"device": device, "epochs": epochs}}),
+                   path / "config.yaml")
+    bench = {"cifar10": {"valid_acc": valid, "test_acc": test}, "cifar100": {"valid_acc": valid - 20, "test_acc": test - 20}}
+    (path / "summary.json").write_text(json.dumps({"benchmark": bench, "search_seconds": seconds, "seed": seed}))
+    rng = np.random.default_rng(seed)
+    lines = [{"epoch": e, "valid_acc": 50 + e, "skip_count": e % 3, "depth": 2, "hessian_eigenvalue": 0.1 * e,
+              "op_magnitude": {"skip": 0.2 + 0.01 * e, "conv": 0.8 - 0.01 * e},
+              "benchmark": {"test_acc": float(rng.uniform(80, 90))}} for e in range(epochs)]
+    (path / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+
+
+@pytest.fixture
+def sweep(tmp_path):
+    truth = {"darts": [(60.0, 61.0, 3600), (70.0, 72.5, 4000), (55.0, 54.0, 3800)],
+             "tse_darts": [(90.0, 92.0, 7200), (91.5, 93.0, 7000)]}
+    k = 0
+    for method, runs in truth.items():
+        for seed, (v, t, s) in enumerate(runs):
+            # the device differs between runs but is not a result-changing key: no extra group
+            fake_run(tmp_path / "multirun" / str(k), method, seed, v, t, s, device="cuda" if seed else "cpu")
+            k += 1
+    return tmp_path / "multirun", truth
+
+
+def test_groups_statistics_and_files(sweep, tmp_path):
+    root, truth = sweep
+    rows, cols, out = run_report([root], tmp_path / "report")
+    assert [r["group"] for r in rows] == ["method=darts", "method=tse_darts"]
+    for row, (method, runs) in zip(rows, truth.items()):
+        assert row["group"] == f"method={method}"
+        v, t, s = (np.array(x, dtype=float) for x in zip(*runs))
+        assert row["n"] == len(runs)
+        assert row["cifar10 valid"] == pytest.approx((v.mean(), v.std(), len(runs)))
+        assert row["cifar10 test"] == pytest.approx((t.mean(), t.std(), len(runs)))
+        assert row["cifar100 test"] == pytest.approx(((t - 20).mean(), (t - 20).std(), len(runs)))
+        assert row["search h"] == pytest.approx(((s / 3600).mean(), (s / 3600).std(), len(runs)))
+    with open(out / "report.csv") as f:
+        table = list(csv.DictReader(f))
+    assert float(table[0]["cifar10 test mean"]) == pytest.approx(np.mean([61.0, 72.5, 54.0]))
+    assert float(table[1]["cifar10 test std"]) == pytest.approx(np.std([92.0, 93.0]))
+    md = (out / "report.md").read_text()
+    assert f"{np.mean([92.0, 93.0]):.2f} ± {np.std([92.0, 93.0]):.2f} (2)" in md and md.startswith("| group | n |")
+    pngs = sorted((out / "plots").glob("*.png"))
+    assert [p.name for p in pngs] == ["method=darts.png", "method=tse_darts.png"]
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 10_000 for p in pngs)
+
+
+def test_best_of_n_reports_the_run_with_the_best_validation_accuracy(sweep, tmp_path):
+    root, _ = sweep
+    rows, _, _ = run_report([root], tmp_path / "best", protocol="best-of-n", plots=False)
+    darts = rows[0]
+    assert darts["cifar10 valid"] == (70.0, 0.0, 1) and darts["cifar10 test"] == (72.5, 0.0, 1) and darts["n"] == 3
+    assert darts["run"].endswith("multirun/1")
+    with pytest.raises(UserError, match="no run directories"):
+        run_report([tmp_path / "best"], plots=False)  # tables, but no runs
+
+
+def test_report_on_real_searches_via_the_cli(tmp_path):
+    for seed in (0, 1):
+        run_search(make_cfg([f"seed={seed}", "trainer.epochs=2"]), tmp_path / "runs" / str(seed))
+    proc = subprocess.run([sys.executable, "-m", "nasrun.cli", "report", str(tmp_path / "runs")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    md = (tmp_path / "runs" / "report.md").read_text().splitlines()
+    assert len(md) == 3 and "| 2 |" in md[2]  # one group of two seeds
+    assert (tmp_path / "runs" / "plots").is_dir() and any((tmp_path / "runs" / "plots").iterdir())
+    bad = subprocess.run([sys.executable, "-m", "nasrun.cli", "report", str(tmp_path / "nothing")],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and bad.stderr.strip().startswith("nasrun: error:") and "does not exist" in bad.stderr

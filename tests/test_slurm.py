@@ -1,0 +1,96 @@
+"""A seed sweep on a real single-node Slurm through submitit, with one forced requeue (`make test-slurm`).
+
+The module starts munged, slurmctld and slurmd itself (installing Debian's packages when missing), runs
+``nasrun search -m hydra/launcher=slurm seed=0,1`` at tiny size, sends job 0 the USR2 that Slurm sends
+(for submitit) before a time limit, and checks that the job was requeued, resumed from its run directory, and finished
+with exactly the result of an uninterrupted run. Every daemon is stopped by PID at the end.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from .slurm_cluster import LocalSlurm, _alive, install_if_missing
+
+pytestmark = pytest.mark.slurm
+
+RUN = ["space.C=4", "space.N=1", "dataset=synthetic", "dataset.synthetic.n_train=4096", "trainer.epochs=5",
+       "trainer.batch_size=16", "trainer.device=cpu", "trainer.progress=false", "benchmark=none"]
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory):
+    reason = install_if_missing()
+    if reason:
+        if os.environ.get("NASRUN_REQUIRE_SLURM"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    cluster = LocalSlurm(tmp_path_factory.mktemp("slurm"))
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        pids = cluster.stop()
+        left = [name for name, pid in pids.items() if _alive(pid)]
+        assert not left, f"daemons still running: {left}"
+
+
+def running_job(env, suffix):
+    out = subprocess.run(["squeue", "-h", "-t", "RUNNING", "-o", "%i"], capture_output=True, text=True, env=env).stdout
+    return next((j for j in out.split() if j.endswith(suffix)), None)
+
+
+def history(run_dir):
+    return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_seed_sweep_on_slurm_with_a_requeue(slurm, tmp_path):
+    env = {**slurm.env(), "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "NASRUN_BENCH": ""}
+    sweep = tmp_path / "sweep"
+    cmd = [sys.executable, "-m", "nasrun.cli", "search", "-m", "hydra/launcher=slurm", "hydra.launcher.partition=debug",
+           "hydra.launcher.gpus_per_node=null", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=null",
+           "hydra.launcher.timeout_min=20", f"hydra.sweep.dir={sweep}", "seed=0,1", *RUN]
+    log = open(tmp_path / "sweep.log", "w")
+    proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 300
+        first = sweep / "0" / "metrics.jsonl"
+        while not (first.exists() and first.read_text().strip()):  # job 0 has finished its first epoch
+            assert proc.poll() is None, (tmp_path / "sweep.log").read_text()
+            assert time.time() < deadline, "job 0 did not finish an epoch in 300 s"
+            time.sleep(0.2)
+        job = running_job(env, "_0")
+        assert job is not None
+        subprocess.run(["scancel", "--signal=USR2", job], env=env, check=True)
+        # Slurm holds a requeued job for about two minutes (BeginTime); let it start at once
+        while proc.poll() is None and time.time() < deadline + 60:
+            pending = subprocess.run(["squeue", "-h", "-t", "PENDING", "-o", "%i %r"], capture_output=True, text=True,
+                                     env=env).stdout.split("\n")
+            if any(line.split()[:1] == [job] and "BeginTime" in line for line in pending):
+                subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], env=env, check=True)
+                break
+            time.sleep(0.5)
+        assert proc.wait(timeout=600) == 0, (tmp_path / "sweep.log").read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        log.close()
+
+    runs = sorted(p.name for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
+    assert runs == ["0", "1"]  # one run directory per job, also after the requeue
+    for seed in (0, 1):
+        summary = json.loads((sweep / str(seed) / "summary.json").read_text())
+        assert summary["seed"] == seed and summary["epochs_run"] == 5
+    logs = "".join(p.read_text() for p in (sweep / ".submitit").rglob(f"{job}*_log.*"))
+    assert "USR2" in logs and "Requeued" in logs, logs  # submitit requeued the preempted job ...
+    assert "resuming" in logs, logs  # ... and the requeued job resumed from the checkpoint
+
+    ref = subprocess.run([sys.executable, "-m", "nasrun.cli", "search", "seed=0", f"hydra.run.dir={tmp_path / 'ref'}", *RUN],
+                         env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert ref.returncode == 0, ref.stderr
+    keys = ("train_loss", "valid_loss", "alpha", "genotype")
+    assert [{k: r[k] for k in keys} for r in history(sweep / "0")] == [{k: r[k] for k in keys} for r in history(tmp_path / "ref")]
