@@ -5,6 +5,7 @@ Daemons are stopped by the PIDs they wrote. Debian's packages are installed when
 (root with apt-get). Clients find the cluster through ``SLURM_CONF`` (see :meth:`LocalSlurm.env`).
 """
 
+import contextlib
 import os
 import shutil
 import signal
@@ -90,10 +91,8 @@ class LocalSlurm:
     def pids(self):
         out = {}
         for name, path in self.pidfiles.items():
-            try:
+            with contextlib.suppress(OSError, ValueError, IndexError):  # a daemon that never started
                 out[name] = int(path.read_text().split()[0])
-            except (OSError, ValueError, IndexError):
-                pass
         return out
 
     def stop(self, timeout=20):
@@ -113,10 +112,8 @@ class LocalSlurm:
 
 
 def _kill(pid, sig):
-    try:
+    with contextlib.suppress(ProcessLookupError):  # already gone
         os.kill(pid, sig)
-    except ProcessLookupError:
-        pass
 
 
 def _alive(pid):

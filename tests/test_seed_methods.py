@@ -194,3 +194,6 @@ def test_every_method_runs_one_epoch_on_every_space(method, tmp_path):
             overrides.append("method.inner_steps=2")
         summary = run_search(make_cfg(overrides), tmp_path / space)
         assert Path(summary["run_dir"], "genotype.json").exists(), (method, space)
+        record = json.loads((tmp_path / space / "metrics.jsonl").read_text())
+        losses = [x for x in (record["train_loss"], record["valid_loss"]) if x is not None]
+        assert record["train_loss"] is not None and all(math.isfinite(x) for x in losses), (method, space, losses)

@@ -6,8 +6,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from .benchmarks import open_benchmark
-from .benchmarks.nb201 import DATASETS
+from .benchmarks import benchmark_class, open_benchmark
 from .config import build
 from .errors import UserError
 from .rundir import RunDir
@@ -59,7 +58,7 @@ def run_eval(cfg, out_dir):
     run.start()
     bench = open_benchmark(cfg.benchmark.name, cfg.benchmark.path, space.benchmark)
     rows = {}
-    datasets = bench.datasets if bench is not None else (DATASETS if space.retrainable else ("cifar10",))
+    datasets = benchmark_class(space.benchmark).datasets
     for ds in datasets:
         res = bench.query(genotype, ds) if bench is not None else None
         row = {"valid_acc": res and res["valid_acc"], "test_acc": res and res["test_acc"],

@@ -147,17 +147,12 @@ def write_tables(rows, out):
     return cols
 
 
-def _curve(members, key, ds=None):
-    """Per-seed curves of a metrics.jsonl field, as a 2-D array (seeds × epochs, NaN-padded)."""
+def _curve(members, get):
+    """Per-seed curves of ``get(metrics record)``, as a 2-D array (seeds × epochs, NaN-padded)."""
     curves = []
     for r in members:
-        ys = []
-        for rec in r["history"]:
-            v = rec.get(key)
-            if ds is not None:
-                v = v.get("test_acc") if isinstance(v, dict) else None
-            ys.append(np.nan if v is None else float(v))
-        curves.append(ys)
+        ys = [get(rec) for rec in r["history"]]
+        curves.append([np.nan if v is None else float(v) for v in ys])
     width = max((len(c) for c in curves), default=0)
     return np.array([c + [np.nan] * (width - len(c)) for c in curves], dtype=float)
 
@@ -180,13 +175,14 @@ def plot_group(label, members, path):
         if key is None:
             ops = sorted({o for r in members for rec in r["history"] for o in (rec.get("op_magnitude") or {})})
             for op in ops:
-                ys = _curve([{"history": [{"m": (rec.get("op_magnitude") or {}).get(op)} for rec in r["history"]]}
-                             for r in members], "m")
-                _band(ax, ys, op)
+                _band(ax, _curve(members, lambda rec, op=op: (rec.get("op_magnitude") or {}).get(op)), op)
             if ops:
                 ax.legend(fontsize=7)
             continue
-        _band(ax, _curve(members, key, ds=key == "benchmark" or None), None)
+        if key == "benchmark":
+            _band(ax, _curve(members, lambda rec: (rec.get("benchmark") or {}).get("test_acc")), None)
+        else:
+            _band(ax, _curve(members, lambda rec, key=key: rec.get(key)), None)
     fig.suptitle(f"{label} ({len(members)} runs)")
     fig.tight_layout()
     fig.savefig(path, dpi=80)

@@ -1,9 +1,12 @@
 """Tabular benchmarks: ``query(genotype, dataset) -> {valid_acc, test_acc, params, flops}``."""
 
+import json
 import os
 from pathlib import Path
 
 from ..errors import UserError
+
+FORMAT = "nasrun-bench-table"  # the compact tables `nasrun bench convert` writes
 
 KNOWN_FILES = {"nb201": ["nb201.json", "NAS-Bench-201-v1_1-096897.pth", "NAS-Bench-201-v1_0-e61699.pth"],
                "nb101": ["nb101.json", "nasbench_only108.tfrecord"]}
@@ -83,10 +86,31 @@ def load_any(path):
     return benchmark_class(sniff_kind(path)).load(path)
 
 
+def _head(path, n):
+    try:
+        with open(path, "rb") as f:
+            return f.read(n)
+    except OSError as exc:
+        raise UserError(f"cannot read benchmark file {path}: {exc}") from None
+
+
+def read_compact(path, kind):
+    """The rows of a ``kind`` table written by ``nasrun bench convert``, or None when the file is not JSON
+    (an original benchmark file); a corrupt table or one of another kind is a one-line error."""
+    if _head(path, 1) != b"{":
+        return None
+    try:
+        table = json.loads(Path(path).read_text())
+        assert table.get("format") == FORMAT and table.get("benchmark") == kind
+        return table["rows"]
+    except (json.JSONDecodeError, AssertionError, KeyError, UnicodeDecodeError):
+        raise UserError(f"benchmark file {path} is corrupt or not an {kind} table written by "
+                        "`nasrun bench convert`; convert the original file again") from None
+
+
 def sniff_kind(path):
     """``nb101`` or ``nb201`` from a file's first bytes (compact tables say their kind) or its suffix."""
-    with open(path, "rb") as f:
-        head = f.read(200)
+    head = _head(path, 200)
     if head.startswith(b"{"):
         return "nb101" if b'"benchmark":"nb101"' in head else "nb201"
     return "nb201" if Path(path).suffix == ".pth" else "nb101"

@@ -19,9 +19,14 @@ import struct
 from pathlib import Path
 
 from ..errors import UserError
+from . import FORMAT, read_compact
 from ..utils import atomic_write_bytes
 
-FORMAT = "nasrun-bench-table"
+try:  # optional: a C implementation for the 500 MB file
+    import google_crc32c
+except ImportError:
+    google_crc32c = None
+
 COLUMNS = ("valid_acc", "test_acc", "params", "training_time")
 AVAILABLE_OPS = ("conv3x3-bn-relu", "conv1x1-bn-relu", "maxpool3x3")  # NB101 config['available_ops'] order
 EPOCHS = 108
@@ -42,14 +47,12 @@ _TABLE = _crc_table()
 
 def crc32c(data):
     """CRC-32C of ``data`` (``google_crc32c`` when installed, else a table-driven loop)."""
-    try:
-        import google_crc32c
-    except ImportError:
-        crc = 0xFFFFFFFF
-        for b in data:
-            crc = _TABLE[(crc ^ b) & 0xFF] ^ (crc >> 8)
-        return crc ^ 0xFFFFFFFF
-    return google_crc32c.value(bytes(data))
+    if google_crc32c is not None:
+        return google_crc32c.value(bytes(data))
+    crc = 0xFFFFFFFF
+    for b in data:
+        crc = _TABLE[(crc ^ b) & 0xFF] ^ (crc >> 8)
+    return crc ^ 0xFFFFFFFF
 
 
 def masked_crc32c(data):
@@ -256,21 +259,8 @@ class NB101Benchmark:
     @classmethod
     def load(cls, path):
         """Load a compact table (JSON) or the original ``nasbench_only108.tfrecord``."""
-        path = Path(path)
-        try:
-            with open(path, "rb") as f:
-                head = f.read(1)
-        except OSError as exc:
-            raise UserError(f"cannot read benchmark file {path}: {exc}") from None
-        if head != b"{":
-            return cls(rows_from_tfrecord(path), str(path))
-        try:
-            table = json.loads(path.read_text())
-            assert table.get("format") == FORMAT and table.get("benchmark") == "nb101"
-            return cls(table["rows"], str(path))
-        except (json.JSONDecodeError, AssertionError, KeyError, UnicodeDecodeError):
-            raise UserError(f"benchmark file {path} is corrupt or not an nb101 table written by "
-                            "`nasrun bench convert`; convert the original file again") from None
+        rows = read_compact(path, "nb101")
+        return cls(rows if rows is not None else rows_from_tfrecord(path), str(path))
 
     def save(self, path):
         table = {"format": FORMAT, "benchmark": "nb101", "version": 1, "source": Path(self.source).name,

@@ -9,11 +9,11 @@ import json
 from pathlib import Path
 
 from ..errors import UserError
+from . import FORMAT, read_compact
 from ..utils import atomic_write_bytes
 
 DATASETS = ("cifar10", "cifar100", "ImageNet16-120")
 COLUMNS = ("valid_acc", "test_acc", "params", "flops")
-FORMAT = "nasrun-bench-table"
 # dataset -> ((dataset key, set) for valid, (dataset key, set) for test)
 SETS = {"cifar10": (("cifar10-valid", "x-valid"), ("cifar10", "ori-test")),
         "cifar100": (("cifar100", "x-valid"), ("cifar100", "x-test")),
@@ -61,19 +61,9 @@ class NB201Benchmark:
     def load(cls, path):
         """Load a compact table (JSON) or an original ``NAS-Bench-201-*.pth`` file."""
         path = Path(path)
-        try:
-            with open(path, "rb") as f:
-                head = f.read(1)
-        except OSError as exc:
-            raise UserError(f"cannot read benchmark file {path}: {exc}") from None
-        if head == b"{":
-            try:
-                table = json.loads(path.read_text())
-                assert table.get("format") == FORMAT and table.get("benchmark") == "nb201"
-                return cls(table["rows"], str(path))
-            except (json.JSONDecodeError, AssertionError, KeyError, UnicodeDecodeError):
-                raise UserError(f"benchmark file {path} is corrupt or not an nb201 table written by "
-                                "`nasrun bench convert`; convert the original file again") from None
+        rows = read_compact(path, "nb201")
+        if rows is not None:
+            return cls(rows, str(path))
         import torch
 
         try:  # the original file is a pickled dict written by torch.save (trusted: the user's own download)

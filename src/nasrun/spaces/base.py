@@ -5,8 +5,19 @@ weights ``{cell_type: Tensor[E, K]}`` and the supernet consumes them (``forward(
 """
 
 import abc
+import json
 
 import torch
+
+from ..errors import UserError
+
+
+def genotype_json(text):
+    """Parse a JSON genotype (a genotype.json, or a space's own fields); one-line error when malformed."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"genotype JSON is malformed: {exc}") from None
 
 
 class SearchSpace(abc.ABC):

@@ -8,7 +8,6 @@ applies a mixed op over maxpool3x3 / conv3x3-bn-relu / conv1x1-bn-relu. The cell
 The derived genotype is an NB101 cell (adjacency + ops), queried in NAS-Bench-101.
 """
 
-import json
 from dataclasses import dataclass
 
 import torch
@@ -16,7 +15,7 @@ from torch import nn
 
 from ..benchmarks.nb101 import AVAILABLE_OPS, prune
 from ..errors import UserError
-from .base import SearchSpace
+from .base import SearchSpace, genotype_json
 from .ops import ReLUConvBN, mixed
 
 OPS = ("maxpool3x3", "conv3x3-bn-relu", "conv1x1-bn-relu")  # α-column order of the 1Shot1 repo
@@ -190,10 +189,7 @@ class NB1Shot1Space(SearchSpace):
     def parse_genotype(self, text):
         text = str(text).strip()
         if text.startswith("{"):
-            try:
-                data = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise UserError(f"genotype JSON is malformed: {exc}") from None
+            data = genotype_json(text)
             if "matrix" in data:
                 return self._check(data["matrix"], data.get("ops"))
             text = str(data.get("genotype", ""))

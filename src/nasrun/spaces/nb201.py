@@ -5,7 +5,6 @@ Cell: 4 nodes, node i = Σ_{j<i} op_{i←j}(node j), output = node 3, six edges 
 N cells, ResNet block, N cells, BN-ReLU, global pool, linear.
 """
 
-import json
 from dataclasses import dataclass
 from itertools import product
 
@@ -13,7 +12,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from .base import SearchSpace
+from .base import SearchSpace, genotype_json
 from .ops import Identity, Pooling, ReLUConvBN, Zero, mixed
 
 NB201_OPS = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
@@ -183,10 +182,7 @@ class NB201Space(SearchSpace):
     def parse_genotype(self, text):
         text = str(text).strip()
         if text.startswith("{"):
-            try:
-                data = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise UserError(f"genotype JSON is malformed: {exc}") from None
+            data = genotype_json(text)
             if data.get("space") not in (None, self.name, "nb201"):
                 raise UserError(f"genotype is for space '{data['space']}', not '{self.name}'; pass space={data['space']}")
             text = str(data.get("genotype", ""))
