@@ -13,7 +13,8 @@ from torch import nn
 from ..errors import UserError
 from .base import SearchSpace
 from .darts_genotypes import NAMED, DartsGenotype, DeepGenotype, parse_darts_text
-from .ops import DARTS_OPS, FactorizedReduce, Identity, ReLUConvBN, mixed
+from .fused import FusedCellMixin, SourcePlan, accumulate_nodes, padded_weights
+from .ops import DARTS_OPS, FactorizedReduce, Identity, Noise, ReLUConvBN, mixed
 
 STEPS = 4
 CONCAT = tuple(range(2, 2 + STEPS))
@@ -42,8 +43,12 @@ def drop_path(x, p):
     return x / keep * mask
 
 
-class SearchCell(nn.Module):
-    """Mixed-op DARTS cell with the space's topology and per-edge op lists."""
+class SearchCell(FusedCellMixin, nn.Module):
+    """Mixed-op DARTS cell with the space's topology and per-edge op lists.
+
+    :meth:`forward_reference` is the per-op definition; the default forward computes the same function
+    with fused mixed ops (:mod:`nasrun.spaces.fused`), per input state.
+    """
 
     def __init__(self, C_pp, C_p, C, reduction, reduction_prev, edges, edge_ops):
         super().__init__()
@@ -54,12 +59,41 @@ class SearchCell(nn.Module):
         self.by_node = [[(e, j) for e, (n, j) in enumerate(edges) if n == i] for i in range(STEPS)]
         self.ops = nn.ModuleList(nn.ModuleList(search_op(o, C, 2 if reduction and j < 2 else 1) for o in edge_ops[e])
                                  for e, (_, j) in enumerate(edges))
+        modules = {e: list(ops) for e, ops in enumerate(self.ops)}
+        # state j feeds nodes i with (i, j) in edges; node i is complete once state i+1 has been processed
+        self.sources = nn.ModuleList(
+            SourcePlan([e for e, (_, s) in enumerate(edges) if s == j], [n for n, s in edges if s == j], modules,
+                       len(edge_ops[0]))
+            for j in range(STEPS + 1))
+        self.noise_rows = [e for e, ops in enumerate(self.ops) for op in ops if isinstance(op, Noise)]
 
     def forward(self, s0, s1, w):
+        return self.forward_fused(s0, s1, w) if self.fused else self.forward_reference(s0, s1, w)
+
+    def forward_reference(self, s0, s1, w):
         states = [self.preprocess0(s0), self.preprocess1(s1)]
         for node in self.by_node:
             states.append(sum(mixed(self.ops[e], states[j], w[e]) for e, j in node))
         return torch.cat(states[2:], dim=1)
+
+    def forward_fused(self, s0, s1, w):
+        states = [self.preprocess0(s0), self.preprocess1(s1)]
+        noise = self._draw_noise(states[1])
+        wz, acc = padded_weights(w), {}
+        for j, plan in enumerate(self.sources):
+            if plan.n:
+                accumulate_nodes(acc, plan(states[j], wz, noise), plan.dests)
+            if j >= 1:
+                states.append(acc[j - 1])
+        return torch.cat(states[2:], dim=1)
+
+    def _draw_noise(self, like):
+        """The noise op's draws, in the per-op forward's order (edge by edge), so both forwards see the same."""
+        if not self.noise_rows:
+            return None
+        if self.reduction:
+            like = like[:, :, ::2, ::2]
+        return {e: torch.randn_like(like) for e in self.noise_rows}
 
 
 class DartsSupernet(nn.Module):

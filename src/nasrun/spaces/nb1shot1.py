@@ -11,11 +11,13 @@ The derived genotype is an NB101 cell (adjacency + ops), queried in NAS-Bench-10
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..benchmarks.nb101 import AVAILABLE_OPS, prune
 from ..errors import UserError
 from .base import SearchSpace, genotype_json
+from .fused import FusedCellMixin, fused_bn
 from .ops import ReLUConvBN, mixed
 
 OPS = ("maxpool3x3", "conv3x3-bn-relu", "conv1x1-bn-relu")  # α-column order of the 1Shot1 repo
@@ -56,8 +58,13 @@ class NB101Cell:
         return ",".join(self.ops) + "|" + "/".join("".join(map(str, row)) for row in self.matrix)
 
 
-class ChoiceCell(nn.Module):
-    """One-shot cell of the 1Shot1 repo (``Cell`` with ``ChoiceBlock``s)."""
+class ChoiceCell(FusedCellMixin, nn.Module):
+    """One-shot cell of the 1Shot1 repo (``Cell`` with ``ChoiceBlock``s).
+
+    :meth:`forward_reference` is the per-op definition. The fused forward computes all ``steps + 1``
+    1×1 projections of the cell input as one conv, one BN and one ReLU, and every weighted sum as one
+    multiply-add chain.
+    """
 
     def __init__(self, steps, C_in, C):
         super().__init__()
@@ -67,6 +74,9 @@ class ChoiceCell(nn.Module):
         self.blocks = nn.ModuleList(nn.ModuleList(make_op(o, C) for o in OPS) for _ in range(steps))
 
     def forward(self, s0, weights):
+        return self.forward_fused(s0, weights) if self.fused else self.forward_reference(s0, weights)
+
+    def forward_reference(self, s0, weights):
         states = []
         for b in range(self.steps):
             inputs = [self.proj[b](s0), *states]
@@ -76,6 +86,32 @@ class ChoiceCell(nn.Module):
             states.append(mixed(self.blocks[b], sum(inputs), weights["normal"][b]))
         g = weights["output"][0]
         return g[0] * self.proj_out(s0) + torch.cat([g[b + 1] * s for b, s in enumerate(states)], dim=1)
+
+    def forward_fused(self, s0, weights):
+        seqs = [p.op for p in self.proj] + [self.proj_out.op]
+        conv = seqs[0][0]
+        y = F.conv2d(s0, torch.cat([s[0].weight for s in seqs]), None, conv.stride, conv.padding)
+        y = F.relu(fused_bn(y, [s[1] for s in seqs]))
+        C = self.proj_out.op[0].out_channels // self.steps
+        projs, out_proj = y[:, : self.steps * C].unflatten(1, (self.steps, C)), y[:, self.steps * C:]
+        states = []
+        for b in range(self.steps):
+            inputs = [projs[:, b], *states]
+            beta = weights.get(f"input_{b + 1}")
+            h = _weighted_sum(inputs, beta[0]) if beta is not None else sum(inputs)
+            ops = self.blocks[b]
+            states.append(_weighted_sum([ops[0](h), ops[1](h), ops[2](h)], weights["normal"][b]))
+        g = weights["output"][0]
+        return g[0] * out_proj + (torch.cat(states, dim=1).unflatten(1, (self.steps, -1))
+                                  * g[1:].view(1, -1, 1, 1, 1)).flatten(1, 2)
+
+
+def _weighted_sum(tensors, w):
+    """Σ_k w_k·t_k as one multiply and a chain of multiply-adds."""
+    out = tensors[0] * w[0]
+    for k in range(1, len(tensors)):
+        out = torch.addcmul(out, tensors[k], w[k])
+    return out
 
 
 class NB1Shot1Supernet(nn.Module):

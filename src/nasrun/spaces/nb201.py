@@ -13,6 +13,7 @@ from torch import nn
 
 from ..errors import UserError
 from .base import SearchSpace, genotype_json
+from .fused import FusedCellMixin, SourcePlan, accumulate_nodes, padded_weights
 from .ops import Identity, Pooling, ReLUConvBN, Zero, mixed
 
 NB201_OPS = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
@@ -62,18 +63,37 @@ class ResNetBasicblock(nn.Module):
         return self.downsample(x) + self.conv_b(self.conv_a(x))
 
 
-class SearchCell(nn.Module):
-    """Mixed-op cell: every edge holds all candidate ops."""
+class SearchCell(FusedCellMixin, nn.Module):
+    """Mixed-op cell: every edge holds all candidate ops.
+
+    :meth:`forward_reference` is the per-op definition; the default forward computes the same function
+    with fused mixed ops (:mod:`nasrun.spaces.fused`), per source node.
+    """
 
     def __init__(self, C, ops, affine, track_running_stats):
         super().__init__()
         self.edges = nn.ModuleDict(
             {e: nn.ModuleList(make_op(o, C, affine, track_running_stats) for o in ops) for e in EDGES})
+        modules = {r: list(self.edges[e]) for r, e in enumerate(EDGES)}
+        self.sources = nn.ModuleList(
+            SourcePlan([r for r, e in enumerate(EDGES) if e.endswith(f"<-{j}")],
+                       [int(e.split("<-")[0]) for e in EDGES if e.endswith(f"<-{j}")], modules, len(ops))
+            for j in range(MAX_NODES - 1))
 
     def forward(self, x, w):
+        return self.forward_fused(x, w) if self.fused else self.forward_reference(x, w)
+
+    def forward_reference(self, x, w):
         nodes = [x]
         for i in range(1, MAX_NODES):
             nodes.append(sum(mixed(self.edges[f"{i}<-{j}"], nodes[j], w[EDGES.index(f"{i}<-{j}")]) for j in range(i)))
+        return nodes[-1]
+
+    def forward_fused(self, x, w):
+        wz, acc, nodes = padded_weights(w), {}, [x]
+        for j, plan in enumerate(self.sources):
+            accumulate_nodes(acc, plan(nodes[j], wz), plan.dests)
+            nodes.append(acc[j + 1])
         return nodes[-1]
 
 

@@ -1,0 +1,113 @@
+"""Fused mixed operations vs the per-op reference cells (perf.md §4): same function, same gradients,
+same BN statistics, in float64 to 1e-10 relative, for every space."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from nasrun.spaces import get_space
+from nasrun.spaces.fused import set_fused
+
+SPACES = [("nb201", {"C": 4, "N": 1}), ("nb201", {"C": 4, "N": 1, "track_running_stats": True}),
+          ("nb201", {"C": 4, "N": 1, "affine": True, "track_running_stats": True}), ("nb201_noskip", {"C": 4, "N": 1}),
+          ("darts", {"C": 4, "layers": 3}), ("darts_7op", {"C": 4, "layers": 3}), ("darts_s1", {"C": 4, "layers": 3}),
+          ("darts_s2", {"C": 4, "layers": 3}), ("darts_s3", {"C": 4, "layers": 3}), ("darts_s4", {"C": 4, "layers": 3}),
+          ("darts_fixed", {"C": 4, "layers": 3}), ("amended_deep", {"C": 4, "layers": 4}),
+          ("nb1shot1_s1", {"C": 4, "layers": 3}), ("nb1shot1_s2", {"C": 4, "layers": 3}),
+          ("nb1shot1_s3", {"C": 4, "layers": 3})]
+
+
+def close(ref, got, rtol):
+    """max |ref − got| ≤ rtol·max |ref|; tensors that are zero up to rounding (the gradient of a conv bias in
+    front of a batch-statistics BN) are compared absolutely against the rounding level."""
+    scale = ref.abs().max().item()
+    if scale < 1e-12:
+        return (ref - got).abs().max().item() < 1e-14
+    return (ref - got).abs().max().item() <= rtol * scale
+
+
+def run_both(name, sizes, train=True, dtype=torch.float64, masked=None, seed=0):
+    """Logits, loss, gradients (w and α) and state dict of the per-op and the fused supernet on one batch."""
+    torch.manual_seed(seed)
+    space = get_space(name, **sizes)
+    ref = set_fused(space.build_supernet(10).to(dtype), False)
+    fused = set_fused(copy.deepcopy(ref), True)
+    for net in (ref, fused):
+        net.train(train)
+    alphas = {k: torch.randn(*s, dtype=dtype, requires_grad=True) for k, s in space.alpha_shapes().items()}
+    x, y = torch.randn(6, 3, 16, 16, dtype=dtype), torch.randint(0, 10, (6,))
+    out = []
+    for net in (ref, fused):
+        torch.manual_seed(1)  # the noise op (S4) draws the same numbers in both forwards
+        weights = {k: a.softmax(-1) for k, a in alphas.items()}
+        if masked:
+            weights = {k: masked(w) for k, w in weights.items()}
+        logits = net(x, weights)
+        loss = F.cross_entropy(logits, y)
+        grads = torch.autograd.grad(loss, [*net.parameters(), *alphas.values()], allow_unused=True)
+        out.append({"logits": logits, "loss": loss, "grads": grads, "state": net.state_dict()})
+    return space, ref, out
+
+
+@pytest.mark.parametrize("name, sizes", SPACES, ids=[f"{n}-{'-'.join(f'{k}{v}' for k, v in s.items())}" for n, s in SPACES])
+def test_fused_equals_per_op_float64(name, sizes):
+    _, ref, (a, b) = run_both(name, sizes)
+    assert close(a["logits"], b["logits"], 1e-10) and close(a["loss"], b["loss"], 1e-10)
+    names = [n for n, _ in ref.named_parameters()] + ["alpha"] * (len(a["grads"]) - len(list(ref.parameters())))
+    for n, ga, gb in zip(names, a["grads"], b["grads"]):
+        assert (ga is None) == (gb is None), n
+        if ga is not None:
+            assert close(ga, gb, 1e-10), n
+    assert a["state"].keys() == b["state"].keys()
+    for k, v in a["state"].items():  # running statistics and batch counts where tracked
+        assert close(v.double(), b["state"][k].double(), 1e-10), k
+    moved = [k for k, v in a["state"].items() if "running_mean" in k and v.abs().max() > 0
+             and any(part in k for part in (".edges.", ".ops.", ".blocks.", ".proj"))]  # inside the mixed ops
+    if "track_running_stats" not in sizes and name.startswith("nb201"):
+        assert not moved
+    elif not name.startswith("nb201"):
+        assert moved  # the DARTS and 1Shot1 supernets track statistics: the comparison above is not vacuous
+
+
+@pytest.mark.parametrize("name, sizes", [("nb201", {"C": 4, "N": 1, "track_running_stats": True}),
+                                         ("darts", {"C": 4, "layers": 3}), ("nb1shot1_s2", {"C": 4, "layers": 3})])
+def test_fused_equals_per_op_in_eval_mode(name, sizes):
+    torch.manual_seed(0)
+    space = get_space(name, **sizes)
+    ref = set_fused(space.build_supernet(10).double(), False)
+    with torch.no_grad():  # distinct running statistics per edge, so eval mode must use each edge's own
+        for m in ref.modules():
+            if isinstance(m, torch.nn.BatchNorm2d) and m.track_running_stats:
+                m.running_mean.normal_()
+                m.running_var.uniform_(0.5, 2)
+    fused = set_fused(copy.deepcopy(ref), True)
+    ref.eval()
+    fused.eval()
+    weights = {k: torch.randn(*s, dtype=torch.float64).softmax(-1) for k, s in space.alpha_shapes().items()}
+    x = torch.randn(4, 3, 16, 16, dtype=torch.float64)
+    assert close(ref(x, weights), fused(x, weights), 1e-10)
+
+
+def test_fused_float32_and_masked_weights():
+    """float32 to 1e-5, and with DARTS-PT's masking / one-hot discretisation (exact zeros in the weights)."""
+    _, _, (a, b) = run_both("darts", {"C": 4, "layers": 3}, dtype=torch.float32)
+    assert close(a["logits"], b["logits"], 1e-5)
+
+    def one_hot(w):
+        return F.one_hot(w.argmax(-1), w.shape[-1]).to(w.dtype) + 0 * w
+
+    _, _, (a, b) = run_both("nb201", {"C": 4, "N": 1}, masked=one_hot)
+    assert close(a["logits"], b["logits"], 1e-10)
+    assert all(close(x, y, 1e-10) for x, y in zip(a["grads"][-1:], b["grads"][-1:]))
+
+
+def test_fused_is_the_default_and_keeps_parameter_names():
+    space = get_space("darts", C=4, layers=3)
+    net = space.build_supernet(10)
+    cells = [m for m in net.modules() if hasattr(m, "fused")]
+    assert cells and all(m.fused for m in cells)
+    ref_keys = set(set_fused(copy.deepcopy(net), False).state_dict())
+    assert set(net.state_dict()) == ref_keys
+    assert not any("sources" in k for k in ref_keys)  # the fused plans add no state
