@@ -159,3 +159,25 @@ def test_failed_download_reason_is_in_the_error(tmp_path, monkeypatch):
         load_dataset("cifar10", tmp_path, download=True)
     with pytest.raises(UserError, match=r"downloading is off"):
         load_dataset("svhn", tmp_path, download=False)
+
+
+def test_epoch_tables_equal_step_by_step_draws():
+    """The epoch's draws made up front equal drawing them step by step from the (seed, epoch) generator
+    (the order the reference loop and older nasrun checkpoints use)."""
+    data = fake("digits", 40, 4, size=4)
+    data.train_x = torch.randint(0, 256, data.train_x.shape, dtype=torch.uint8)
+    for pairing in ("darts", "nb201"):
+        stream, _ = build_search_stream(data, "darts", "darts", **dict(STREAM_ARGS, crop_pad=1, flip=True, cutout=2))
+        stream.pairing = pairing
+        stream.start_epoch(2)
+        gen = torch.Generator().manual_seed(stream.seed * 100_003 + 2)
+        perm = stream.train_idx[torch.randperm(len(stream.train_idx), generator=gen)]
+        bs, nv = stream.batch_size, len(stream.valid_idx)
+        for step in range(stream.steps):
+            t = perm[step * bs:(step + 1) * bs]
+            v = stream.valid_idx[torch.randint(0, nv, (len(t),), generator=gen) if pairing == "nb201"
+                                 else torch.randperm(nv, generator=gen)[:bs]]
+            pt, pv = stream.augment.draw(len(t), 4, gen), stream.augment.draw(len(v), 4, gen)
+            (xt, yt), (xv, yv) = stream.batch(step)
+            assert torch.equal(xt, stream.augment(data.train_x[t], pt)) and torch.equal(yt, data.train_y[t])
+            assert torch.equal(xv, stream.augment(data.train_x[v], pv)) and torch.equal(yv, data.train_y[v])

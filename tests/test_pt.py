@@ -8,6 +8,7 @@ from torch import nn
 
 from nasrun.config import build
 from nasrun.data import Augment, SearchStream
+from nasrun.graphs import GraphSet
 from nasrun.search import run_search
 from nasrun.selectors.pt import PerturbationSelector, pt_schedule
 from nasrun.spaces import get_space
@@ -56,6 +57,11 @@ class FakeMethod:
 
     def step(self, train, valid):
         return {}
+
+    graphs = GraphSet(False)  # the method interface's CUDA-graph runner (off on the CPU)
+
+    def reset_graphs(self):
+        pass
 
 
 def decisive_stream(n_items, n=400):

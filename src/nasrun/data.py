@@ -267,6 +267,12 @@ class SearchStream:
 
     ``pairing="nb201"`` pairs every train sample with a uniformly random valid sample (AutoDL, with
     replacement); ``pairing="darts"`` draws a fresh random valid minibatch each step (quark0).
+
+    Every random draw of an epoch (order, valid samples, crop/flip/cutout parameters) comes from one CPU
+    generator seeded by (seed, epoch), drawn step by step in the same order at :meth:`start_epoch` and
+    moved to the device in one copy; ``batch(step)`` then only indexes and augments on the device (no
+    host-device transfer or synchronisation inside an epoch), and an epoch is a pure function of
+    (seed, epoch): a resume mid-epoch calls :meth:`start_epoch` again.
     """
 
     def __init__(self, x, y, train_idx, valid_idx, batch_size, augment, pairing, seed, device):
@@ -276,37 +282,74 @@ class SearchStream:
         self.device = device
         self.steps = -(-len(train_idx) // batch_size)
         self.gen = torch.Generator()
-        self.perm = None
+        self.epoch, self.tables = None, None
 
     def start_epoch(self, epoch):
-        """Re-seed from (seed, epoch) and draw this epoch's train order."""
+        """Re-seed from (seed, epoch) and draw all of this epoch's random choices."""
         self.gen.manual_seed(self.seed * 100_003 + epoch)
-        self.perm = self.train_idx[torch.randperm(len(self.train_idx), generator=self.gen)]
+        self.epoch = epoch
+        perm = self.train_idx[torch.randperm(len(self.train_idx), generator=self.gen)]
+        size, bs = self.x.shape[-1], self.batch_size
+        steps = []
+        for step in range(self.steps):
+            t = perm[step * bs:(step + 1) * bs]
+            drawn = {"t": t}
+            if self.valid_idx is not None:
+                nv = len(self.valid_idx)
+                if self.pairing == "nb201":
+                    drawn["v"] = self.valid_idx[torch.randint(0, nv, (len(t),), generator=self.gen)]
+                else:
+                    drawn["v"] = self.valid_idx[torch.randperm(nv, generator=self.gen)[:bs]]
+            drawn["pt"] = self.augment.draw(len(t), size, self.gen)
+            if self.valid_idx is not None:
+                drawn["pv"] = self.augment.draw(len(drawn["v"]), size, self.gen)
+            steps.append(drawn)
+        self.tables = _to_device_once(steps, self.device)
 
     def batch(self, step):
         """``(train_batch, valid_batch)``; ``valid_batch`` is None for a stream without a valid split."""
-        bs = self.batch_size
-        t = self.perm[step * bs:(step + 1) * bs]
-        size = self.x.shape[-1]
+        d = self.tables[step]
+        t = d["t"]
+        train = (self.augment(self.x[t], d["pt"]), self.y[t])
         if self.valid_idx is None:
-            pt = self.augment.draw(len(t), size, self.gen)
-            t = t.to(self.device, non_blocking=True)
-            return (self.augment(self.x[t], pt), self.y[t]), None
-        nv = len(self.valid_idx)
-        if self.pairing == "nb201":
-            v = self.valid_idx[torch.randint(0, nv, (len(t),), generator=self.gen)]
-        else:
-            v = self.valid_idx[torch.randperm(nv, generator=self.gen)[:bs]]
-        pt, pv = self.augment.draw(len(t), size, self.gen), self.augment.draw(len(v), size, self.gen)
-        t, v = t.to(self.device, non_blocking=True), v.to(self.device, non_blocking=True)
-        return ((self.augment(self.x[t], pt), self.y[t]), (self.augment(self.x[v], pv), self.y[v]))
+            return train, None
+        v = d["v"]
+        return train, (self.augment(self.x[v], d["pv"]), self.y[v])
 
     def state_dict(self):
-        return {"gen": self.gen.get_state(), "perm": self.perm}
+        return {"epoch": self.epoch}
 
     def load_state_dict(self, state):
-        self.gen.set_state(state["gen"])
-        self.perm = state["perm"]
+        """Resume mid-epoch (older checkpoints without ``epoch`` are resumed by the loop's own epoch)."""
+        if state.get("epoch") is not None:
+            self.start_epoch(state["epoch"])
+
+
+def _to_device_once(steps, device):
+    """The per-step draws (nested dicts of CPU tensors / None) as device tensors, in one transfer."""
+    flat = [(i, k, sub) for i, d in enumerate(steps) for k, v in d.items()
+            for sub in ([None] if not isinstance(v, dict) else list(v))]
+
+    def get(i, k, sub):
+        v = steps[i][k]
+        return v if sub is None else v[sub]
+
+    tensors = [get(*f) for f in flat if get(*f) is not None]
+    if device.type == "cpu" or not tensors:
+        return steps
+    sizes = [t.numel() for t in tensors]
+    packed = torch.cat([t.reshape(-1).to(torch.int64) for t in tensors]).pin_memory() \
+        if torch.cuda.is_available() else torch.cat([t.reshape(-1).to(torch.int64) for t in tensors])
+    on_device = packed.to(device, non_blocking=True).split(sizes)
+    it = iter(on_device)
+    out = [{k: (dict(v) if isinstance(v, dict) else v) for k, v in d.items()} for d in steps]
+    for (i, k, sub), src in zip([f for f in flat if get(*f) is not None], tensors):
+        dev = next(it).view(src.shape).to(src.dtype)
+        if sub is None:
+            out[i][k] = dev
+        else:
+            out[i][k][sub] = dev
+    return out
 
 
 def build_search_stream(data, split, space_split, batch_size, seed, device, crop_pad, flip, cutout,

@@ -136,8 +136,8 @@ class EpochLoop:
         self.sums = {k: v.to(self.device) for k, v in state["sums"].items()}
         if not quiet:
             self.events = state.get("events", [])
-        if self.step:
-            self.stream.load_state_dict(state["stream"])
+        if self.step:  # the stream's epoch is a pure function of (seed, epoch)
+            self.stream.start_epoch(self.epoch)
         if not quiet:
             console.print(f"resuming {self.run.path} at epoch {self.epoch} step {self.step}")
 

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from .data import Augment, NORMALISATION, SearchStream, load_dataset
 from .engine import EpochLoop, console, seed_everything
 from .errors import UserError
+from .graphs import GraphSet, graphs_wanted
 from .utils import count_flops, count_parameters
 
 
@@ -52,10 +53,15 @@ class Protocol:
 class Retrainer:
     """Network + SGD with the protocol's per-step logic; checkpointable like a search method."""
 
-    def __init__(self, net, protocol, autocast):
+    def __init__(self, net, protocol, autocast, cuda_graphs=False):
         self.net, self.p, self.autocast = net, protocol, autocast
         self.opt = torch.optim.SGD(net.parameters(), lr=protocol.lr, momentum=protocol.momentum,
                                    weight_decay=protocol.weight_decay)
+        self.graphs = GraphSet(cuda_graphs)
+
+    def graph_key(self):
+        """Python values a captured step bakes in: learning rate and drop-path probability of the epoch."""
+        return self.opt.param_groups[0]["lr"], self.opt.param_groups[0]["weight_decay"], self.net.drop_path_prob
 
     def on_epoch_start(self, epoch):
         for g in self.opt.param_groups:
@@ -64,6 +70,10 @@ class Retrainer:
         self.net.train()
 
     def step(self, train, _valid=None):
+        return self.graphs.run("retrain_step", self.device_step, self.graph_key, train)
+
+    def device_step(self, train):
+        """Forward, backward, clip and SGD step (capturable; drop-path draws on the device generator)."""
         x, y = train
         self.opt.zero_grad(set_to_none=True)
         with self.autocast():
@@ -84,12 +94,17 @@ class Retrainer:
         self.net.eval()
         loss, correct = torch.zeros((), device=x.device, dtype=torch.float64), torch.zeros((), device=x.device)
         for i in range(0, len(x), batch_size):
-            with self.autocast():
-                logits, _ = self.net(augment.normalise(x[i:i + batch_size]))
-            loss += F.cross_entropy(logits.float(), y[i:i + batch_size], reduction="sum").double()
-            correct += (logits.argmax(1) == y[i:i + batch_size]).sum()
+            batch_loss, batch_correct = self.graphs.run("retrain_eval", self._eval_batch, lambda: None,
+                                                        augment.normalise(x[i:i + batch_size]), y[i:i + batch_size])
+            loss += batch_loss
+            correct += batch_correct
         self.net.train()
         return loss.item() / len(x), 100.0 * correct.item() / len(x)
+
+    def _eval_batch(self, x, y):
+        with self.autocast():
+            logits, _ = self.net(x)
+        return F.cross_entropy(logits.float(), y, reduction="sum").double(), (logits.argmax(1) == y).sum()
 
     def state_dict(self):
         return {"net": self.net.state_dict(), "opt": self.opt.state_dict()}
@@ -97,6 +112,7 @@ class Retrainer:
     def load_state_dict(self, state):
         self.net.load_state_dict(state["net"])
         self.opt.load_state_dict(state["opt"])
+        self.graphs.reset()
 
 
 def run_retrain(cfg, run, state, space, genotype, device):
@@ -123,7 +139,7 @@ def run_retrain(cfg, run, state, space, genotype, device):
     net = net.to(memory_format=layout)
     autocast = (functools.partial(torch.autocast, "cuda", dtype=torch.bfloat16) if t.amp and device.type == "cuda"
                 else contextlib.nullcontext)
-    trainer = Retrainer(net, p, autocast)
+    trainer = Retrainer(net, p, autocast, graphs_wanted(t.get("cuda_graphs", "auto"), device))
     loop = EpochLoop(run, {"retrainer": trainer}, stream, device, t.progress, layout)
     if state is not None:
         loop.resume(state)

@@ -18,7 +18,9 @@ from .data import BENCHMARK_NAMES, build_search_stream, load_dataset
 from .diagnostics import discretised_accuracy, hessian_eigenvalue, ies_entropy, operation_magnitudes, tse_estimators
 from .engine import EpochLoop, console, seed_everything
 from .errors import UserError
+from .graphs import graphs_wanted
 from .rundir import RunDir
+from .spaces.fused import set_fused
 from .utils import resolve_device
 
 def build_data(cfg, space, device):
@@ -56,11 +58,13 @@ def build_search(cfg, device):
     space = build(cfg.space)
     data, stream, protocol = build_data(cfg, space, device)
     supernet = space.build_supernet(data.num_classes, in_channels=data.train_x.shape[1]).to(device)
+    set_fused(supernet, t.get("fused", True))
     if t.channels_last:
         supernet = supernet.to(memory_format=torch.channels_last)
     method = build(cfg.method, supernet=supernet, space=space)
     if t.amp and device.type == "cuda":
         method.autocast = functools.partial(torch.autocast, "cuda", dtype=torch.bfloat16)
+    method.use_cuda_graphs(graphs_wanted(t.get("cuda_graphs", "auto"), device))
     return space, data, stream, protocol, supernet, method
 
 

@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
+from ..graphs import GraphSet, set_capturable
+
 
 def cosine_lr(epoch, epochs, lr_max, lr_min):
     """AutoDL cosine: lr(e) = η_min + (η0 − η_min)(1 + cos(π e / E)) / 2, epoch 0 runs at η0 (methods.md §0.5)."""
@@ -29,6 +31,39 @@ class Method(abc.ABC):
         self.space = space
         self.autocast = contextlib.nullcontext  # the search loop swaps in bf16 autocast on CUDA
         self.alphas = {}
+        self.graphs = GraphSet(False)
+
+    # --- CUDA graphs (perf.md §3.2) ---------------------------------------------------------------------------
+    def optimizers(self):
+        """The method's optimisers (their hyper-parameters are baked into a captured step)."""
+        return []
+
+    def use_cuda_graphs(self, enabled):
+        """Run :meth:`device_step` (and other capturable units) from CUDA graphs; Adam becomes capturable."""
+        self.graphs = GraphSet(enabled)
+        for opt in self.optimizers():
+            set_capturable(opt, enabled)
+
+    def graph_key(self):
+        """Python values a captured step bakes in: the optimisers (identity and hyper-parameters)."""
+        return tuple((id(opt), tuple((k, v) for g in opt.param_groups for k, v in sorted(g.items())
+                                     if k != "params" and isinstance(v, (bool, int, float, str, tuple, type(None)))))
+                     for opt in self.optimizers())
+
+    def reset_graphs(self):
+        """Drop captured graphs (after state they point to was replaced, e.g. by a checkpoint load)."""
+        self.graphs.reset()
+        for opt in self.optimizers():
+            set_capturable(opt, self.graphs.enabled)
+
+    def step(self, train_batch, valid_batch):
+        """One search iteration: host-side choices (:meth:`prepare_step`), then the device work
+        (:meth:`device_step`, from a CUDA graph when enabled). Returns detached device tensors."""
+        self.prepare_step()
+        return self.graphs.run("step", self.device_step, self.graph_key, train_batch, valid_batch)
+
+    def prepare_step(self):
+        """Per-step work on the host before the device step (random choices of the CPU generator)."""
 
     def init_alphas(self, scale=1e-3):
         """α ~ scale·N(0,1) with one row per edge and one column per candidate op."""
@@ -67,8 +102,9 @@ class Method(abc.ABC):
         """Set per-epoch schedules (learning rates, temperatures)."""
 
     @abc.abstractmethod
-    def step(self, train_batch, valid_batch):
-        """One search iteration; returns detached device tensors (no host sync)."""
+    def device_step(self, train_batch, valid_batch):
+        """The device work of one iteration: no host sync, no host randomness, no replaced tensors
+        (capturable in a CUDA graph); returns detached device tensors."""
 
     def lrs(self):
         """Current learning rates (and weight decay), for logging."""
@@ -86,3 +122,4 @@ class Method(abc.ABC):
         with torch.no_grad():
             for k, v in state["alphas"].items():
                 self.alphas[k].copy_(v)
+        self.reset_graphs()

@@ -38,6 +38,9 @@ class Darts(Method):
         self.arch_opt = torch.optim.Adam(self.arch_parameters(), lr=arch_lr, betas=tuple(arch_betas),
                                          weight_decay=arch_weight_decay)
 
+    def optimizers(self):
+        return [self.w_opt, self.arch_opt]
+
     def on_epoch_start(self, epoch, epochs):
         lr = cosine_lr(epoch, epochs, self.w_lr, self.w_lr_min)
         for g in self.w_opt.param_groups:
@@ -57,7 +60,7 @@ class Darts(Method):
         for g in self.w_opt.param_groups:
             g["weight_decay"] = value
 
-    def step(self, train_batch, valid_batch):
+    def device_step(self, train_batch, valid_batch):
         out = {}
         if self.arch_first and self.train_arch:
             out.update(self.arch_step(train_batch, valid_batch))
@@ -138,6 +141,6 @@ class Darts(Method):
         return {**super().state_dict(), "w_opt": self.w_opt.state_dict(), "arch_opt": self.arch_opt.state_dict()}
 
     def load_state_dict(self, state):
-        super().load_state_dict(state)
         self.w_opt.load_state_dict(state["w_opt"])
         self.arch_opt.load_state_dict(state["arch_opt"])
+        super().load_state_dict(state)

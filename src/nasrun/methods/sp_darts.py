@@ -39,6 +39,8 @@ class SpDarts(Darts):
         self.monitor_temperature = monitor_temperature
         self.late_epoch, self.late_t_sp, self.base_t_sp = late_epoch, late_t_sp, t_sp
         self.temperature, self.p, self.warm = t_sp, 0.0, True
+        # the temperature of the current step as a device scalar: a captured step reads it, the host sets it
+        self._temperature = torch.tensor(t_sp, dtype=torch.float64, device=next(supernet.parameters()).device)
         self._epoch_stats = None
 
     def mix_probability(self, epoch, epochs):
@@ -55,12 +57,16 @@ class SpDarts(Darts):
         self.p, self.warm = self.mix_probability(epoch, epochs), epoch < self.warmup_epochs
         late = self.late_epoch is not None and epoch >= self.late_epoch
         self.t_sp = self.late_t_sp if late else self.base_t_sp
-        if self._epoch_stats is None or self._epoch_epoch != epoch:
-            self._epoch_epoch = epoch
-            device = self.alphas[next(iter(self.alphas))].device  # accumulate where the logits are: no host sync
+        if self._epoch_stats is None:
+            device = self._temperature.device  # accumulate where the logits are: no host sync
             self._epoch_stats = {k: torch.zeros((), device=device) for k in ("sparse", "steps", "mon_correct", "mon_n")}
+        if getattr(self, "_epoch_epoch", None) != epoch:
+            self._epoch_epoch = epoch
+            for v in self._epoch_stats.values():  # in place: a captured step keeps writing to these tensors
+                v.zero_()
 
-    def step(self, train_batch, valid_batch):
+    def prepare_step(self):
+        """φ ~ Bernoulli(p) from the CPU generator (as the reference's per-step draw), then the step's temperature."""
         if self.warm:
             self.temperature = self.warmup_factor * self.t_sp
         else:
@@ -68,7 +74,10 @@ class SpDarts(Darts):
             self.temperature = self.t_sp if sparse else self.sm_factor * self.t_sp
             self._epoch_stats["sparse"] += float(sparse)
         self._epoch_stats["steps"] += 1
-        out = super().step(train_batch, valid_batch)
+        self._temperature.fill_(self.temperature)
+
+    def device_step(self, train_batch, valid_batch):
+        out = super().device_step(train_batch, valid_batch)
         if self.monitor_temperature and valid_batch is not None:
             with torch.no_grad():
                 w = {k: F.softmax(a / self.monitor_temperature, dim=-1) for k, a in self.alphas.items()}
@@ -79,7 +88,7 @@ class SpDarts(Darts):
 
     def edge_weights(self, alphas=None):
         alphas = self.alphas if alphas is None else alphas
-        return {k: F.softmax(a / self.temperature, dim=-1) for k, a in alphas.items()}
+        return {k: F.softmax(a / self._temperature, dim=-1) for k, a in alphas.items()}
 
     def derive_weights(self):
         return {k: F.softmax(a.detach(), dim=-1) for k, a in self.alphas.items()}
@@ -95,4 +104,11 @@ class SpDarts(Darts):
 
     def load_state_dict(self, state):
         super().load_state_dict(state)
-        self._epoch_stats, self._epoch_epoch = state["epoch_stats"], state["epoch"]
+        self._epoch_epoch = state["epoch"]
+        if state["epoch_stats"] is None:
+            self._epoch_stats = None
+        elif self._epoch_stats is None:
+            self._epoch_stats = {k: v.clone() for k, v in state["epoch_stats"].items()}
+        else:
+            for k, v in state["epoch_stats"].items():
+                self._epoch_stats[k].copy_(v)

@@ -33,6 +33,9 @@ class TseDarts(Darts):
     def step(self, train_batch, valid_batch):
         return self.step_group([(train_batch, valid_batch)])
 
+    def device_step(self, train_batch, valid_batch):
+        return self.weight_step(train_batch)
+
     def step_group(self, batches):
         """One TSE update over a group of batches; returns mean train loss and counts."""
         trains = [t for t, _ in batches] + ([v for _, v in batches if v is not None] if self.merge_train_val else [])
@@ -40,22 +43,58 @@ class TseDarts(Darts):
             self.tse_arch_step(trains)
         loss, correct, n = 0.0, 0, 0
         for x, y in trains:
-            out = self.weight_step((x, y))
+            out = self.graphs.run("weight_step", self.weight_step, self.graph_key, (x, y))
             loss, correct, n = loss + out["train_loss"] * len(y), correct + out["train_correct"], n + len(y)
         return {"train_loss": loss / n, "train_correct": correct, "train_n": n}
 
     def tse_arch_step(self, trains):
-        """α.grad = Σ_t ∂L_tr^t/∂α over a rollout on a copy of w and its optimiser; then one Adam step."""
-        shadow = copy.deepcopy(self.supernet)
-        opt = torch.optim.SGD(shadow.parameters(), lr=0.0)
-        # deepcopy: load_state_dict keeps same-device tensors, so the rollout would update the real momentum in place
-        opt.load_state_dict(copy.deepcopy(self.w_opt.state_dict()))
-        for a in self.arch_parameters():
-            a.grad = None
+        """α.grad = Σ_t ∂L_tr^t/∂α over a rollout on a copy of w and its optimiser; then one Adam step.
+
+        The copy (``shadow``) is made once and overwritten at every group: weights, BN buffers, the
+        weight optimiser's hyper-parameters and momentum; its steps run from a CUDA graph when enabled.
+        """
+        shadow, opt = self._shadow()
+        with torch.no_grad():
+            torch._foreach_copy_(list(shadow.parameters()), list(self.supernet.parameters()))
+            torch._foreach_copy_(list(shadow.buffers()), list(self.supernet.buffers()))
+            for acc in self._tse_grad:
+                acc.zero_()
+        for p_shadow, p in zip(shadow.parameters(), self.supernet.parameters()):
+            buf = self.w_opt.state.get(p, {}).get("momentum_buffer")
+            if buf is None:  # no real step yet: the copy starts without momentum, as a fresh optimiser would
+                opt.state.pop(p_shadow, None)
+            elif "momentum_buffer" in opt.state.get(p_shadow, {}):
+                opt.state[p_shadow]["momentum_buffer"].copy_(buf)
+            else:
+                opt.state[p_shadow]["momentum_buffer"] = buf.clone()
+        for g_shadow, g in zip(opt.param_groups, self.w_opt.param_groups):
+            g_shadow.update({k: v for k, v in g.items() if k != "params"})
         for x, y in trains:
-            opt.zero_grad(set_to_none=True)
-            loss, _ = self.loss(x, y, self.edge_weights(), model=shadow)
-            loss.backward()  # α.grad accumulates the sum of the direct gradients
-            opt.step()
+            self.graphs.run("rollout_step", self.rollout_step, self.graph_key, (x, y))
+        for a, g in zip(self.arch_parameters(), self._tse_grad):
+            a.grad = g
         self.arch_opt.step()
         self.arch_opt.zero_grad(set_to_none=True)
+
+    def rollout_step(self, batch):
+        """One SGD step of the shadow weights, adding ∂L_tr/∂α to the group's sum (device work only)."""
+        shadow, opt = self._shadow()
+        params = list(shadow.parameters())
+        loss, _ = self.loss(*batch, self.edge_weights(), model=shadow)
+        grads = torch.autograd.grad(loss, params + self.arch_parameters())
+        for p, g in zip(params, grads):
+            p.grad = g
+        torch._foreach_add_(self._tse_grad, list(grads[len(params):]))
+        opt.step()
+        return {"rollout_loss": loss.detach()}
+
+    def _shadow(self):
+        if getattr(self, "_shadow_net", None) is None:
+            self._shadow_net = copy.deepcopy(self.supernet)
+            self._shadow_opt = torch.optim.SGD(self._shadow_net.parameters(), lr=0.0)
+            self._tse_grad = [torch.zeros_like(a) for a in self.arch_parameters()]
+        return self._shadow_net, self._shadow_opt
+
+    def reset_graphs(self):
+        super().reset_graphs()
+        self._shadow_net = None  # rebuilt (and its optimiser) on the next group

@@ -57,20 +57,25 @@ class PerturbationSelector:
     # --- evaluation -------------------------------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self, method, stream, weights):
-        """Accuracy (%) and mean loss of the supernet with ``weights`` on the valid split (train-mode BN)."""
+        """Accuracy (%) and mean loss of the supernet with ``weights`` on the valid split (train-mode BN).
+
+        Sums stay on the device (one host read per evaluation); each batch runs from a CUDA graph when the
+        method's graphs are on."""
         method.supernet.train()
-        idx = stream.valid_idx
-        correct, loss, n = 0, 0.0, 0
+        idx = stream.valid_idx.to(stream.device)
+        correct = torch.zeros((), device=stream.device, dtype=torch.float64)
+        loss = torch.zeros((), device=stream.device, dtype=torch.float64)
+        n = 0
         for b, i in enumerate(range(0, len(idx), stream.batch_size)):
             if self.max_valid_batches is not None and b >= self.max_valid_batches:
                 break
-            j = idx[i:i + stream.batch_size].to(stream.device)
+            j = idx[i:i + stream.batch_size]
             x, y = stream.augment.normalise(stream.x[j]), stream.y[j]
-            batch_loss, logits = method.loss(x, y, weights)
-            correct += int((logits.argmax(1) == y).sum())
-            loss += float(batch_loss) * len(y)
+            batch_loss, batch_correct = method.graphs.run("pt_score", _score(method), lambda: None, x, y, weights)
+            correct += batch_correct
+            loss += batch_loss.double() * len(y)
             n += len(y)
-        return 100.0 * correct / n, loss / n
+        return 100.0 * correct.item() / n, loss.item() / n
 
     def _worse(self, result):
         """Key that is larger for a bigger drop in quality."""
@@ -128,6 +133,7 @@ class PerturbationSelector:
                         else:
                             self._project_topology(k, method, stream, fixed, removed, space, topo_nodes, gen, projected)
                     annotate(f"tune epoch {e}")
+                    method.reset_graphs()  # the projected weights changed
                 if e == tune_epochs - 1:
                     break
                 stream.start_epoch(first_epoch + e)
@@ -189,3 +195,12 @@ class PerturbationSelector:
         for e, (n, _) in enumerate(edges):
             nodes.setdefault(n, []).append(e)
         return {n: es for n, es in nodes.items() if len(es) > 2}
+
+
+def _score(method):
+    """Loss and correct count of one valid batch under given mixing weights (capturable)."""
+    def score(x, y, weights):
+        batch_loss, logits = method.loss(x, y, weights)
+        return batch_loss.detach(), (logits.argmax(1) == y).sum()
+
+    return score
