@@ -1,91 +1,62 @@
 #!/usr/bin/env python
-"""Images/s and peak memory of search steps per space × method: nasrun's loop vs a plain reference loop.
+"""Search and retraining step speed: nasrun's default path against the plain per-op reference, side by side.
 
-The reference loop is written here the way the reference repositories (quark0/darts, AutoDL) run a
-search: per-sample augmentation on the CPU, a host→device copy per batch, float32, and ``loss.item()``
-every step. Both loops drive the same supernet and the same method object, so the ratio isolates the
-loop itself (device-resident data, on-device augmentation, bf16 autocast, no host syncs).
+The reference is the per-op supernet (one module per edge and op, summed edge by edge: the readable
+cells nasrun keeps, bitwise the AutoDL / quark0 networks) driven the way those repositories drive it:
+eager PyTorch and ``loss.item()`` after every step. nasrun's path is its default: fused mixed ops and,
+on CUDA, every step replayed from a CUDA graph. Both get the same device-resident batches (data loading
+is not timed for either) and the same method code, so the ratio is the step itself. Rows: NB201 with
+darts (V1), darts_2nd (V2), tse_darts, sp_darts, amended_darts; the DARTS space first and second order;
+DARTS_V2 retraining. ms/step is the median of ``--repeats`` timed blocks after warm-up (which includes
+CUDA-graph capture).
 
-    python scripts/bench_search.py --device cuda --steps 50
+    python scripts/bench_search.py                       # sizes by device: paper sizes on CUDA, small on CPU
+    python scripts/bench_search.py --device cuda --json bench.json
+    python scripts/bench_search.py --rows nb201:darts darts:darts retrain --steps 30
 """
 
 import argparse
+import contextlib
+import json
+import statistics
 import time
 
 import torch
-import torch.nn.functional as F
 
 from nasrun.config import build
-from nasrun.data import Augment, SearchStream, make_synthetic
+from nasrun.retrain import Protocol, Retrainer
 from nasrun.spaces import get_space
+from nasrun.spaces.fused import compile_cells, set_fused
 from nasrun.utils import resolve_device
 
-MEAN, STD = [0.49, 0.48, 0.45], [0.25, 0.24, 0.26]
+ROWS = ["nb201:darts", "nb201:darts_2nd", "nb201:tse_darts", "nb201:sp_darts", "nb201:amended_darts",
+        "darts:darts", "darts:darts_2nd", "retrain"]
+# (space sizes, batch, image size) per device class: the papers' sizes on a GPU, small ones on a CPU
+SIZES = {"cuda": {"nb201": ({"C": 16, "N": 5}, 64, 32), "darts": ({"C": 16, "layers": 8}, 64, 32),
+                  "retrain": ({"C": 36, "layers": 20}, 96, 32)},
+         "cpu": {"nb201": ({"C": 8, "N": 2}, 32, 32), "darts": ({"C": 8, "layers": 5}, 16, 32),
+                 "retrain": ({"C": 16, "layers": 8}, 32, 32)}}
+# DARTS-space rows use quark0's settings (α step first, plain momentum, weight decay 3e-4)
+DARTS_SPACE = ["method.arch_first=true", "method.w_nesterov=false", "method.w_weight_decay=3e-4"]
 
 
-def make_method(space_name, method_name, C, N, device, amp):
+def compose_method(name, extra=()):
     from hydra import compose, initialize_config_dir
 
     from nasrun.cli import CONF_DIR
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("search", [f"method={method_name}"])
-    torch.manual_seed(0)
-    space = get_space(space_name, C=C, N=N)
-    sup = space.build_supernet(10).to(device)
-    method = build(cfg.method, supernet=sup, space=space)
-    if amp and device.type == "cuda":
-        method.autocast = lambda: torch.autocast("cuda", dtype=torch.bfloat16)
-    return method
+        return compose("search", [f"method={name}", *extra]).method
 
 
-def reference_batch(x, y, idx, gen):
-    """torchvision-style per-sample RandomCrop(pad 4) + HFlip + Normalize on the CPU."""
+def make_batches(n, batch, size, device, classes=10, seed=0):
+    g = torch.Generator().manual_seed(seed)
     out = []
-    for i in idx.tolist():
-        img = F.pad(x[i].float(), (4, 4, 4, 4))
-        oy, ox = torch.randint(0, 9, (2,), generator=gen).tolist()
-        img = img[:, oy:oy + 32, ox:ox + 32]
-        if torch.rand(1, generator=gen).item() < 0.5:
-            img = img.flip(2)
-        out.append((img / 255 - torch.tensor(MEAN)[:, None, None]) / torch.tensor(STD)[:, None, None])
-    return torch.stack(out), y[idx]
-
-
-def run_reference(method, data, batch, steps, warmup, device):
-    gen = torch.Generator().manual_seed(0)
-    n = len(data.train_x) // 2
-    for k in range(warmup + steps):
-        if k == warmup:
-            sync(device)
-            tic = time.perf_counter()
-        t = torch.randint(0, n, (batch,), generator=gen)
-        v = torch.randint(n, 2 * n, (batch,), generator=gen)
-        xt, yt = reference_batch(data.train_x, data.train_y, t, gen)
-        xv, yv = reference_batch(data.train_x, data.train_y, v, gen)
-        out = method.step((xt.to(device), yt.to(device)), (xv.to(device), yv.to(device)))
-        out["train_loss"].item()  # the reference loops log every step
-    sync(device)
-    return batch * steps / (time.perf_counter() - tic)
-
-
-def run_nasrun(method, data, batch, steps, warmup, device, channels_last):
-    n = len(data.train_x) // 2
-    aug = Augment(MEAN, STD, crop_pad=4, flip=True)
-    stream = SearchStream(data.train_x, data.train_y, torch.arange(n), torch.arange(n, 2 * n), batch, aug,
-                          "nb201", 0, device)
-    stream.start_epoch(0)
-    layout = torch.channels_last if channels_last else torch.contiguous_format
-    if channels_last:
-        method.supernet.to(memory_format=torch.channels_last)
-    for k in range(warmup + steps):
-        if k == warmup:
-            sync(device)
-            tic = time.perf_counter()
-        (xt, yt), (xv, yv) = stream.batch(k % stream.steps)
-        method.step((xt.contiguous(memory_format=layout), yt), (xv.contiguous(memory_format=layout), yv))
-    sync(device)
-    return batch * steps / (time.perf_counter() - tic)
+    for _ in range(n):
+        pair = [(torch.randn(batch, 3, size, size, generator=g).to(device),
+                 torch.randint(0, classes, (batch,), generator=g).to(device)) for _ in range(2)]
+        out.append(tuple(pair))
+    return out
 
 
 def sync(device):
@@ -93,49 +64,125 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
-def peak_mb(fn, device):
-    if device.type != "cuda":
-        return fn(), None
-    torch.cuda.reset_peak_memory_stats(device)
-    speed = fn()
-    return speed, torch.cuda.max_memory_allocated(device) / 2**20
+def build_search_row(space_name, method_name, sizes, device, fused, graphs, amp=False, compile_=False):
+    torch.manual_seed(0)
+    space = get_space(space_name, **sizes)
+    sup = set_fused(space.build_supernet(10).to(device), fused)
+    if compile_:
+        compile_cells(sup)
+    extra = DARTS_SPACE if space_name == "darts" else []
+    if method_name == "tse_darts":
+        extra = [*extra, "method.inner_steps=10"]
+    method = build(compose_method(method_name, extra), supernet=sup, space=space)
+    method.use_cuda_graphs(graphs)
+    if amp and device.type == "cuda":
+        method.autocast = lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+    method.on_epoch_start(1, 50)  # past SP-DARTS's warm-up: the batch-mixed step is timed
+    group = getattr(method, "group_size", 1)
+
+    def step(batches):
+        if group > 1:
+            return method.step_group(batches)
+        return method.step(*batches[0])
+
+    return step, group
+
+
+def build_retrain_row(sizes, device, graphs, amp=False):
+    torch.manual_seed(0)
+    space = get_space("darts")
+    net = space.build_network("DARTS_V2", 10, C=sizes["C"], layers=sizes["layers"], auxiliary=True).to(device)
+    p = Protocol("bench", sizes["C"], sizes["layers"], False, 0.4, 0.2, 16, 600, 96, 0.025, 0.0, "cosine", 0.97, 1,
+                 0.9, 3e-4, 5.0, 0.0)
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if amp and device.type == "cuda" \
+        else contextlib.nullcontext
+    trainer = Retrainer(net, p, autocast, cuda_graphs=graphs)
+    trainer.on_epoch_start(300)  # mid-schedule: drop-path on
+
+    def step(batches):
+        return trainer.step(batches[0][0])
+
+    return step, 1
+
+
+def time_row(step, group, batches, steps, warmup, repeats, device, reference):
+    """Median ms per batch; the reference reads the loss on the host after every step, as its loop logs it."""
+    def run(n, offset):
+        for k in range(0, n, group):
+            chunk = [batches[(offset + k + i) % len(batches)] for i in range(group)]
+            out = step(chunk)
+            if reference:
+                out["train_loss"].item()
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    run(warmup * group, 0)
+    sync(device)
+    times = []
+    for r in range(repeats):
+        tic = time.perf_counter()
+        run(steps, r * steps)
+        sync(device)
+        times.append((time.perf_counter() - tic) / steps * 1000)
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+    return statistics.median(times), peak
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="auto")
-    p.add_argument("--spaces", nargs="+", default=["nb201"])
-    p.add_argument("--methods", nargs="+", default=["darts", "darts_2nd"])
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--C", type=int, default=16)
-    p.add_argument("--N", type=int, default=5)
-    p.add_argument("--channels-last", action="store_true")
-    p.add_argument("--amp", action="store_true", help="bf16 autocast in nasrun's loop (trainer.amp)")
+    p.add_argument("--rows", nargs="+", default=ROWS, help=f"subset of {ROWS}")
+    p.add_argument("--steps", type=int, default=None, help="timed steps per repeat (default: 30 on CUDA, 4 on CPU)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default: 8 on CUDA, 2 on CPU)")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--json", help="also write the table as JSON here")
+    p.add_argument("--amp", action="store_true", help="bf16 autocast on nasrun's path (trainer.amp)")
+    p.add_argument("--compile", action="store_true", help="per-cell torch.compile on nasrun's path (trainer.compile)")
+    p.add_argument("--no-graphs", action="store_true", help="nasrun's path without CUDA graphs (fused ops only)")
     args = p.parse_args()
     device = resolve_device(args.device)
-    if device.type == "cuda":
+    kind = "cuda" if device.type == "cuda" else "cpu"
+    steps = args.steps or (30 if kind == "cuda" else 4)
+    warmup = args.warmup or (8 if kind == "cuda" else 2)
+    if kind == "cuda":
         torch.backends.cudnn.benchmark = True
-    data = make_synthetic(n_train=4096, n_test=16, image_size=32, num_classes=10, seed=0)
-    print(f"device={device} batch={args.batch} C={args.C} N={args.N} steps={args.steps} amp={args.amp} "
-          f"channels_last={args.channels_last} "
-          f"{torch.cuda.get_device_name(device) if device.type == 'cuda' else ''}")
-    print(f"{'space':14s} {'method':10s} {'ref img/s':>10s} {'nasrun img/s':>13s} {'speed-up':>9s} "
-          f"{'ref MB':>8s} {'nasrun MB':>10s} {'mem ratio':>9s}")
-    for space in args.spaces:
-        for name in args.methods:
-            ref_method = make_method(space, name, args.C, args.N, device, False)
-            ref, ref_mb = peak_mb(lambda m=ref_method: run_reference(m, data, args.batch, args.steps, args.warmup,
-                                                                     device), device)
-            del ref_method
-            our_method = make_method(space, name, args.C, args.N, device, args.amp)
-            ours, our_mb = peak_mb(lambda m=our_method: run_nasrun(m, data, args.batch, args.steps, args.warmup, device,
-                                                                   args.channels_last), device)
-            del our_method
-            mem = f"{our_mb / ref_mb:9.2f}" if ref_mb else f"{'-':>9s}"
-            print(f"{space:14s} {name:10s} {ref:10.1f} {ours:13.1f} {ours / ref:9.2f} "
-                  f"{ref_mb or 0:8.0f} {our_mb or 0:10.0f} {mem}")
+    name = torch.cuda.get_device_name(device) if kind == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(f"device: {name}; torch {torch.__version__}; {steps} steps × {args.repeats} after {warmup} warm-up; "
+          f"nasrun path: fused ops{'' if args.no_graphs or kind == 'cpu' else ', CUDA graphs'}"
+          f"{', bf16' if args.amp else ''}{', compiled cells' if args.compile else ''}")
+    header = (f"{'workload':22s} {'batch':>5s} {'ref ms':>9s} {'nasrun ms':>10s} {'speed-up':>8s} {'img/s':>9s} "
+              f"{'ref MB':>8s} {'nasrun MB':>9s} {'mem':>5s}")
+    print(header)
+    results = []
+    for row in args.rows:
+        space_name, _, method_name = row.partition(":")
+        sizes, batch, size = SIZES[kind][space_name]
+        batches = make_batches(4, batch, size, device)
+        timing = {}
+        for label, fast in (("reference", False), ("nasrun", True)):
+            graphs = fast and device.type == "cuda" and not args.no_graphs
+            if space_name == "retrain":
+                step, group = build_retrain_row(sizes, device, graphs, fast and args.amp)
+            else:
+                step, group = build_search_row(space_name, method_name, sizes, device, fast, graphs, fast and args.amp,
+                                               fast and args.compile)
+            timing[label] = time_row(step, group, batches, steps, warmup, args.repeats, device, not fast)
+            del step
+            if kind == "cuda":
+                torch.cuda.empty_cache()
+        (ref_ms, ref_mb), (ms, mb) = timing["reference"], timing["nasrun"]
+        rec = {"workload": row, "batch": batch, "sizes": sizes, "ref_ms": round(ref_ms, 2), "nasrun_ms": round(ms, 2),
+               "speedup": round(ref_ms / ms, 2), "images_per_s": round(batch / ms * 1000, 1),
+               "ref_peak_mb": ref_mb and round(ref_mb), "nasrun_peak_mb": mb and round(mb),
+               "memory_ratio": round(mb / ref_mb, 2) if mb and ref_mb else None}
+        results.append(rec)
+        mem = f"{rec['memory_ratio']:5.2f}" if rec["memory_ratio"] else f"{'-':>5s}"
+        print(f"{row:22s} {batch:5d} {ref_ms:9.1f} {ms:10.1f} {ref_ms / ms:7.2f}× {rec['images_per_s']:9.1f} "
+              f"{ref_mb or 0:8.0f} {mb or 0:9.0f} {mem}", flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"device": name, "torch": torch.__version__, "steps": steps, "repeats": args.repeats,
+                       "rows": results}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -28,3 +28,105 @@ def test_augment_on_cuda_equals_cpu():
     aug = Augment([0.5] * 3, [0.25] * 3, crop_pad=4, flip=True, cutout=16, cutout_prob=0.5)
     params = aug.draw(16, 32, g)
     assert torch.allclose(aug(x, params), aug(x.cuda(), params).cpu(), atol=1e-5)
+
+
+GRAPH_METHODS = ["darts", "darts_2nd", "tse_darts", "amended_darts", "sp_darts", "ex_darts", "fixed_alpha"]
+
+
+def cuda_batches(n, batch=16, size=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [tuple((torch.randn(batch, 3, size, size, generator=g).cuda(),
+                   torch.randint(0, 10, (batch,), generator=g).cuda()) for _ in range(2)) for _ in range(n)]
+
+
+def graph_vs_eager_state(name, graphs, space="nb201", steps=20):
+    """α, weights and BN buffers after ``steps`` steps (an lr change half-way), with or without graphs."""
+    from nasrun.config import build
+
+    torch.manual_seed(0)
+    sizes = ["space.C=8", "space.N=1"] if space.startswith("nb201") else ["space.C=8", "space.layers=3"]
+    extra = ["method.inner_steps=5"] if name == "tse_darts" else []
+    cfg = make_cfg([f"method={name}", f"space={space}", *sizes, *extra])
+    sp = build(cfg.space)
+    sup = sp.build_supernet(10).cuda()
+    method = build(cfg.method, supernet=sup, space=sp)
+    method.use_cuda_graphs(True)  # capturable Adam in both runs: only the replay differs
+    method.graphs.enabled = graphs
+    data = cuda_batches(steps)
+    torch.manual_seed(1)  # SP-DARTS's per-step Bernoulli draws
+    for half, epoch in ((data[: steps // 2], 1), (data[steps // 2:], 2)):
+        method.on_epoch_start(epoch, 10)
+        if name == "tse_darts":
+            for i in range(0, len(half), 5):
+                method.step_group(half[i:i + 5])
+        else:
+            for t, v in half:
+                method.step(t, v)
+    torch.cuda.synchronize()
+    if graphs:
+        assert sum(g.captures for g in method.graphs.graphs.values()) >= 2  # captured, and re-captured at the new lr
+        assert not any(g.failed for g in method.graphs.graphs.values())
+    return [*[a.detach().clone() for a in method.arch_parameters()], *[v.clone() for v in sup.state_dict().values()]]
+
+
+@pytest.mark.parametrize("name", GRAPH_METHODS)
+def test_graph_step_equals_eager_step(name):
+    """perf.md §4: 20 steps from the same state give the same α and weights with and without graphs."""
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    eager, graphed = graph_vs_eager_state(name, False), graph_vs_eager_state(name, True)
+    for a, b in zip(eager, graphed):
+        if a.is_floating_point():
+            assert (a - b).abs().max() <= 1e-6 * a.abs().max().clamp_min(1e-6)
+        else:
+            assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("space", ["darts", "nb1shot1_s1"])
+def test_graph_step_equals_eager_step_other_spaces(space):
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    eager, graphed = graph_vs_eager_state("darts", False, space), graph_vs_eager_state("darts", True, space)
+    assert all((a - b).abs().max() <= 1e-6 * a.abs().max().clamp_min(1e-6) for a, b in zip(eager, graphed)
+               if a.is_floating_point())
+
+
+def test_retrain_graph_step_equals_eager():
+    """The retraining step with drop-path (device RNG) and the auxiliary head, graphed vs eager."""
+    import contextlib
+
+    from nasrun.retrain import Protocol, Retrainer
+    from nasrun.spaces import get_space
+
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    out = []
+    for graphs in (False, True):
+        torch.manual_seed(0)
+        net = get_space("darts").build_network("DARTS_V2", 10, C=8, layers=5, auxiliary=True).cuda()
+        p = Protocol("t", 8, 5, False, 0.4, 0.2, 0, 10, 16, 0.025, 0.0, "cosine", 0.97, 1, 0.9, 3e-4, 5.0, 0.0)
+        tr = Retrainer(net, p, contextlib.nullcontext, cuda_graphs=graphs)
+        torch.manual_seed(1)
+        for epoch, half in ((3, cuda_batches(10, size=32)), (4, cuda_batches(10, size=32, seed=1))):
+            tr.on_epoch_start(epoch)
+            for t, _ in half:
+                tr.step(t)
+        loss, acc = tr.evaluate(torch.randint(0, 256, (40, 3, 32, 32), dtype=torch.uint8).cuda(),
+                                torch.randint(0, 10, (40,)).cuda(), Augment([0.5] * 3, [0.25] * 3), batch_size=16)
+        out.append(([v.clone() for v in net.state_dict().values()], loss, acc))
+    for a, b in zip(out[0][0], out[1][0]):
+        assert (a.double() - b.double()).abs().max() <= 1e-6 * a.double().abs().max().clamp_min(1e-6)
+    assert out[0][1] == pytest.approx(out[1][1], rel=1e-5) and out[0][2] == out[1][2]
+
+
+def test_checkpoint_crosses_paths(tmp_path):
+    """A search checkpointed on the graph path resumes on the eager CPU path and vice versa."""
+    base = ["dataset.synthetic.image_size=16", "dataset.synthetic.n_train=256", "space.C=8", "space.N=1",
+            "trainer.epochs=2"]
+    for first, second in ((["trainer.device=cuda", "trainer.cuda_graphs=true"], ["trainer.device=cpu"]),
+                          (["trainer.device=cpu"], ["trainer.device=cuda", "trainer.cuda_graphs=true"])):
+        run = tmp_path / first[0].split("=")[1]
+        run_search(make_cfg([*base, *first, "trainer.epochs=1"]), run)
+        state = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=False)
+        state["finished"] = False  # continue it for a second epoch on the other path
+        state["config"]["trainer"]["epochs"] = 2
+        torch.save(state, run / "checkpoint.pt")
+        summary = run_search(make_cfg([*base, *second]), run)
+        assert summary["epochs_run"] == 2

@@ -120,6 +120,7 @@ class EpochLoop:
         self.run, self.stateful, self.stream, self.device = run, stateful, stream, device
         self.progress, self.layout = progress, layout
         self.epoch, self.step, self.history, self.elapsed = 0, 0, [], 0.0
+        self.overhead = 0.0  # seconds of per-epoch work outside the steps (diagnostics, logging, checkpoints)
         self.sums = self._zero()
         self.last_batch, self.stop_epoch = None, None
         self.events = []  # run-level events that survive rollbacks (DARTS-ADA), saved in the checkpoint
@@ -133,6 +134,7 @@ class EpochLoop:
             obj.load_state_dict(state[name])
         set_rng_state(state["rng"])
         self.epoch, self.step, self.history, self.elapsed = state["epoch"], state["step"], state["history"], state["elapsed"]
+        self.overhead = state.get("overhead", 0.0)
         self.sums = {k: v.to(self.device) for k, v in state["sums"].items()}
         if not quiet:
             self.events = state.get("events", [])
@@ -161,6 +163,7 @@ class EpochLoop:
         (e = the epoch just finished) for a later :meth:`rollback`."""
         self.run.save_checkpoint({**{n: o.state_dict() for n, o in self.stateful.items()}, "epoch": self.epoch,
                                   "step": self.step, "history": self.history, "elapsed": self.elapsed,
+                                  "overhead": self.overhead,
                                   "rng": rng_state(), "stream": self.stream.state_dict(),
                                   "sums": {k: v.cpu() for k, v in self.sums.items()}, "finished": finished,
                                   "summary": summary, "events": self.events},
@@ -222,12 +225,17 @@ class EpochLoop:
                                 else "no epoch had completed, so no checkpoint was written")
                         raise UserError(f"loss became NaN/inf in epoch {self.epoch}; {kept}; lower the learning rates "
                                         "or check the data (dataset.mean/std)")
+                    tic = time.perf_counter()
                     record = epoch_end(self.epoch, m, seconds)
+                    record["epoch_end_seconds"] = round(time.perf_counter() - tic, 3)  # diagnostics, query, logging
                     self.history.append(record)
                     self.run.append_metrics(record)
                     log(record, epochs)
                     self.epoch, self.step, self.sums = self.epoch + 1, 0, self._zero()
+                    self.overhead += time.perf_counter() - tic
+                    tic = time.perf_counter()
                     self.checkpoint(snapshot=snapshot_fn is not None and snapshot_fn(self.epoch - 1))
+                    self.overhead += time.perf_counter() - tic
         except torch.OutOfMemoryError:
             total = (torch.cuda.get_device_properties(self.device).total_memory / 2**30
                      if self.device.type == "cuda" else float("nan"))

@@ -68,7 +68,7 @@ def run_values(run):
     if s.get("test_error") is not None:  # nasrun eval mode=retrain
         out["test error"] = float(s["test_error"])
     if s.get("search_seconds") is not None:
-        out["search h"] = s["search_seconds"] / 3600
+        out["search h"] = (s["search_seconds"] + (s.get("overhead_seconds") or 0.0)) / 3600  # steps + per-epoch work
     if s.get("params_m") is not None:
         out["params M"] = float(s["params_m"])
     if run["history"] and run["history"][-1].get("valid_acc") is not None:

@@ -20,7 +20,7 @@ from .engine import EpochLoop, console, seed_everything
 from .errors import UserError
 from .graphs import graphs_wanted
 from .rundir import RunDir
-from .spaces.fused import set_fused
+from .spaces.fused import compile_cells, set_fused
 from .utils import resolve_device
 
 def build_data(cfg, space, device):
@@ -59,6 +59,8 @@ def build_search(cfg, device):
     data, stream, protocol = build_data(cfg, space, device)
     supernet = space.build_supernet(data.num_classes, in_channels=data.train_x.shape[1]).to(device)
     set_fused(supernet, t.get("fused", True))
+    if t.get("compile", False):
+        compile_cells(supernet)
     if t.channels_last:
         supernet = supernet.to(memory_format=torch.channels_last)
     method = build(cfg.method, supernet=supernet, space=space)
@@ -149,7 +151,8 @@ def run_search(cfg, out_dir):
                "dataset": data.name, "seed": cfg.seed, "epochs": t.epochs, "epochs_run": len(history),
                "stop_epoch": loop.stop_epoch, "ada": loop.events or None, **space.genotype_stats(genotype),
                "benchmark": query_all(bench, genotype), "benchmark_source": getattr(bench, "source", None),
-               "search_seconds": round(elapsed, 2), "peak_memory_mb": round(peak_memory_mb(device), 1),
+               "search_seconds": round(elapsed, 2), "overhead_seconds": round(loop.overhead, 2),
+               "peak_memory_mb": round(peak_memory_mb(device), 1),
                "run_dir": str(run.path)}
     run.write("summary.json", summary)
     loop.checkpoint(finished=True, summary=summary)
@@ -207,7 +210,7 @@ def print_summary(summary):
     table.add_column("key", style="bold")
     table.add_column("value", overflow="fold")
     for key in ("genotype", "space", "method", "dataset", "seed", "epochs", "skip_count", "depth",
-                "search_seconds", "peak_memory_mb", "run_dir"):
+                "search_seconds", "overhead_seconds", "peak_memory_mb", "run_dir"):
         table.add_row(key, str(summary.get(key)))
     for ds, res in (summary.get("benchmark") or {}).items():
         table.add_row(f"{ds} valid / test", "not in table" if res is None else

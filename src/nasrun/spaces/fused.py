@@ -33,6 +33,14 @@ def set_fused(module, flag):
     return module
 
 
+def compile_cells(module):
+    """``torch.compile`` each search cell in place (regional compilation, perf.md §3.3), not the whole supernet."""
+    for m in module.modules():
+        if isinstance(m, FusedCellMixin):
+            m.compile()
+    return module
+
+
 class FusedCellMixin:
     """Marks a cell with a fused forward; ``fused`` picks it (default on)."""
 
