@@ -111,3 +111,26 @@ def test_fused_is_the_default_and_keeps_parameter_names():
     ref_keys = set(set_fused(copy.deepcopy(net), False).state_dict())
     assert set(net.state_dict()) == ref_keys
     assert not any("sources" in k for k in ref_keys)  # the fused plans add no state
+
+
+@pytest.mark.parametrize("method", ["darts", "darts_2nd", "tse_darts", "sp_darts", "amended_darts"])
+def test_search_trajectory_is_the_same_in_float64(method):
+    """Ten steps of every seed method (functional second-order passes, TSE's rollout copy, SP's
+    temperatures) move α and w alike with either forward: the fused ops change no maths anywhere."""
+    from .conftest import tiny_method
+
+    g = torch.Generator().manual_seed(0)
+    data = [tuple((torch.randn(8, 3, 8, 8, generator=g, dtype=torch.float64), torch.randint(0, 4, (8,), generator=g))
+                  for _ in range(2)) for _ in range(10)]
+    ends = []
+    for fused in (False, True):
+        extra = ["method.inner_steps=5"] if method == "tse_darts" else []
+        _, sup, m = tiny_method([f"method={method}", "space.C=8", *extra], dtype=torch.float64)
+        set_fused(sup, fused)
+        torch.manual_seed(3)
+        m.on_epoch_start(2, 10)
+        for t, v in data:
+            m.step(t, v)
+        ends.append([*m.arch_parameters(), *sup.parameters()])
+    for a, b in zip(*ends):
+        assert close(a.detach(), b.detach(), 1e-10)

@@ -10,6 +10,8 @@ differ from the captured ones (the last, partial batch of an epoch) runs eagerly
 If capture fails, the step runs eagerly from then on and the reason is logged once.
 """
 
+import warnings
+
 import torch
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
@@ -112,6 +114,10 @@ class GraphSet:
     def reset(self):
         for g in self.graphs.values():
             g.reset()
+
+
+# Warm-up and partial-batch steps run a capturable Adam outside a graph on purpose.
+warnings.filterwarnings("ignore", message="This instance was constructed with capturable=True")
 
 
 def set_capturable(optimizer, capturable):

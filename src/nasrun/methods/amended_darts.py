@@ -40,16 +40,18 @@ class AmendedDarts(Darts):
         """Gradient of L_tr at w + scale·shift w.r.t. ``wrt`` ('w' or 'alpha')."""
         names, params, buffers = self.functional_state()
         with torch.no_grad():
-            w = {n: (p + scale * d).requires_grad_(wrt == "w") for n, p, d in zip(names, params, shift)}
+            moved = torch._foreach_add(list(params), torch._foreach_mul(list(shift), scale))
+            w = {n: p.requires_grad_(wrt == "w") for n, p in zip(names, moved)}
         weights = self.edge_weights() if wrt == "alpha" else {k: v.detach() for k, v in self.edge_weights().items()}
         loss, _ = self.loss(*batch, weights, params={**w, **buffers})
         return torch.autograd.grad(loss, self.arch_parameters() if wrt == "alpha" else [w[n] for n in names])
 
     def fd_term(self, train_batch, v):
         """z ≈ ∇²_{α,w}L_tr · (H v) by two central differences with ε = r/‖·‖."""
-        r = self.fd_radius / torch.cat([x.reshape(-1) for x in v]).norm()
-        u = [(a - b) / (2 * r) for a, b in zip(self._at(train_batch, v, r, "w"), self._at(train_batch, v, -r, "w"))]
-        r2 = self.fd_radius / torch.cat([x.reshape(-1) for x in u]).norm()
+        r = self.fd_radius / _norm(v)
+        u = torch._foreach_div(torch._foreach_sub(list(self._at(train_batch, v, r, "w")),
+                                                  list(self._at(train_batch, v, -r, "w"))), 2 * r)
+        r2 = self.fd_radius / _norm(u)
         return [(a - b) / (2 * r2) for a, b in zip(self._at(train_batch, u, r2, "alpha"),
                                                    self._at(train_batch, u, -r2, "alpha"))]
 
@@ -60,3 +62,8 @@ class AmendedDarts(Darts):
         g_w = torch.autograd.grad(loss, params, create_graph=True)
         u = torch.autograd.grad(sum((g * x).sum() for g, x in zip(g_w, v)), params, retain_graph=True)
         return torch.autograd.grad(sum((g * x.detach()).sum() for g, x in zip(g_w, u)), self.arch_parameters())
+
+
+def _norm(tensors):
+    """‖concat(tensors)‖₂ as the norm of the per-tensor norms (one multi-tensor op)."""
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(list(tensors))))

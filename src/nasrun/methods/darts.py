@@ -97,9 +97,15 @@ class Darts(Method):
         return self.first_order_grad(valid_batch)
 
     def functional_state(self):
-        """``(names, params, cloned buffers)`` for evaluating the supernet at other weights."""
+        """``(names, params, buffers)`` for evaluating the supernet at other weights; the state buffers
+        (BN statistics) are copies, so a virtual pass keeps its own."""
         names, params = zip(*self.supernet.named_parameters())
-        return names, params, {n: b.clone() for n, b in self.supernet.named_buffers()}
+        return names, params, self.functional_buffers()
+
+    def functional_buffers(self):
+        """The supernet's buffers, the persistent ones (BN statistics) cloned, the constant index tables as is."""
+        persistent = self.supernet.state_dict(keep_vars=True).keys()
+        return {n: b.clone() if n in persistent else b for n, b in self.supernet.named_buffers()}
 
     def first_order_grad(self, valid_batch):
         """∇_α L_val(w, α) (no weight gradients are accumulated)."""
@@ -111,27 +117,31 @@ class Darts(Method):
         """DARTS-V2 hypergradient d_α − ξ·[∇_α L_tr(w⁺) − ∇_α L_tr(w⁻)]/(2ε) (methods.md §4.2)."""
         alphas = self.arch_parameters()
         names, params = zip(*self.supernet.named_parameters())
-        buffers = {n: b.clone() for n, b in self.supernet.named_buffers()}  # the virtual net keeps its own BN stats
+        buffers = self.functional_buffers()  # the virtual net keeps its own BN stats
         group = self.w_opt.param_groups[0]
         xi, mu, wd = group["lr"], group["momentum"], group["weight_decay"]
-        # Virtual step w' = w − ξ(μ·m + ∇_w L_tr + λ·w), α held fixed.
+        # Virtual step w' = w − ξ(μ·m + ∇_w L_tr + λ·w), α held fixed (one multi-tensor op per term).
         fixed = {k: v.detach() for k, v in self.edge_weights().items()}
         loss_tr, _ = self.loss(*train_batch, fixed, params={**dict(zip(names, params)), **buffers})
         g_w = torch.autograd.grad(loss_tr, params)
-        w_virtual = {}
         with torch.no_grad():
-            for n, p, g in zip(names, params, g_w):
-                buf = self.w_opt.state.get(p, {}).get("momentum_buffer")
-                m = mu * buf if buf is not None else 0.0
-                w_virtual[n] = (p - xi * (m + g + wd * p)).requires_grad_()
+            step = torch._foreach_add(list(g_w), list(params), alpha=wd) if wd else list(g_w)
+            bufs = [self.w_opt.state.get(p, {}).get("momentum_buffer") for p in params]
+            if mu and all(b is not None for b in bufs):
+                step = torch._foreach_add(torch._foreach_mul(bufs, mu), step)
+            elif mu and any(b is not None for b in bufs):
+                step = [s if b is None else mu * b + s for b, s in zip(bufs, step)]
+            virtual = torch._foreach_sub(list(params), torch._foreach_mul(step, xi))
+        w_virtual = {n: w.requires_grad_() for n, w in zip(names, virtual)}
         loss_val, logits = self.loss(*valid_batch, self.edge_weights(), params={**w_virtual, **buffers})
         grads = torch.autograd.grad(loss_val, list(alphas) + [w_virtual[n] for n in names])
-        d_alpha, v = grads[: len(alphas)], grads[len(alphas):]
+        d_alpha, v = grads[: len(alphas)], list(grads[len(alphas):])
         # ε = r/‖v‖ (r = 0.01 in the references): central differences of ∇_α L_tr at w ± ε·v approximate ∇²_{α,w} L_tr · v.
-        eps = self.fd_radius / torch.cat([g.reshape(-1) for g in v]).norm()
+        eps = self.fd_radius / torch.linalg.vector_norm(torch.stack(torch._foreach_norm(v)))
         with torch.no_grad():
-            w_plus = {n: p + eps * g for n, p, g in zip(names, params, v)}
-            w_minus = {n: p - eps * g for n, p, g in zip(names, params, v)}
+            ev = torch._foreach_mul(v, eps)
+            w_plus = dict(zip(names, torch._foreach_add(list(params), ev)))
+            w_minus = dict(zip(names, torch._foreach_sub(list(params), ev)))
         g_plus = torch.autograd.grad(self.loss(*train_batch, self.edge_weights(), params={**w_plus, **buffers})[0], alphas)
         g_minus = torch.autograd.grad(self.loss(*train_batch, self.edge_weights(), params={**w_minus, **buffers})[0], alphas)
         hyper = [d - xi * (gp - gm) / (2 * eps) for d, gp, gm in zip(d_alpha, g_plus, g_minus)]

@@ -13,7 +13,7 @@ from torch import nn
 from ..errors import UserError
 from .base import SearchSpace
 from .darts_genotypes import NAMED, DartsGenotype, DeepGenotype, parse_darts_text
-from .fused import FusedCellMixin, SourcePlan, accumulate_nodes, padded_weights
+from .fused import CellPlans, FusedCellMixin, SourcePlan
 from .ops import DARTS_OPS, FactorizedReduce, Identity, Noise, ReLUConvBN, mixed
 
 STEPS = 4
@@ -61,10 +61,10 @@ class SearchCell(FusedCellMixin, nn.Module):
                                  for e, (_, j) in enumerate(edges))
         modules = {e: list(ops) for e, ops in enumerate(self.ops)}
         # state j feeds nodes i with (i, j) in edges; node i is complete once state i+1 has been processed
-        self.sources = nn.ModuleList(
+        self.sources = CellPlans([
             SourcePlan([e for e, (_, s) in enumerate(edges) if s == j], [n for n, s in edges if s == j], modules,
                        len(edge_ops[0]))
-            for j in range(STEPS + 1))
+            for j in range(STEPS + 1)], len(edge_ops[0]))
         self.noise_rows = [e for e, ops in enumerate(self.ops) for op in ops if isinstance(op, Noise)]
 
     def forward(self, s0, s1, w):
@@ -79,10 +79,9 @@ class SearchCell(FusedCellMixin, nn.Module):
     def forward_fused(self, s0, s1, w):
         states = [self.preprocess0(s0), self.preprocess1(s1)]
         noise = self._draw_noise(states[1])
-        wz, acc = padded_weights(w), {}
-        for j, plan in enumerate(self.sources):
-            if plan.n:
-                accumulate_nodes(acc, plan(states[j], wz, noise), plan.dests)
+        W, acc = self.sources.gather(w), {}
+        for j in range(len(self.sources)):
+            self.sources.run(j, states[j], W, acc, noise)
             if j >= 1:
                 states.append(acc[j - 1])
         return torch.cat(states[2:], dim=1)

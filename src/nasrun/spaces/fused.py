@@ -212,32 +212,30 @@ class SourcePlan(nn.Module):
             for col, op in enumerate(edge_modules[e]):
                 key = _kind_key(op)
                 by_type.setdefault(key, []).append((k, e, col, op))
-        terms, index = [], []
+        terms, cells = [], []
         for entries in by_type.values():
             members = [k for k, _, _, _ in entries]
             term = _term_for([op for _, _, _, op in entries], members, [e for _, e, _, _ in entries], self.n)
             if term is None:
                 continue
             cols = {k: col for k, _, col, _ in entries}
-            # flat index into α padded with one zero column: edges without this op read the zero
-            index.append([e * (num_ops + 1) + cols.get(k, num_ops) for k, e in enumerate(self.rows)])
+            cells.append([(e, cols.get(k)) for k, e in enumerate(self.rows)])  # (row, column or None: weight 0)
             terms.append(term)
         order = sorted(range(len(terms)), key=lambda t: not terms[t].full)  # a full term starts the sum
         self.terms = [terms[t] for t in order]
-        self.register_buffer("widx", torch.tensor([index[t] for t in order], dtype=torch.long).reshape(-1),
-                             persistent=False)
+        self.weight_cells = [cells[t] for t in order]
         for t, term in enumerate(self.terms):
             self.register_buffer(f"sub{t}", torch.tensor(term.members, dtype=torch.long), persistent=False)
 
-    def forward(self, x, wz, noise=None):
+    def forward(self, x, W, noise=None):
         """``[B, n_edges, C, H, W]``: every outgoing edge's mixed-op output, weighted and summed over ops.
 
-        ``wz`` is the cell's α-weights padded with a zero column and flattened; ``noise`` the cell's
-        pre-drawn noise tensors by α row.
+        ``W`` is ``[terms, n_edges]``, each term's mixing weight on each outgoing edge (0 where the edge
+        lacks the op), from :class:`CellPlans`; ``noise`` the cell's pre-drawn noise tensors by α row.
         """
         src = _Source(x)
-        W = wz[self.widx].view(len(self.terms), self.n)
         out = None
+        W = W.unbind(0)  # one backward op for all terms
         for t, term in enumerate(self.terms):
             if term.kind == "shared":
                 f = term.fn(src, term.modules).unsqueeze(1)
@@ -287,12 +285,35 @@ def _kind_key(op):
     return (type(op).__name__, getattr(op, "stride", None))
 
 
-def accumulate_nodes(acc, contrib, dests):
-    """Add each outgoing edge's contribution to its destination node's running sum."""
-    for k, i in enumerate(dests):
-        acc[i] = contrib[:, k] if acc.get(i) is None else acc[i] + contrib[:, k]
+class CellPlans(nn.Module):
+    """The :class:`SourcePlan` of every state of a cell, with one gather of all their mixing weights.
 
+    ``run(states_so_far, j, w, acc)`` adds state j's outgoing contributions to the nodes' running sums.
+    """
 
-def padded_weights(w):
-    """α-weights ``[E, K]`` padded with a zero column and flattened (the gather table of SourcePlan)."""
-    return F.pad(w, (0, 1)).reshape(-1)
+    def __init__(self, plans, num_ops):
+        super().__init__()
+        self.plans = nn.ModuleList(plans)
+        cells = [c for p in plans for term in p.weight_cells for c in term]
+        self.needs_zero = any(col is None for _, col in cells)  # some edge lacks some op: read a zero column
+        stride = num_ops + 1 if self.needs_zero else num_ops
+        self.register_buffer("widx", torch.tensor([e * stride + (num_ops if col is None else col) for e, col in cells],
+                                                  dtype=torch.long), persistent=False)
+        self.sizes = [len(p.terms) * p.n for p in plans]
+
+    def __len__(self):
+        return len(self.plans)
+
+    def gather(self, w):
+        """``[terms, n_edges]`` weight matrices of every plan from the cell's ``[E, K]`` weights, in one gather."""
+        flat = (F.pad(w, (0, 1)) if self.needs_zero else w).reshape(-1)
+        return [part.view(len(p.terms), p.n) for p, part in zip(self.plans, flat[self.widx].split(self.sizes))]
+
+    def run(self, j, x, W, acc, noise=None):
+        """Add state j's outgoing edges' contributions to ``acc`` (node → running sum)."""
+        plan = self.plans[j]
+        if not plan.n:
+            return
+        contrib = plan(x, W[j], noise).unbind(1)  # one backward op (a stack), not one per edge
+        for k, i in enumerate(plan.dests):
+            acc[i] = contrib[k] if acc.get(i) is None else acc[i] + contrib[k]

@@ -13,7 +13,7 @@ from torch import nn
 
 from ..errors import UserError
 from .base import SearchSpace, genotype_json
-from .fused import FusedCellMixin, SourcePlan, accumulate_nodes, padded_weights
+from .fused import CellPlans, FusedCellMixin, SourcePlan
 from .ops import Identity, Pooling, ReLUConvBN, Zero, mixed
 
 NB201_OPS = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
@@ -75,10 +75,10 @@ class SearchCell(FusedCellMixin, nn.Module):
         self.edges = nn.ModuleDict(
             {e: nn.ModuleList(make_op(o, C, affine, track_running_stats) for o in ops) for e in EDGES})
         modules = {r: list(self.edges[e]) for r, e in enumerate(EDGES)}
-        self.sources = nn.ModuleList(
+        self.sources = CellPlans([
             SourcePlan([r for r, e in enumerate(EDGES) if e.endswith(f"<-{j}")],
                        [int(e.split("<-")[0]) for e in EDGES if e.endswith(f"<-{j}")], modules, len(ops))
-            for j in range(MAX_NODES - 1))
+            for j in range(MAX_NODES - 1)], len(ops))
 
     def forward(self, x, w):
         return self.forward_fused(x, w) if self.fused else self.forward_reference(x, w)
@@ -90,9 +90,9 @@ class SearchCell(FusedCellMixin, nn.Module):
         return nodes[-1]
 
     def forward_fused(self, x, w):
-        wz, acc, nodes = padded_weights(w), {}, [x]
-        for j, plan in enumerate(self.sources):
-            accumulate_nodes(acc, plan(nodes[j], wz), plan.dests)
+        W, acc, nodes = self.sources.gather(w), {}, [x]
+        for j in range(len(self.sources)):
+            self.sources.run(j, nodes[j], W, acc)
             nodes.append(acc[j + 1])
         return nodes[-1]
 
