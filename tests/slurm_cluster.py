@@ -60,7 +60,9 @@ class LocalSlurm:
         r = self.root
         self.conf.write_text("\n".join([
             "ClusterName=nasrun", f"SlurmctldHost={host}", "SlurmUser=root", "SlurmdUser=root",
-            "AuthType=auth/munge", f"AuthInfo=socket={r}/munge/munge.socket", "CryptoType=crypto/munge",
+            # cred_expire: how long a killed job's credential stays revoked, and so how long Slurm holds a requeued
+            # job before it may start again (default 120 s; forcing an earlier start fails with "credential revoked")
+            "AuthType=auth/munge", f"AuthInfo=socket={r}/munge/munge.socket,cred_expire=10", "CryptoType=crypto/munge",
             f"StateSaveLocation={r}/state", f"SlurmdSpoolDir={r}/spool",
             f"SlurmctldPidFile={self.pidfiles['slurmctld']}", f"SlurmdPidFile={self.pidfiles['slurmd']}",
             f"SlurmctldLogFile={r}/slurmctld.log", f"SlurmdLogFile={r}/slurmd.log",
