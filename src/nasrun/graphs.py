@@ -40,8 +40,8 @@ class StepGraph:
         warmup: eager calls before the first capture.
     """
 
-    def __init__(self, fn, key=lambda: None, name="step", warmup=3):
-        self.fn, self.key, self.name, self.warmup = fn, key, name, warmup
+    def __init__(self, fn, key=lambda: None, name="step", warmup=3, owner=None):
+        self.fn, self.key, self.name, self.warmup, self.owner = fn, key, name, warmup, owner
         self.failed = None
         self.reset()
         self.captures = 0
@@ -87,28 +87,39 @@ class StepGraph:
         return out
 
     def _capture(self, flat, spec, key):
+        old = self.graph  # kept until the new one is captured, so a shared pool stays alive meanwhile
         self.graph = self.static_in = self.static_out = None
         torch.cuda.synchronize()
         self.static_in = [t.clone() if t is not None else None for t in flat]
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        alive = self.owner is not None and (old is not None or any(g.graph is not None for g in self.owner.graphs.values()))
+        with torch.cuda.graph(graph, pool=self.owner.pool if alive else None):
             self.static_out = self.fn(*tree_unflatten(self.static_in, spec))
+        if self.owner is not None:
+            self.owner.pool = graph.pool()
         self.graph, self.graph_key = graph, key
         self.captures += 1
+        del old
 
 
 class GraphSet:
-    """The named :class:`StepGraph` s of one owner (a method, the retrainer), enabled or not as a whole."""
+    """The named :class:`StepGraph` s of one owner (a method, the retrainer), enabled or not as a whole.
+
+    Its graphs share one memory pool, so several captured units (TSE's rollout and weight steps, a step and
+    DARTS-PT's scoring pass) cost one step's activations, not one each. This is safe because they never
+    run concurrently and every caller consumes a replay's outputs before the next replay of any of them
+    (what a graph keeps between replays lives outside the pool: parameters, optimiser state, inputs).
+    """
 
     def __init__(self, enabled=False):
-        self.enabled, self.graphs = enabled, {}
+        self.enabled, self.graphs, self.pool = enabled, {}, None
 
     def run(self, name, fn, key, *args):
         """``fn(*args)``, through its graph when enabled."""
         if not self.enabled:
             return fn(*args)
         if name not in self.graphs:
-            self.graphs[name] = StepGraph(fn, key, name)
+            self.graphs[name] = StepGraph(fn, key, name, owner=self)
         return self.graphs[name](*args)
 
     def reset(self):
