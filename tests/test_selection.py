@@ -273,3 +273,22 @@ def test_ss_darts_presets_resolve_to_the_paper_settings():
         ("darts_7op", 75, 80, 0.025, True)
     assert sorted(ds.selector.targets) == ["dil_conv_3x3", "dil_conv_5x5", "sep_conv_3x3", "sep_conv_5x5"]
     assert list(ds.selector.criteria) == ["peak"] and not ds.selector.eligibility
+
+
+def test_hessian_batched_rows_equal_row_by_row(monkeypatch):
+    """The exact Hessian from batched backward passes (chunks of rows) equals the one built row by row."""
+    method = tiny_method()
+    g = torch.Generator().manual_seed(4)
+    batch = torch.randn(16, 3, 8, 8, generator=g), torch.randint(0, 4, (16,), generator=g)
+    one_by_one = hessian_eigenvalue(method, batch, "exact", chunk=1)
+    calls, grad = [], torch.autograd.grad
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs.get("is_grads_batched", False))
+        return grad(*args, **kwargs)
+
+    monkeypatch.setattr(torch.autograd, "grad", counting)
+    for chunk, passes in ((7, 5), (32, 1)):  # 30 rows
+        calls.clear()
+        assert hessian_eigenvalue(method, batch, "exact", chunk=chunk) == pytest.approx(one_by_one, rel=1e-6, abs=1e-9)
+        assert calls.count(True) == passes and len(calls) == passes + 1  # + the first-order gradient

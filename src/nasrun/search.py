@@ -102,7 +102,7 @@ def run_search(cfg, out_dir):
         every, valid = diag.hessian_every, loop.last_batch and loop.last_batch[1]
         if not every or valid is None or not (epoch % every == 0 or epoch == t.epochs - 1):  # RobustDARTS epochs
             return None
-        return hessian_eigenvalue(method, valid, diag.hessian_mode)
+        return hessian_eigenvalue(method, valid, diag.hessian_mode, chunk=diag.get("hessian_chunk", 32))
 
     def epoch_end(epoch, m, seconds):
         genotype = space.derive(method.derive_weights())
