@@ -223,10 +223,18 @@ class Augment:
         self.mean = torch.tensor(mean).view(1, -1, 1, 1)
         self.std = torch.tensor(std).view(1, -1, 1, 1)
         self.crop_pad, self.flip, self.cutout, self.cutout_prob = crop_pad, flip, cutout, cutout_prob
+        self._stats = {}
+
+    def stats(self, device):
+        """(mean, std) on ``device``, copied there once (a copy per batch would synchronise with the GPU)."""
+        if device not in self._stats:
+            self._stats[device] = (self.mean.to(device), self.std.to(device))
+        return self._stats[device]
 
     def normalise(self, x):
         x = x.float().div_(255)
-        return (x - self.mean.to(x.device)) / self.std.to(x.device)
+        mean, std = self.stats(x.device)
+        return (x - mean) / std
 
     def draw(self, n, size, gen):
         """Random parameters of one batch, drawn on the CPU generator (checkpointable)."""
@@ -250,7 +258,8 @@ class Augment:
             x = x.gather(3, cols[:, None, None, :].expand(n, c, h, w))
         if params["flip"] is not None:
             x = torch.where(params["flip"][:, None, None, None], x.flip(3), x)
-        x = (x / 255 - self.mean.to(dev)) / self.std.to(dev)
+        mean, std = self.stats(dev)
+        x = (x / 255 - mean) / std
         if params["centre"] is not None:
             half = self.cutout // 2
             ar = torch.arange(h, device=dev)
