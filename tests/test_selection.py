@@ -157,7 +157,7 @@ def test_darts_ada_rolls_back_and_raises_the_weight_decay(tmp_path, monkeypatch)
 
     epochs, lr3 = 5, cosine_lr(3, 5, 0.025, 0.001)
 
-    def fake_eigenvalue(method, valid, mode):
+    def fake_eigenvalue(method, valid, mode, chunk=None):
         at_epoch3 = method.w_opt.param_groups[0]["lr"] == lr3
         return 2.0 if at_epoch3 and method.weight_decay < 1e-2 else 1.0
 
