@@ -116,10 +116,11 @@ def test_retrain_graph_step_equals_eager():
     assert out[0][1] == pytest.approx(out[1][1], rel=1e-5) and out[0][2] == out[1][2]
 
 
-def test_checkpoint_crosses_paths(tmp_path):
+@pytest.mark.parametrize("method", ["darts", "sp_darts"])  # SP-DARTS also carries device-side epoch stats
+def test_checkpoint_crosses_paths(tmp_path, method):
     """A search checkpointed on the graph path resumes on the eager CPU path and vice versa."""
     base = ["dataset.synthetic.image_size=16", "dataset.synthetic.n_train=256", "space.C=8", "space.N=1",
-            "trainer.epochs=2"]
+            "trainer.epochs=2", f"method={method}"]
     for first, second in ((["trainer.device=cuda", "trainer.cuda_graphs=true"], ["trainer.device=cpu"]),
                           (["trainer.device=cpu"], ["trainer.device=cuda", "trainer.cuda_graphs=true"])):
         run = tmp_path / first[0].split("=")[1]

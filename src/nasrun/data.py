@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from .errors import UserError
 
@@ -325,40 +326,18 @@ class SearchStream:
         v = d["v"]
         return train, (self.augment(self.x[v], d["pv"]), self.y[v])
 
-    def state_dict(self):
-        return {"epoch": self.epoch}
-
-    def load_state_dict(self, state):
-        """Resume mid-epoch (older checkpoints without ``epoch`` are resumed by the loop's own epoch)."""
-        if state.get("epoch") is not None:
-            self.start_epoch(state["epoch"])
 
 
 def _to_device_once(steps, device):
     """The per-step draws (nested dicts of CPU tensors / None) as device tensors, in one transfer."""
-    flat = [(i, k, sub) for i, d in enumerate(steps) for k, v in d.items()
-            for sub in ([None] if not isinstance(v, dict) else list(v))]
-
-    def get(i, k, sub):
-        v = steps[i][k]
-        return v if sub is None else v[sub]
-
-    tensors = [get(*f) for f in flat if get(*f) is not None]
+    tensors, spec = tree_flatten(steps)
     if device.type == "cpu" or not tensors:
         return steps
-    sizes = [t.numel() for t in tensors]
-    packed = torch.cat([t.reshape(-1).to(torch.int64) for t in tensors]).pin_memory() \
-        if torch.cuda.is_available() else torch.cat([t.reshape(-1).to(torch.int64) for t in tensors])
-    on_device = packed.to(device, non_blocking=True).split(sizes)
-    it = iter(on_device)
-    out = [{k: (dict(v) if isinstance(v, dict) else v) for k, v in d.items()} for d in steps]
-    for (i, k, sub), src in zip([f for f in flat if get(*f) is not None], tensors):
-        dev = next(it).view(src.shape).to(src.dtype)
-        if sub is None:
-            out[i][k] = dev
-        else:
-            out[i][k][sub] = dev
-    return out
+    packed = torch.cat([t.reshape(-1).to(torch.int64) for t in tensors])
+    if torch.cuda.is_available():
+        packed = packed.pin_memory()
+    parts = packed.to(device, non_blocking=True).split([t.numel() for t in tensors])
+    return tree_unflatten([p.view(t.shape).to(t.dtype) for p, t in zip(parts, tensors)], spec)
 
 
 def build_search_stream(data, split, space_split, batch_size, seed, device, crop_pad, flip, cutout,

@@ -110,7 +110,7 @@ class EpochLoop:
     Args:
         run: the :class:`~nasrun.rundir.RunDir`.
         stateful: ``{name: obj}`` whose ``state_dict``/``load_state_dict`` go into the checkpoint.
-        stream: batch source with ``steps``, ``start_epoch``, ``batch``, ``state_dict``.
+        stream: batch source with ``steps``, ``start_epoch``, ``batch`` (an epoch is a pure function of its number).
         device: where the sums live.
         progress: show a rich progress bar.
         layout: memory format applied to image batches.
@@ -164,7 +164,7 @@ class EpochLoop:
         self.run.save_checkpoint({**{n: o.state_dict() for n, o in self.stateful.items()}, "epoch": self.epoch,
                                   "step": self.step, "history": self.history, "elapsed": self.elapsed,
                                   "overhead": self.overhead,
-                                  "rng": rng_state(), "stream": self.stream.state_dict(),
+                                  "rng": rng_state(),
                                   "sums": {k: v.cpu() for k, v in self.sums.items()}, "finished": finished,
                                   "summary": summary, "events": self.events},
                                  also=self.snapshot_path(self.epoch - 1) if snapshot else None)

@@ -16,12 +16,11 @@ import torch
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from .engine import console
+from .errors import UserError
 
 
 def graphs_wanted(setting, device):
     """``trainer.cuda_graphs`` (auto|true|false) on ``device`` → bool."""
-    from .errors import UserError
-
     value = str(setting).lower()
     if value not in ("auto", "true", "false"):
         raise UserError(f"trainer.cuda_graphs must be auto, true or false, not {setting!r}")
@@ -48,7 +47,7 @@ class StepGraph:
 
     def reset(self):
         """Forget the captured graph (after optimiser state or parameters were replaced)."""
-        self.graph = self.static_in = self.static_out = self.spec = None
+        self.graph = self.static_in = self.static_out = None
         self.graph_key = None
         self.calls = 0
 
@@ -125,6 +124,13 @@ class GraphSet:
     def reset(self):
         for g in self.graphs.values():
             g.reset()
+
+
+def optimizer_key(optimizers):
+    """What a captured optimiser step bakes in: each optimiser's identity and scalar hyper-parameters."""
+    return tuple((id(opt), tuple((k, v) for g in opt.param_groups for k, v in sorted(g.items())
+                                 if k != "params" and isinstance(v, (bool, int, float, str, tuple, type(None)))))
+                 for opt in optimizers)
 
 
 # Warm-up and partial-batch steps run a capturable Adam outside a graph on purpose.

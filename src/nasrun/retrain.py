@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from .data import Augment, NORMALISATION, SearchStream, load_dataset
 from .engine import EpochLoop, console, seed_everything
 from .errors import UserError
-from .graphs import GraphSet, graphs_wanted
+from .graphs import GraphSet, graphs_wanted, optimizer_key
 from .utils import count_flops, count_parameters
 
 
@@ -60,8 +60,8 @@ class Retrainer:
         self.graphs = GraphSet(cuda_graphs)
 
     def graph_key(self):
-        """Python values a captured step bakes in: learning rate and drop-path probability of the epoch."""
-        return self.opt.param_groups[0]["lr"], self.opt.param_groups[0]["weight_decay"], self.net.drop_path_prob
+        """Python values a captured step bakes in: the optimiser (learning rate of the epoch) and drop-path probability."""
+        return optimizer_key([self.opt]), self.net.drop_path_prob
 
     def on_epoch_start(self, epoch):
         for g in self.opt.param_groups:

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from ..graphs import GraphSet, set_capturable
+from ..graphs import GraphSet, optimizer_key, set_capturable
 
 
 def cosine_lr(epoch, epochs, lr_max, lr_min):
@@ -46,9 +46,7 @@ class Method(abc.ABC):
 
     def graph_key(self):
         """Python values a captured step bakes in: the optimisers (identity and hyper-parameters)."""
-        return tuple((id(opt), tuple((k, v) for g in opt.param_groups for k, v in sorted(g.items())
-                                     if k != "params" and isinstance(v, (bool, int, float, str, tuple, type(None)))))
-                     for opt in self.optimizers())
+        return optimizer_key(self.optimizers())
 
     def reset_graphs(self):
         """Drop captured graphs (after state they point to was replaced, e.g. by a checkpoint load)."""

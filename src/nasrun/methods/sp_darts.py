@@ -104,11 +104,11 @@ class SpDarts(Darts):
 
     def load_state_dict(self, state):
         super().load_state_dict(state)
-        self._epoch_epoch = state["epoch"]
-        if state["epoch_stats"] is None:
+        self._epoch_epoch, stats = state["epoch"], state["epoch_stats"]
+        if stats is None:
             self._epoch_stats = None
-        elif self._epoch_stats is None:
-            self._epoch_stats = {k: v.clone() for k, v in state["epoch_stats"].items()}
-        else:
-            for k, v in state["epoch_stats"].items():
-                self._epoch_stats[k].copy_(v)
+            return
+        if self._epoch_stats is None:  # on the method's device: the steps add device sums to them
+            self._epoch_stats = {k: torch.zeros((), device=self._temperature.device) for k in stats}
+        for k, v in stats.items():  # in place: a captured step writes to these tensors
+            self._epoch_stats[k].copy_(v)

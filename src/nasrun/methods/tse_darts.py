@@ -94,7 +94,3 @@ class TseDarts(Darts):
             self._shadow_opt = torch.optim.SGD(self._shadow_net.parameters(), lr=0.0)
             self._tse_grad = [torch.zeros_like(a) for a in self.arch_parameters()]
         return self._shadow_net, self._shadow_opt
-
-    def reset_graphs(self):
-        super().reset_graphs()
-        self._shadow_net = None  # rebuilt (and its optimiser) on the next group

@@ -65,13 +65,13 @@ class PerturbationSelector:
         idx = stream.valid_idx.to(stream.device)
         correct = torch.zeros((), device=stream.device, dtype=torch.float64)
         loss = torch.zeros((), device=stream.device, dtype=torch.float64)
-        n = 0
+        n, score = 0, _score(method)
         for b, i in enumerate(range(0, len(idx), stream.batch_size)):
             if self.max_valid_batches is not None and b >= self.max_valid_batches:
                 break
             j = idx[i:i + stream.batch_size]
             x, y = stream.augment.normalise(stream.x[j]), stream.y[j]
-            batch_loss, batch_correct = method.graphs.run("pt_score", _score(method), lambda: None, x, y, weights)
+            batch_loss, batch_correct = method.graphs.run("pt_score", score, lambda: None, x, y, weights)
             correct += batch_correct
             loss += batch_loss.double() * len(y)
             n += len(y)
