@@ -95,3 +95,27 @@ def test_table_scripts_are_valid_bash_and_name_existing_presets():
         assert "nasrun report" in text, script
         for value in re.findall(r"\+experiment=([\w,]+)", text):
             assert set(value.split(",")) <= set(EXPERIMENTS), (script, value)
+
+
+def test_sp_darts_table5_sweeps_four_temperatures_and_picks_by_the_monitor(tmp_path):
+    import itertools
+    import os
+    import subprocess
+
+    shim = tmp_path / "bin" / "nasrun"
+    shim.parent.mkdir()
+    shim.write_text('#!/usr/bin/env bash\nprintf "%s\\n" "$@" > "$LOG.$(ls "$LOG".* 2>/dev/null | wc -l)"\n')
+    shim.chmod(0o755)
+    script = Path(__file__).parents[1] / "scripts" / "tables" / "sp_darts_table5.sh"
+    env = {**os.environ, "PATH": f"{shim.parent}:{os.environ['PATH']}", "LOG": str(tmp_path / "call"), "OUT": "o"}
+    assert subprocess.run(["bash", str(script)], env=env).returncode == 0
+    search, report = ((tmp_path / f"call.{i}").read_text().splitlines() for i in (0, 1))
+    assert search[:2] == ["search", "-m"] and report == ["report", "o", "--protocol", "best-of-n", "--pool",
+                                                         "method.t_sp", "--select-by", "supernet monitor"]
+    sweep = dict(a.split("=", 1) for a in search[2:] if not a.startswith("hydra."))
+    assert sweep["method.t_sp"].split(",") == ["4e-4", "5e-4", "6e-4", "7e-4"]
+    combos = list(itertools.product(*[[f"{k}={v}" for v in vals.split(",")] for k, vals in sweep.items()]))
+    assert len(combos) == 4 * 4 * 3
+    for combo in combos[::7]:
+        cfg = make_cfg(list(combo), tiny=False)
+        assert cfg.method.name == "sp_darts" and cfg.space.name.startswith("darts_s") and cfg.method.w_double_softmax

@@ -88,3 +88,30 @@ def test_report_on_real_searches_via_the_cli(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "nasrun.cli", "report", str(tmp_path / "nothing")],
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and bad.stderr.strip().startswith("nasrun: error:") and "does not exist" in bad.stderr
+
+
+def test_best_of_n_pools_a_key_and_selects_by_a_named_column(tmp_path):
+    """SP-DARTS Table V: four t_sp per space, the best by the monitored supernet accuracy."""
+    monitor = {("darts_s1", 4e-4): 81.0, ("darts_s1", 5e-4): 88.0, ("darts_s1", 6e-4): 84.0, ("darts_s1", 7e-4): 79.0,
+               ("darts_s2", 4e-4): 70.0, ("darts_s2", 5e-4): 71.0, ("darts_s2", 6e-4): 69.0, ("darts_s2", 7e-4): 75.0}
+    for k, ((space, t_sp), acc) in enumerate(monitor.items()):
+        path = tmp_path / "sweep" / str(k)
+        path.mkdir(parents=True)
+        OmegaConf.save(OmegaConf.create({"seed": 0, "method": {"name": "sp_darts", "t_sp": t_sp}, "space": {"name": space}}),
+                       path / "config.yaml")
+        (path / "summary.json").write_text(json.dumps({"search_seconds": 60.0}))
+        # supernet valid (at the step temperature) ranks the runs the other way round
+        (path / "metrics.jsonl").write_text(json.dumps({"epoch": 0, "valid_acc": 100 - acc, "monitor_acc": acc}) + "\n")
+    rows, _, _ = run_report([tmp_path / "sweep"], protocol="best-of-n", plots=False, pool=["method.t_sp"],
+                            select_by="supernet monitor")
+    assert [(r["group"], r["n"], r["supernet monitor"][0]) for r in rows] == [("space=darts_s1", 4, 88.0),
+                                                                              ("space=darts_s2", 4, 75.0)]
+    assert rows[0]["run"].endswith("sweep/1") and rows[1]["run"].endswith("sweep/7")
+    unpooled, _, _ = run_report([tmp_path / "sweep"], protocol="best-of-n", plots=False)
+    assert len(unpooled) == 8
+    by_default, _, _ = run_report([tmp_path / "sweep"], protocol="best-of-n", plots=False, pool=["method.t_sp"])
+    assert by_default[0]["supernet valid"][0] == 100 - 79.0  # 'supernet valid' when no column is named
+    with pytest.raises(UserError, match="--pool method.tsp"):
+        run_report([tmp_path / "sweep"], plots=False, pool=["method.tsp"])
+    with pytest.raises(UserError, match="--select-by 'monitor'.*supernet monitor"):
+        run_report([tmp_path / "sweep"], protocol="best-of-n", plots=False, select_by="monitor")

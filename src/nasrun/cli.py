@@ -143,19 +143,25 @@ def bench_main(argv):
 
 
 def report_main(argv):
-    """``nasrun report DIR... [-o OUT] [--protocol mean|best-of-n] [--no-plots]``."""
+    """``nasrun report DIR... [-o OUT] [--protocol mean|best-of-n] [--select-by COL] [--pool KEY]... [--no-plots]``."""
     parser = argparse.ArgumentParser(prog="nasrun report", description="Group runs by the config keys that differ "
                                      "(except the seed) and print mean ± std (n); writes report.csv, report.md, plots/.")
     parser.add_argument("dirs", nargs="+", help="run directories or folders holding them (multirun/..., outputs/...)")
     parser.add_argument("-o", "--out", help="where to write the tables and plots (default: the first DIR)")
     parser.add_argument("--protocol", default="mean", choices=("mean", "best-of-n"),
                         help="mean ± std over the runs of a group, or the run with the best validation accuracy")
+    parser.add_argument("--select-by", metavar="COLUMN",
+                        help="the column best-of-n ranks by (default: the first benchmark valid, else 'supernet valid'; "
+                             "SP-DARTS: 'supernet monitor')")
+    parser.add_argument("--pool", metavar="KEY", action="append", default=[],
+                        help="a config key that does not split groups, like the seed (repeatable; e.g. method.t_sp)")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
     args = parser.parse_args(argv)
     from .report import print_report, run_report
 
     try:
-        print_report(*run_report(args.dirs, args.out, args.protocol, plots=not args.no_plots))
+        print_report(*run_report(args.dirs, args.out, args.protocol, plots=not args.no_plots, pool=args.pool,
+                                 select_by=args.select_by))
     except UserError as exc:
         fail(str(exc))
 

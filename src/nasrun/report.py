@@ -5,7 +5,9 @@ recursively under multirun or outputs folders). They are grouped by the config k
 them, except the seed and keys that do not change a result (device, progress, paths). Per group: mean ±
 std (numpy, ddof=0) and n of the final benchmark valid/test accuracy per dataset, the retrain test error,
 the search time and the parameters; ``best-of-n`` reports instead the run with the best validation
-accuracy (the DARTS protocol's selection). Writes ``report.csv``, ``report.md`` and one PNG per group.
+accuracy (the DARTS protocol's selection; ``select_by`` names the column). ``pool`` keys do not split
+groups (e.g. ``method.t_sp``: SP-DARTS's best of four temperatures). Writes ``report.csv``, ``report.md``
+and one PNG per group.
 """
 
 import csv
@@ -71,15 +73,22 @@ def run_values(run):
         out["search h"] = (s["search_seconds"] + (s.get("overhead_seconds") or 0.0)) / 3600  # steps + per-epoch work
     if s.get("params_m") is not None:
         out["params M"] = float(s["params_m"])
-    if run["history"] and run["history"][-1].get("valid_acc") is not None:
-        out["supernet valid"] = float(run["history"][-1]["valid_acc"])
+    last = run["history"][-1] if run["history"] else {}
+    if last.get("valid_acc") is not None:
+        out["supernet valid"] = float(last["valid_acc"])
+    if last.get("monitor_acc") is not None:  # SP-DARTS: the near-discrete supernet (the reference's valid_acc)
+        out["supernet monitor"] = float(last["monitor_acc"])
     return out
 
 
-def group_runs(runs):
-    """``[(label, [runs])]``: runs sharing every config value except :data:`IGNORED` keys."""
+def group_runs(runs, pool=()):
+    """``[(label, [runs])]``: runs sharing every config value except :data:`IGNORED` and ``pool`` keys."""
     keys = sorted({k for r in runs for k in r["config"]})
-    varying = [k for k in keys if not k.startswith(IGNORED) and len({repr(r["config"].get(k)) for r in runs}) > 1]
+    unknown = [k for k in pool if k not in keys]
+    if unknown:
+        raise UserError(f"--pool {unknown[0]}: no run has this config key; give a dotted key such as method.t_sp")
+    ignored = IGNORED + tuple(pool)
+    varying = [k for k in keys if not k.startswith(ignored) and len({repr(r["config"].get(k)) for r in runs}) > 1]
     groups = {}
     for r in runs:
         groups.setdefault(tuple(repr(r["config"].get(k)) for k in varying), []).append(r)
@@ -94,20 +103,24 @@ def group_runs(runs):
     return sorted(out, key=lambda g: g[0])
 
 
-def select_value(run):
-    """The validation accuracy best-of-n selects by: benchmark valid (first dataset), else supernet valid."""
+def select_value(run, column=None):
+    """The validation accuracy best-of-n selects by: ``column`` if given, else benchmark valid (first
+    dataset), else supernet valid; runs without it rank last."""
     v = run_values(run)
-    keys = [k for k in v if k.endswith(" valid")]
-    return v[keys[0]] if keys else float("-inf")
+    keys = [column] if column else [k for k in v if k.endswith(" valid")]
+    return v.get(keys[0], float("-inf")) if keys else float("-inf")
 
 
-def summarise(groups, protocol="mean"):
+def summarise(groups, protocol="mean", select_by=None):
     """Table rows: ``{"group", "n", column: (mean, std, n)}``."""
     if protocol not in ("mean", "best-of-n"):
         raise UserError(f"unknown protocol {protocol!r}; choose mean or best-of-n")
+    if select_by and not any(select_by in run_values(r) for _, members in groups for r in members):
+        have = sorted({c for _, members in groups for r in members for c in run_values(r)})
+        raise UserError(f"--select-by {select_by!r}: no run has this column; choose one of {', '.join(have)}")
     rows = []
     for label, members in groups:
-        chosen = [max(members, key=select_value)] if protocol == "best-of-n" else members
+        chosen = [max(members, key=lambda r: select_value(r, select_by))] if protocol == "best-of-n" else members
         values = [run_values(r) for r in chosen]
         columns = sorted({c for v in values for c in v})
         row = {"group": label, "n": len(members)}
@@ -122,7 +135,7 @@ def summarise(groups, protocol="mean"):
 
 def _columns(rows):
     order = sorted({c for r in rows for c in r if c not in ("group", "n", "run")},
-                   key=lambda c: (c in ("search h", "params M", "supernet valid"), c))
+                   key=lambda c: (c in ("search h", "params M", "supernet valid", "supernet monitor"), c))
     return order
 
 
@@ -206,11 +219,11 @@ def slug(label):
     return re.sub(r"[^A-Za-z0-9_.=-]+", "_", label).strip("_")[:100] or "group"
 
 
-def run_report(paths, out=None, protocol="mean", plots=True):
+def run_report(paths, out=None, protocol="mean", plots=True, pool=(), select_by=None):
     """Find, group and summarise runs; write report.csv / report.md (and plots/) to ``out``; return the rows."""
     runs = [load_run(p) for p in find_runs(paths)]
-    groups = group_runs(runs)
-    rows = summarise(groups, protocol)
+    groups = group_runs(runs, pool)
+    rows = summarise(groups, protocol, select_by)
     out = Path(out) if out else Path(paths[0])
     cols = write_tables(rows, out)
     if plots:

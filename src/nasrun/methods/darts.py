@@ -72,7 +72,7 @@ class Darts(Method):
     def weight_step(self, batch):
         """Ordinary SGD step on the train batch with α held fixed."""
         x, y = batch
-        weights = {k: v.detach() for k, v in self.edge_weights().items()}
+        weights = self.weight_step_weights()
         self.w_opt.zero_grad(set_to_none=True)
         loss, logits = self.loss(x, y, weights)
         loss.backward()
@@ -80,6 +80,10 @@ class Darts(Method):
             torch.nn.utils.clip_grad_norm_(self.supernet.parameters(), self.grad_clip)
         self.w_opt.step()
         return {"train_loss": loss.detach(), "train_correct": (logits.argmax(1) == y).sum()}
+
+    def weight_step_weights(self):
+        """The (detached) mixing weights of the w step: softmax(α) unless a method says otherwise."""
+        return {k: v.detach() for k, v in self.edge_weights().items()}
 
     def arch_step(self, train_batch, valid_batch):
         """Adam step on α with the first-order or unrolled hypergradient."""

@@ -3,7 +3,9 @@
 Each step draws φ ~ Bernoulli(p_e) and runs both the w step and the α step with softmax(α/t),
 t = t_sp if φ else t_sm (= ``sm_factor``·t_sp). p_e is 0 during warm-up, then grows linearly from p_low
 to p_up; warm-up epochs use t = ``warmup_factor``·t_sp. Valid accuracy is also monitored at the
-near-discrete temperature ``monitor_temperature``.
+near-discrete temperature ``monitor_temperature`` (or ``monitor_factor``·t_sp). The S1-S4 code
+(``SmoothDARTS/sota/cnnmul/train_search.py``) mixes the w step with softmax(softmax(α)/t) instead
+(``w_double_softmax``).
 """
 
 import torch
@@ -23,20 +25,27 @@ class SpDarts(Darts):
         p_low, p_up: range of the Bernoulli mixing probability.
         schedule_offset: 0 = paper Eq. 20; 1 = the code, which is one epoch ahead.
         monitor_temperature: temperature of the monitoring accuracy (null disables it).
-        late_epoch, late_t_sp: from ``late_epoch`` on, use ``late_t_sp`` and freeze p at its value of that
-            epoch (the repo's CIFAR-100 script: 45 and 6e-4; the paper is silent). null disables.
+        monitor_factor: if set, monitor at ``monitor_factor``·t_sp instead (the DARTS-space and S1-S4 code's
+            ``infer(..., temp/10)``: 0.1), so the monitor follows a t_sp sweep.
+        late_epoch, late_t_sp: from ``late_epoch`` on, use ``late_t_sp`` and freeze p at its value of the
+            epoch before (the repo's CIFAR-100 script: 45 and 6e-4, C keeps epoch 44's value; the paper is
+            silent). null disables.
+        w_double_softmax: the w step mixes with softmax(softmax(α)/t) (the S1-S4 code replaces α by
+            softmax(α) for the w step, ``softmax_arch_parameters``); the α step keeps softmax(α/t).
         Other arguments: as :class:`~nasrun.methods.darts.Darts`.
     """
 
     def __init__(self, supernet, space, name="sp_darts", w_lr=0.05, w_lr_min=0.05, w_momentum=0.9, w_nesterov=True,
                  w_weight_decay=5e-4, grad_clip=5.0, arch_lr=3e-4, arch_betas=(0.5, 0.999), arch_weight_decay=0.0,
                  arch_first=False, train_arch=True, t_sp=1.1e-3, sm_factor=10.0, warmup_factor=10.0, warmup_epochs=1,
-                 p_low=0.0, p_up=1.0, schedule_offset=0, monitor_temperature=1e-4, late_epoch=None, late_t_sp=None):
+                 p_low=0.0, p_up=1.0, schedule_offset=0, monitor_temperature=1e-4, monitor_factor=None, late_epoch=None,
+                 late_t_sp=None, w_double_softmax=False):
         super().__init__(supernet, space, name, w_lr, w_lr_min, w_momentum, w_nesterov, w_weight_decay, grad_clip,
                          arch_lr, arch_betas, arch_weight_decay, arch_first, False, 0.01, train_arch)
         self.t_sp, self.sm_factor, self.warmup_factor, self.warmup_epochs = t_sp, sm_factor, warmup_factor, warmup_epochs
         self.p_low, self.p_up, self.schedule_offset = p_low, p_up, schedule_offset
-        self.monitor_temperature = monitor_temperature
+        self.monitor_temperature, self.monitor_factor = monitor_temperature, monitor_factor
+        self.w_double_softmax = w_double_softmax
         self.late_epoch, self.late_t_sp, self.base_t_sp = late_epoch, late_t_sp, t_sp
         self.temperature, self.p, self.warm = t_sp, 0.0, True
         # the temperature of the current step as a device scalar: a captured step reads it, the host sets it
@@ -45,8 +54,8 @@ class SpDarts(Darts):
 
     def mix_probability(self, epoch, epochs):
         """p_e (Eq. 20; ``schedule_offset=1`` reproduces the code's one-epoch lead), capped at p_up."""
-        if self.late_epoch is not None and epoch > self.late_epoch:
-            epoch = self.late_epoch  # frozen after the late switch
+        if self.late_epoch is not None and epoch >= self.late_epoch:
+            epoch = self.late_epoch - 1  # frozen at the value of the epoch before the late switch
         if epoch < self.warmup_epochs:
             return 0.0
         frac = (epoch - self.warmup_epochs + self.schedule_offset) / max(epochs - self.warmup_epochs, 1)
@@ -78,9 +87,10 @@ class SpDarts(Darts):
 
     def device_step(self, train_batch, valid_batch):
         out = super().device_step(train_batch, valid_batch)
-        if self.monitor_temperature and valid_batch is not None:
+        monitor = self.monitor_factor * self.t_sp if self.monitor_factor else self.monitor_temperature
+        if monitor and valid_batch is not None:
             with torch.no_grad():
-                w = {k: F.softmax(a / self.monitor_temperature, dim=-1) for k, a in self.alphas.items()}
+                w = {k: F.softmax(a / monitor, dim=-1) for k, a in self.alphas.items()}
                 _, logits = self.loss(*valid_batch, w)
                 self._epoch_stats["mon_correct"] += (logits.argmax(1) == valid_batch[1]).sum()
                 self._epoch_stats["mon_n"] += len(valid_batch[1])
@@ -89,6 +99,11 @@ class SpDarts(Darts):
     def edge_weights(self, alphas=None):
         alphas = self.alphas if alphas is None else alphas
         return {k: F.softmax(a / self._temperature, dim=-1) for k, a in alphas.items()}
+
+    def weight_step_weights(self):
+        if not self.w_double_softmax:
+            return super().weight_step_weights()
+        return {k: F.softmax(F.softmax(a.detach(), dim=-1) / self._temperature, dim=-1) for k, a in self.alphas.items()}
 
     def derive_weights(self):
         return {k: F.softmax(a.detach(), dim=-1) for k, a in self.alphas.items()}

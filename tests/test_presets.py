@@ -1,0 +1,125 @@
+"""Presets and rules pinned to the reference code they follow (issue 12): the expected numbers come from
+re-running each reference's own schedule formula, not from nasrun."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from nasrun.config import build
+
+from .conftest import make_cfg, tiny_space
+
+
+def preset_method(experiment, *overrides):
+    """The method of a preset, on the preset's space at tiny width (every method key as the preset sets it)."""
+    full = make_cfg([f"+experiment={experiment}"], tiny=False)
+    cfg = make_cfg([f"+experiment={experiment}", *tiny_space(full.space.name), "dataset=synthetic",
+                    "trainer.device=cpu", *overrides], tiny=False)
+    space = build(cfg.space)
+    return cfg, build(cfg.method, supernet=space.build_supernet(4), space=space)
+
+
+def reference_cnnmul(epochs=50, c_start=0.8, temp=7e-4):
+    """SmoothDARTS/sota/cnnmul/train_search.py: (C, step temperatures [smooth, sparse]) of each epoch."""
+    C, warmup, out = c_start, 0, []
+    for epoch in range(epochs):
+        if epoch >= warmup:
+            C += (1 - c_start + 0.1) / (epochs - warmup)
+        out.append((C, [temp * 10, temp]))
+    return out
+
+
+def reference_mf(epochs=50):
+    """SP-DARTS/train_search_mf.py (DARTS space): temp=1, C=0, warmup=1; temp=1e-3, C += 1/(E-1) after it."""
+    temp, C, warmup, out = 1, 0, 1, []
+    for epoch in range(epochs):
+        if epoch >= warmup:
+            temp = 0.001
+            C += 1 / (epochs - warmup)
+        out.append((C, [temp * 10, temp]))
+    return out
+
+
+def reference_nb201_c100(epochs=50):
+    """AutoDL-Projects_sp/exps/algos/DARTS-V1-100.py: warm-up 1, t 1.3e-3 and C += 0.9/49 until epoch 44,
+    then t 6e-4 with C kept."""
+    C, warmup, temp, out = 0, 1, None, []
+    for epoch in range(epochs):
+        if epoch >= warmup:
+            if epoch >= 45:
+                temp = 0.0006
+            else:
+                temp = 0.0013
+                C += 0.9 / (50 - warmup)
+        out.append((C, temp))
+    return out
+
+
+@pytest.mark.parametrize("i, t_sp", [(1, 7e-4), (2, 6e-4), (3, 5e-4), (4, 4e-4)])
+def test_sp_darts_s1_s4_follow_the_cnnmul_reference(i, t_sp):
+    cfg, m = preset_method(f"sp_darts_s{i}")
+    assert (cfg.trainer.batch_size, cfg.trainer.epochs) == (128, 50)
+    g = m.w_opt.param_groups[0]
+    assert (g["lr"], g["momentum"], g["nesterov"], g["weight_decay"]) == (0.025, 0.9, False, 3e-4)
+    assert m.arch_opt.param_groups[0]["weight_decay"] == 0 and m.arch_first
+    for epoch, (C, temps) in enumerate(reference_cnnmul(temp=t_sp)):
+        m.on_epoch_start(epoch, 50)
+        assert not m.warm and m.lrs()["w_lr"] == 0.025
+        assert m.p == pytest.approx(C, abs=1e-12), epoch
+        # the step temperature: softmax_list[rand < C]; with p ≥ 1 every step is sparse
+        assert (m.t_sp * m.sm_factor, m.t_sp) == pytest.approx(temps)
+    assert reference_cnnmul()[33][0] >= 1 > reference_cnnmul()[32][0]
+
+
+def test_sp_darts_s1_mixes_the_w_step_with_softmax_of_softmax():
+    _, m = preset_method("sp_darts_s1")
+    with torch.no_grad():
+        for a in m.arch_parameters():
+            a.normal_(0, 1e-3)
+    seen = []
+    original = m.loss
+    m.loss = lambda x, y, w, **kw: (seen.append({k: v.detach().clone() for k, v in w.items()}), original(x, y, w, **kw))[1]
+    g = torch.Generator().manual_seed(0)
+    batch = lambda: (torch.randn(4, 3, 8, 8, generator=g), torch.randint(0, 4, (4,), generator=g))  # noqa: E731
+    m.on_epoch_start(40, 50)  # p ≥ 1: the sparse temperature
+    alphas = {k: a.detach().clone() for k, a in m.alphas.items()}
+    m.step(batch(), batch())
+    arch_w, weight_w = seen[0], seen[1]  # α step first (architect.step), then the w step
+    for k, a in alphas.items():
+        assert torch.allclose(arch_w[k], F.softmax(a / 7e-4, dim=-1))
+        assert torch.allclose(weight_w[k], F.softmax(F.softmax(m.alphas[k].detach(), -1) / 7e-4, dim=-1))
+    assert not torch.allclose(weight_w["normal"], arch_w["normal"], atol=1e-3)  # the two rules do differ here
+
+
+def test_sp_darts_monitor_follows_t_sp():
+    _, m = preset_method("sp_darts_s3", "method.t_sp=4e-4")
+    seen = []
+    m.loss = (lambda original: lambda x, y, w, **kw: (seen.append(w), original(x, y, w, **kw))[1])(m.loss)
+    m.on_epoch_start(10, 50)
+    g = torch.Generator().manual_seed(0)
+    m.step(*[(torch.randn(4, 3, 8, 8, generator=g), torch.randint(0, 4, (4,), generator=g)) for _ in range(2)])
+    assert torch.allclose(seen[-1]["reduce"], F.softmax(m.alphas["reduce"].detach() / 4e-5, dim=-1))
+
+
+def test_sp_darts_darts_follows_train_search_mf():
+    cfg, m = preset_method("sp_darts_darts")
+    g = m.w_opt.param_groups[0]
+    assert (g["lr"], g["momentum"], g["nesterov"], g["weight_decay"]) == (0.05, 0.9, False, 3e-4)
+    assert cfg.trainer.batch_size == 80 and m.arch_first and m.arch_opt.param_groups[0]["weight_decay"] == 0
+    for epoch, (C, temps) in enumerate(reference_mf()):
+        m.on_epoch_start(epoch, 50)
+        assert m.p == pytest.approx(C, abs=1e-12), epoch
+        if epoch == 0:  # C = 0: every warm-up step at softmax_list[0] = 10
+            assert m.warm and m.warmup_factor * m.t_sp == pytest.approx(temps[0])
+        else:
+            assert not m.warm and (m.sm_factor * m.t_sp, m.t_sp) == pytest.approx(temps)
+
+
+def test_sp_late_switch_follows_the_cifar100_script():
+    _, m = preset_method("sp_darts_nb201_c100", "method.late_epoch=45", "method.late_t_sp=6e-4",
+                         "method.schedule_offset=1")
+    for epoch, (C, temp) in enumerate(reference_nb201_c100()):
+        m.on_epoch_start(epoch, 50)
+        assert m.p == pytest.approx(C, abs=1e-12), epoch
+        if temp is not None:
+            assert m.t_sp == pytest.approx(temp)
