@@ -180,3 +180,21 @@ def test_epoch_tables_equal_step_by_step_draws():
             (xt, yt), (xv, yv) = stream.batch(step)
             assert torch.equal(xt, stream.augment(data.train_x[t], pt)) and torch.equal(yt, data.train_y[t])
             assert torch.equal(xv, stream.augment(data.train_x[v], pv)) and torch.equal(yv, data.train_y[v])
+
+
+def test_fresh_train_draw_takes_an_independent_random_batch_each_step():
+    """darts-pt's ``next(iter(train_queue))``: each step's batch is the head of a new permutation of search-train,
+    so a batch has no repeats but an epoch may (``epoch`` walks one permutation)."""
+    data = fake("digits", 80, 4)
+    data.train_y = torch.arange(80)
+    seen = {}
+    for draw in ("epoch", "fresh"):
+        stream, _ = build_search_stream(data, "darts", "darts", **dict(STREAM_ARGS, train_draw=draw))
+        stream.start_epoch(0)
+        batches = [stream.batch(s)[0][1] for s in range(stream.steps)]
+        assert stream.steps == 10 and all(len(set(b.tolist())) == 4 and b.max() < 40 for b in batches)
+        seen[draw] = torch.cat(batches).tolist()
+    assert sorted(seen["epoch"]) == list(range(40))
+    assert len(set(seen["fresh"])) < 40  # 10 independent batches of 4 out of 40 repeat some images (seeded)
+    with pytest.raises(UserError, match="train_draw 'sometimes'"):
+        build_search_stream(data, "darts", "darts", **dict(STREAM_ARGS, train_draw="sometimes"))

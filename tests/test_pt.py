@@ -111,3 +111,78 @@ def test_pt_end_to_end_on_a_fixed_alpha_supernet(tmp_path):
     assert len(decisions) == 6 and decisions[-1]["genotype"] == summary["genotype"]
     assert summary["selector"] == "pt"
     assert build(make_cfg(["selector=pt"]).selector).criterion == "acc"
+
+
+def id_stream(pairing="darts", flip=True, train_draw="epoch", n=200):
+    """Image i carries its id in channel 1 (flip-invariant) and a left-to-right ramp in channel 0 (a flip reverses it)."""
+    x = torch.zeros(n, 3, 4, 4, dtype=torch.uint8)
+    x[:, 1] = torch.arange(n, dtype=torch.uint8)[:, None, None]
+    x[:, 0] = torch.tensor([0, 10, 20, 30], dtype=torch.uint8)
+    y = torch.arange(n) % 4
+    aug = Augment([0.0] * 3, [1.0] * 3, crop_pad=0, flip=flip)
+    return SearchStream(x, y, torch.arange(n // 2), torch.arange(n // 2, n), 16, aug, pairing, 0, torch.device("cpu"),
+                        train_draw)
+
+
+def ids(x):
+    return torch.round(x[:, 1, 0, 0] * 255).long()
+
+
+def flipped(x):
+    return x[:, 0, 0, 0] > x[:, 0, 0, 3]
+
+
+class Recorder(FakeMethod):
+    def __init__(self, space, supernet):
+        super().__init__(space, supernet)
+        self.scored, self.steps, self.lrs = [], [], []
+
+    def loss(self, x, y, weights):
+        self.scored.append(x)
+        return super().loss(x, y, weights)
+
+    def step(self, train, valid):
+        self.steps.append((ids(train[0]), ids(valid[0])))
+        self.lrs.append(self.w_opt.param_groups[0]["lr"])
+        return {}
+
+
+def test_pt_scores_on_the_augmented_valid_split_in_random_order():
+    """darts-pt's valid_queue: a SubsetRandomSampler over images with the train transform, a new order per pass."""
+    space = get_space("nb201", C=4, N=1)
+    stream = id_stream()
+    passes = {}
+    for augment in (True, False):
+        method = Recorder(space, Decisive([("normal", 0, 0)]))
+        sel = PerturbationSelector(augment_valid=augment)
+        sel._gen.manual_seed(0)
+        for _ in range(2):
+            method.scored = []
+            sel.evaluate(method, stream, method.edge_weights())
+            passes.setdefault(augment, []).append(torch.cat(method.scored))
+    valid = list(range(100, 200))
+    for x in passes[True]:
+        assert sorted(ids(x).tolist()) == valid and ids(x).tolist() != valid  # every image once, shuffled
+        assert 30 < flipped(x).sum() < 70  # the train transform's random flip
+    assert ids(passes[True][0]).tolist() != ids(passes[True][1]).tolist()  # a new order each pass
+    for x in passes[False]:
+        assert ids(x).tolist() == valid and not flipped(x).any()
+
+
+@pytest.mark.parametrize("pairing, train_draw", [("nb201", "epoch"), ("darts", "fresh")])
+def test_pt_tunes_on_a_train_permutation_with_fresh_valid_batches(pairing, train_draw):
+    """darts-pt's tuning loop: ``for step, (x, y) in enumerate(train_queue)`` with ``next(iter(valid_queue))``,
+    whatever the search's own draws were; the lr stays at 0.0025 (its scheduler is never stepped)."""
+    space = get_space("nb201", C=4, N=1)
+    method = Recorder(space, Decisive([("normal", 0, 0)]))
+    stream = id_stream(pairing, train_draw=train_draw)
+    sel = build(make_cfg(["+experiment=darts_pt_darts"], tiny=False).selector)
+    sel.max_valid_batches = 1
+    torch.manual_seed(0)
+    sel.select(space, method, [], stream)
+    assert len(method.steps) == 24 * 7 and set(method.lrs) == {0.0025}  # 24 tuning epochs of ⌈100/16⌉ steps
+    for epoch in range(24):
+        steps = method.steps[7 * epoch:7 * epoch + 7]
+        assert sorted(torch.cat([t for t, _ in steps]).tolist()) == list(range(100))
+        for _, v in steps:
+            assert len(v) == 16 and len(set(v.tolist())) == 16 and v.min() >= 100

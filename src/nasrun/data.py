@@ -277,6 +277,8 @@ class SearchStream:
 
     ``pairing="nb201"`` pairs every train sample with a uniformly random valid sample (AutoDL, with
     replacement); ``pairing="darts"`` draws a fresh random valid minibatch each step (quark0).
+    ``train_draw="epoch"`` walks a permutation of the train split each epoch; ``"fresh"`` draws an
+    independent random train minibatch each step (darts-pt's ``next(iter(train_queue))``).
 
     Every random draw of an epoch (order, valid samples, crop/flip/cutout parameters) comes from one CPU
     generator seeded by (seed, epoch), drawn step by step in the same order at :meth:`start_epoch` and
@@ -285,10 +287,13 @@ class SearchStream:
     (seed, epoch): a resume mid-epoch calls :meth:`start_epoch` again.
     """
 
-    def __init__(self, x, y, train_idx, valid_idx, batch_size, augment, pairing, seed, device):
+    def __init__(self, x, y, train_idx, valid_idx, batch_size, augment, pairing, seed, device, train_draw="epoch"):
+        if train_draw not in ("epoch", "fresh"):
+            raise UserError(f"unknown dataset.train_draw '{train_draw}'; choose epoch or fresh")
         self.x, self.y = x.to(device), y.to(device)
         self.train_idx, self.valid_idx = train_idx, valid_idx
         self.batch_size, self.augment, self.pairing, self.seed = batch_size, augment, pairing, seed
+        self.train_draw = train_draw
         self.device = device
         self.steps = -(-len(train_idx) // batch_size)
         self.gen = torch.Generator()
@@ -302,7 +307,10 @@ class SearchStream:
         size, bs = self.x.shape[-1], self.batch_size
         steps = []
         for step in range(self.steps):
-            t = perm[step * bs:(step + 1) * bs]
+            if self.train_draw == "fresh":
+                t = self.train_idx[torch.randperm(len(self.train_idx), generator=self.gen)[:bs]]
+            else:
+                t = perm[step * bs:(step + 1) * bs]
             drawn = {"t": t}
             if self.valid_idx is not None:
                 nv = len(self.valid_idx)
@@ -326,6 +334,21 @@ class SearchStream:
         v = d["v"]
         return train, (self.augment(self.x[v], d["pv"]), self.y[v])
 
+    def valid_batches(self, gen=None, max_batches=None):
+        """One pass over the valid split in batches: with ``gen``, in a random order and with the train
+        augmentation drawn from ``gen`` (darts-pt's ``valid_queue``: a SubsetRandomSampler over images with
+        the train transform); without, in index order and only normalised."""
+        idx = self.valid_idx
+        if gen is not None:
+            idx = idx[torch.randperm(len(idx), generator=gen)]
+        chunks = list(idx.split(self.batch_size))[:max_batches]
+        size = self.x.shape[-1]
+        drawn = [{"i": c, "p": self.augment.draw(len(c), size, gen) if gen is not None else None} for c in chunks]
+        for d in _to_device_once(drawn, self.device):
+            i = d["i"]
+            x = self.augment(self.x[i], d["p"]) if gen is not None else self.augment.normalise(self.x[i])
+            yield x, self.y[i]
+
 
 
 def _to_device_once(steps, device):
@@ -341,7 +364,7 @@ def _to_device_once(steps, device):
 
 
 def build_search_stream(data, split, space_split, batch_size, seed, device, crop_pad, flip, cutout,
-                        cutout_prob, train_portion, mean=None, std=None):
+                        cutout_prob, train_portion, mean=None, std=None, train_draw="epoch"):
     """Apply the split protocol (methods.md §2.1-2.2) and return a :class:`SearchStream`.
 
     ``split="auto"`` uses the space's protocol, falling back to the DARTS 50/50 split for datasets
@@ -373,4 +396,4 @@ def build_search_stream(data, split, space_split, batch_size, seed, device, crop
     if mean is None or std is None:
         mean, std = NORMALISATION.get((data.name, protocol), NORMALISATION.get((data.name, "darts"), ([0.5] * 3, [0.25] * 3)))
     augment = Augment(mean, std, crop_pad=crop_pad, flip=flip, cutout=cutout, cutout_prob=cutout_prob)
-    return SearchStream(x, y, train_idx, valid_idx, batch_size, augment, protocol, seed, device), protocol
+    return SearchStream(x, y, train_idx, valid_idx, batch_size, augment, protocol, seed, device, train_draw), protocol

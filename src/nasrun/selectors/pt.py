@@ -3,11 +3,14 @@
 After the search, fine-tune the supernet with a fresh SGD while projecting: at each scheduled epoch pick a
 random un-projected edge per cell type, mask each candidate op in turn (its weight set to 0, the others
 unchanged) and evaluate the supernet on the whole valid split with train-mode BN; the op whose removal
-hurts most (lowest accuracy, or highest loss) becomes the edge's fixed one-hot. In the DARTS space the
+hurts most (lowest accuracy, or highest loss) becomes the edge's fixed one-hot. As in darts-pt, each
+evaluation walks the valid split in a new random order with the train augmentation (its ``valid_queue``),
+and the tuning steps walk a permutation of the train split, each with a fresh random valid batch. In the DARTS space the
 last projections are topological: for a random node with more than two inputs, repeatedly drop the input
 edge whose removal hurts least until two remain. The genotype is then read from the projected weights.
 """
 
+import copy
 import math
 
 import torch
@@ -43,16 +46,19 @@ class PerturbationSelector:
         tune_lr_min: cosine floor over the tuning epochs (DARTS space 0.001; NB201 uses a constant: = tune_lr).
         momentum, weight_decay: fine-tuning SGD settings.
         max_valid_batches: cap on the valid batches per evaluation (null: the whole valid split).
+        augment_valid: score on the augmented valid split in a random order (darts-pt); false: the clean
+            images in index order (a deterministic score).
     """
 
     def __init__(self, name="pt", criterion="acc", proj_intv=5, tune_lr=0.0025, tune_lr_min=0.0025, momentum=0.9,
-                 weight_decay=3e-4, max_valid_batches=None):
+                 weight_decay=3e-4, max_valid_batches=None, augment_valid=True):
         if criterion not in ("acc", "loss"):
             raise ValueError("selector.criterion must be acc or loss")
         self.name, self.criterion, self.proj_intv = name, criterion, proj_intv
         self.tune_lr, self.tune_lr_min, self.momentum, self.weight_decay = tune_lr, tune_lr_min, momentum, weight_decay
-        self.max_valid_batches = max_valid_batches
+        self.max_valid_batches, self.augment_valid = max_valid_batches, augment_valid
         self.decisions = []
+        self._gen = torch.Generator()
 
     # --- evaluation -------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -62,15 +68,10 @@ class PerturbationSelector:
         Sums stay on the device (one host read per evaluation); each batch runs from a CUDA graph when the
         method's graphs are on."""
         method.supernet.train()
-        idx = stream.valid_idx.to(stream.device)
         correct = torch.zeros((), device=stream.device, dtype=torch.float64)
         loss = torch.zeros((), device=stream.device, dtype=torch.float64)
         n, score = 0, _score(method)
-        for b, i in enumerate(range(0, len(idx), stream.batch_size)):
-            if self.max_valid_batches is not None and b >= self.max_valid_batches:
-                break
-            j = idx[i:i + stream.batch_size]
-            x, y = stream.augment.normalise(stream.x[j]), stream.y[j]
+        for x, y in stream.valid_batches(self._gen if self.augment_valid else None, self.max_valid_batches):
             batch_loss, batch_correct = method.graphs.run("pt_score", score, lambda: None, x, y, weights)
             correct += batch_correct
             loss += batch_loss.double() * len(y)
@@ -119,6 +120,9 @@ class PerturbationSelector:
         method.w_opt = torch.optim.SGD(method.supernet.parameters(), lr=self.tune_lr, momentum=self.momentum,
                                        weight_decay=self.weight_decay)
         gen = torch.Generator().manual_seed(int(torch.randint(0, 2**31 - 1, ())))
+        self._gen.manual_seed(int(torch.randint(0, 2**31 - 1, (), generator=gen)))
+        tune = copy.copy(stream)  # darts-pt tunes on its train_queue with a fresh random valid batch per step
+        tune.pairing, tune.train_draw = "darts", "epoch"
         schedule = dict(events)
         first_epoch = len(history)
         try:
@@ -136,9 +140,9 @@ class PerturbationSelector:
                     method.reset_graphs()  # the projected weights changed
                 if e == tune_epochs - 1:
                     break
-                stream.start_epoch(first_epoch + e)
-                for step in range(stream.steps):
-                    method.step(*stream.batch(step))
+                tune.start_epoch(first_epoch + e)
+                for step in range(tune.steps):
+                    method.step(*tune.batch(step))
             # the NB201 formula leaves one projection out when proj_intv < 2: finish what remains
             for k in keys:
                 while any(x not in fixed[k] and x not in removed[k] for x in range(edges[k])):
