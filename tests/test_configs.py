@@ -42,6 +42,8 @@ def test_primary_configs_compose(config_name):
 def test_every_experiment_runs_a_tiny_step(experiment, tmp_path):
     full = make_cfg([f"+experiment={experiment}"], tiny=False)
     small_pt = ["selector.proj_intv=1", "selector.max_valid_batches=1"] if full.selector.name == "pt" else []
+    if full.space.get("search_auxiliary"):  # the tower pools 5×5 after two reductions: 32-px images
+        small_pt.append("dataset.synthetic.image_size=32")
     cfg = make_cfg([f"+experiment={experiment}", "trainer.epochs=1", "trainer.batch_size=16", *tiny_space(full.space.name),
                     "dataset=synthetic", "trainer.device=cpu", "trainer.progress=false", "benchmark=none", *small_pt],
                    tiny=False)

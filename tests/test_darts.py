@@ -267,3 +267,60 @@ def test_darts_genotype_dataclass_is_plain_data():
 def test_darts_pt_cells_match_their_published_sizes(name, size_m):
     """ruocwang/darts-pt annotates each published cell with its parameter size in M (C=36, 20 cells)."""
     assert round(count_parameters(DARTS.build_network(name, 10)) / 1e6, 2) == size_m
+
+
+def test_search_auxiliary_tower_adds_its_weighted_loss_and_leaves_the_main_path_alone():
+    """[AMD] §4.1.2: loss = CE(logits) + w_aux·CE(tower(features after the second reduction)); the main logits
+    equal those of the same supernet without a tower."""
+    from nasrun.config import build
+
+    from .conftest import tiny_method
+
+    torch.manual_seed(0)
+    space = get_space("darts_fixed", C=4, layers=3, search_auxiliary=True, search_aux_weight=0.3)
+    plain = get_space("darts_fixed", C=4, layers=3)
+    sup, twin = space.build_supernet(4), plain.build_supernet(4)
+    assert set(twin.state_dict()) < set(sup.state_dict())
+    twin.load_state_dict(sup.state_dict(), strict=False)
+    _, _, method = tiny_method(["space=darts_fixed"])
+    method.supernet = sup
+    x, y = torch.randn(6, 3, 32, 32), torch.randint(0, 4, (6,))
+    w = {k: torch.softmax(torch.randn(*s), -1) for k, s in space.alpha_shapes().items()}
+    feats = []
+    twin.cells[2].register_forward_hook(lambda m, i, o: feats.append(o))
+    main = twin(x, w)
+    expected = torch.nn.functional.cross_entropy(main, y) + 0.3 * torch.nn.functional.cross_entropy(
+        sup.auxiliary_head(feats[0]), y)
+    loss, logits = method.loss(x, y, w)
+    assert torch.allclose(logits, main, atol=1e-6) and torch.allclose(loss, expected, atol=1e-6)
+    loss.backward()
+    assert sup.auxiliary_head.classifier.weight.grad.abs().sum() > 0
+    sup.eval(), twin.eval()
+    assert torch.equal(sup(x, w), twin(x, w))  # no tower outside training
+    with pytest.raises(UserError, match="at least 5×5"):
+        sup.train()(torch.randn(2, 3, 8, 8), w)
+    assert build(make_cfg(["+experiment=amended_darts_s1"], tiny=False).space).search_auxiliary
+
+
+def test_search_drop_path_drops_whole_edges_per_sample():
+    """Node 0 of a cell sees only the preprocessed inputs, so with drop-path each sample's node-0 output is
+    2·(a subset of its two edge outputs) at p = 0.5; the probability ramps as 0.2·e/E; p = 0 changes nothing."""
+    torch.manual_seed(0)
+    space = get_space("darts_fixed", C=4, layers=3, search_drop_path=0.2)
+    sup = space.build_supernet(4)
+    sup.on_epoch_start(30, 100)
+    assert sup.drop_prob.item() == pytest.approx(0.06)
+    cell = sup.cells[0]
+    s = torch.randn(64, 12, 8, 8)
+    w = torch.softmax(torch.randn(8, 7), -1)
+    from nasrun.spaces.ops import mixed
+
+    with torch.no_grad():
+        undropped = cell.forward_reference(s, s, w)
+        assert torch.equal(cell(s, s, w, torch.tensor(0.0)), undropped)
+        out = cell(s, s, w, torch.tensor(0.5))[:, :4]
+        h0, h1 = cell.preprocess0(s), cell.preprocess1(s)
+        a, b = mixed(cell.ops[0], h0, w[0]), mixed(cell.ops[1], h1, w[1])
+    combos = torch.stack([0 * a, 2 * a, 2 * b, 2 * a + 2 * b])  # (4, n, C, h, w)
+    match = ((out[None] - combos).flatten(2).abs().amax(-1) < 1e-5)  # (4, n)
+    assert match.any(0).all() and match.any(1).all()  # every sample is one subset; every subset occurs

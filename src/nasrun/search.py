@@ -70,6 +70,13 @@ def build_search(cfg, device):
     return space, data, stream, protocol, supernet, method
 
 
+def epoch_start(supernet, method, epoch, epochs):
+    """Per-epoch schedules: the supernet's (search drop-path) and the method's (learning rates, temperatures)."""
+    if hasattr(supernet, "on_epoch_start"):
+        supernet.on_epoch_start(epoch, epochs)
+    method.on_epoch_start(epoch, epochs)
+
+
 def run_search(cfg, out_dir):
     """Run (or resume) one search in ``out_dir`` and return its summary dict."""
     run = RunDir(out_dir, cfg)
@@ -137,7 +144,7 @@ def run_search(cfg, out_dir):
         return None
 
     group = getattr(method, "group_size", 1)
-    loop.fit(t.epochs, method.step_group if group > 1 else method.step, lambda e: method.on_epoch_start(e, t.epochs),
+    loop.fit(t.epochs, method.step_group if group > 1 else method.step, lambda e: epoch_start(supernet, method, e, t.epochs),
              epoch_end, log_epoch, group=group, stop_fn=stop_fn, snapshot_fn=getattr(stop, "snapshot_epoch", None))
     elapsed, history = loop.elapsed, loop.history
     write_ada(run, space, loop.events)

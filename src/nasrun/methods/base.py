@@ -87,14 +87,19 @@ class Method(abc.ABC):
         ``model`` evaluates another module (a copy) instead."""
         with self.autocast():
             if model is not None:
-                logits = model(x, weights)
+                out = model(x, weights)
             elif params is None:
-                logits = self.supernet(x, weights)
+                out = self.supernet(x, weights)
             else:
-                logits = functional_call(self.supernet, params, (x, weights))
+                out = functional_call(self.supernet, params, (x, weights))
+        # a supernet with an auxiliary tower returns (logits, logits_aux) in training
+        logits, aux = out if isinstance(out, tuple) else (out, None)
         if logits.dtype in (torch.float16, torch.bfloat16):
-            logits = logits.float()
-        return F.cross_entropy(logits, y), logits
+            logits, aux = logits.float(), aux.float() if aux is not None else None
+        loss = F.cross_entropy(logits, y)
+        if aux is not None:
+            loss = loss + (model if model is not None else self.supernet).aux_weight * F.cross_entropy(aux, y)
+        return loss, logits
 
     def on_epoch_start(self, epoch, epochs):
         """Set per-epoch schedules (learning rates, temperatures)."""

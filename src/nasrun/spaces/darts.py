@@ -37,7 +37,7 @@ def search_op(name, C, stride):
 
 
 def drop_path(x, p):
-    """Zero whole samples with probability p and rescale the rest (quark0 ``drop_path``)."""
+    """Zero whole samples with probability p (a float or a 0-d tensor) and rescale the rest (quark0 ``drop_path``)."""
     keep = 1.0 - p
     mask = torch.empty(x.size(0), 1, 1, 1, device=x.device, dtype=x.dtype).bernoulli_(keep)
     return x / keep * mask
@@ -67,13 +67,19 @@ class SearchCell(FusedCellMixin, nn.Module):
             for j in range(STEPS + 1)], len(edge_ops[0]))
         self.noise_rows = [e for e, ops in enumerate(self.ops) for op in ops if isinstance(op, Noise)]
 
-    def forward(self, s0, s1, w):
+    def forward(self, s0, s1, w, drop_prob=None):
+        if drop_prob is not None and self.training:  # per-edge drop-path: the per-op cell (the fused one mixes edges)
+            return self.forward_reference(s0, s1, w, drop_prob)
         return self.forward_fused(s0, s1, w) if self.fused else self.forward_reference(s0, s1, w)
 
-    def forward_reference(self, s0, s1, w):
+    def forward_reference(self, s0, s1, w, drop_prob=None):
+        """The per-op cell; ``drop_prob`` drops each mixed edge's output per sample (training only), as the
+        search cells of SDARTS / SP-DARTS (``drop_path`` on every edge, identity included)."""
         states = [self.preprocess0(s0), self.preprocess1(s1)]
+        drop = drop_prob is not None and self.training
         for node in self.by_node:
-            states.append(sum(mixed(self.ops[e], states[j], w[e]) for e, j in node))
+            states.append(sum(drop_path(mixed(self.ops[e], states[j], w[e]), drop_prob) if drop
+                              else mixed(self.ops[e], states[j], w[e]) for e, j in node))
         return torch.cat(states[2:], dim=1)
 
     def forward_fused(self, s0, s1, w):
@@ -96,28 +102,54 @@ class SearchCell(FusedCellMixin, nn.Module):
 
 
 class DartsSupernet(nn.Module):
-    """quark0 ``model_search.Network``: ``forward(x, weights)`` with weights per α key."""
+    """quark0 ``model_search.Network``: ``forward(x, weights)`` with weights per α key.
 
-    def __init__(self, C, num_classes, layers, edges, cell_ops, keys, in_channels=3, stem_multiplier=3):
+    Optional search-time regularisation ([AMD] §4.1.2, off by default): an auxiliary tower after the second
+    reduction (``auxiliary``; in training ``forward`` then returns ``(logits, logits_aux)`` and the method
+    adds ``aux_weight``·CE(logits_aux)) and drop-path on every mixed edge with probability
+    ``drop_path``·epoch/epochs (:meth:`on_epoch_start`, the DARTS retraining ramp).
+    """
+
+    def __init__(self, C, num_classes, layers, edges, cell_ops, keys, in_channels=3, stem_multiplier=3,
+                 auxiliary=False, aux_weight=0.4, drop_path=0.0):
         super().__init__()
         C_curr = stem_multiplier * C
         self.stem = nn.Sequential(nn.Conv2d(in_channels, C_curr, 3, padding=1, bias=False), nn.BatchNorm2d(C_curr))
         C_pp, C_p, C_curr = C_curr, C_curr, C
         self.cells, self.keys, reduction_prev = nn.ModuleList(), keys, False
+        self.aux_index, self.aux_weight, self.max_drop_path = 2 * layers // 3, aux_weight, drop_path
         for i in range(layers):
             reduction = i in (layers // 3, 2 * layers // 3)
             C_curr = C_curr * 2 if reduction else C_curr
             self.cells.append(SearchCell(C_pp, C_p, C_curr, reduction, reduction_prev, edges, cell_ops(i, reduction)))
             reduction_prev = reduction
             C_pp, C_p = C_p, STEPS * C_curr
+            if i == self.aux_index:
+                C_aux = C_p
+        self.auxiliary_head = AuxiliaryHead(C_aux, num_classes, inplace=False) if auxiliary else None
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(C_p, num_classes)
+        # a device scalar filled in place each epoch, so a captured step reads the current value
+        self.register_buffer("drop_prob", torch.zeros(()), persistent=False)
+
+    def on_epoch_start(self, epoch, epochs):
+        """Drop-path probability of the epoch: ``drop_path``·epoch/epochs."""
+        self.drop_prob.fill_(self.max_drop_path * epoch / epochs)
 
     def forward(self, x, weights):
         s0 = s1 = self.stem(x)
-        for cell, key in zip(self.cells, self.keys):
-            s0, s1 = s1, cell(s0, s1, weights[key])
-        return self.classifier(self.global_pooling(s1).flatten(1))
+        drop = self.drop_prob if self.max_drop_path > 0 else None
+        logits_aux = None
+        for i, (cell, key) in enumerate(zip(self.cells, self.keys)):
+            s0, s1 = s1, cell(s0, s1, weights[key], drop)
+            if i == self.aux_index and self.auxiliary_head is not None and self.training:
+                if min(s1.shape[-2:]) < 5:
+                    raise UserError(f"space.search_auxiliary: the tower needs at least 5×5 features after the second "
+                                    f"reduction but gets {tuple(s1.shape[-2:])} (inputs of at least 20 px); "
+                                    "turn it off for this dataset")
+                logits_aux = self.auxiliary_head(s1)
+        logits = self.classifier(self.global_pooling(s1).flatten(1))
+        return (logits, logits_aux) if logits_aux is not None else logits
 
 
 class EvalCell(nn.Module):
@@ -147,9 +179,10 @@ class EvalCell(nn.Module):
 class AuxiliaryHead(nn.Module):
     """Auxiliary classifier after the second reduction (CIFAR: pool 5/3 on 8×8; ImageNet: pool 5/2, no 2nd BN)."""
 
-    def __init__(self, C, num_classes, imagenet=False):
+    def __init__(self, C, num_classes, imagenet=False, inplace=True):
         super().__init__()
-        layers = [nn.ReLU(inplace=True), nn.AvgPool2d(5, stride=2 if imagenet else 3, padding=0, count_include_pad=False),
+        # quark0's in-place ReLU rewrites the cell output it reads (harmless where every consumer starts with a ReLU)
+        layers = [nn.ReLU(inplace=inplace), nn.AvgPool2d(5, stride=2 if imagenet else 3, padding=0, count_include_pad=False),
                   nn.Conv2d(C, 128, 1, bias=False), nn.BatchNorm2d(128), nn.ReLU(inplace=True),
                   nn.Conv2d(128, 768, 2, bias=False)]
         layers += [nn.ReLU(inplace=True)] if imagenet else [nn.BatchNorm2d(768), nn.ReLU(inplace=True)]
@@ -220,13 +253,18 @@ class DartsSpace(SearchSpace):
         shared_alpha: one α per cell type (True) or one α per cell (``amended_deep``).
         C, layers: search supernet width and depth.
         eval_C, eval_layers, auxiliary: defaults of the evaluation network (DARTS protocol: 36, 20, True).
+        search_auxiliary, search_aux_weight, search_drop_path: an auxiliary tower (loss weight) and
+            drop-path (ramped to this value) in the search supernet ([AMD] §4.1.2; off by default).
     """
 
     default_split = "darts"
 
     def __init__(self, name="darts", ops=None, edge_ops=None, topology="full", shared_alpha=True, C=16, layers=8,
-                 eval_C=36, eval_layers=20, auxiliary=True):
+                 eval_C=36, eval_layers=20, auxiliary=True, search_auxiliary=False, search_aux_weight=0.4,
+                 search_drop_path=0.0):
         self.name, self.topology, self.shared_alpha = name, topology, shared_alpha
+        self.search_auxiliary, self.search_aux_weight, self.search_drop_path = (search_auxiliary, search_aux_weight,
+                                                                                search_drop_path)
         self.C, self.layers, self.eval_C, self.eval_layers, self.auxiliary = C, layers, eval_C, eval_layers, auxiliary
         self.edges = topology_edges(topology)
         if edge_ops is None:
@@ -268,7 +306,9 @@ class DartsSpace(SearchSpace):
         def cell_ops(i, reduction):
             return self.edge_ops["reduce" if reduction else "normal"]
 
-        return DartsSupernet(self.C, num_classes, self.layers, self.edges, cell_ops, self.alpha_keys(), in_channels)
+        return DartsSupernet(self.C, num_classes, self.layers, self.edges, cell_ops, self.alpha_keys(), in_channels,
+                             auxiliary=self.search_auxiliary, aux_weight=self.search_aux_weight,
+                             drop_path=self.search_drop_path)
 
     def build_network(self, genotype, num_classes, C=None, layers=None, auxiliary=None, imagenet=False, in_channels=3):
         g = self._coerce(genotype)
