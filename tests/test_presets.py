@@ -123,3 +123,80 @@ def test_sp_late_switch_follows_the_cifar100_script():
         assert m.p == pytest.approx(C, abs=1e-12), epoch
         if temp is not None:
             assert m.t_sp == pytest.approx(temp)
+
+
+class EVLocalAvgOracle:
+    """RobustDARTS's EVLocalAvg (src/search/utils.py; the same class in SS-DARTS's exps/algos/utils_ES.py), re-stated
+    from its update/early_stop rules: local averages of the eigenvalues, epoch offsets in units of ev_freq."""
+
+    def __init__(self, window=5, ev_freq=2, epochs=50):
+        self.window, self.ev_freq, self.epochs = window, ev_freq, epochs
+        self.ev, self.la, self.la_epochs, self.start = [], [], {}, 0
+
+    def update(self, epoch, ev):
+        self.ev.append(ev)
+        half = -(-self.window // 2)
+        if len(self.ev) >= half and epoch < self.epochs - 1:
+            if len(self.ev) < self.window:
+                self.la.append(sum(self.ev) / len(self.ev))
+            else:
+                chunk = self.ev[self.start:self.start + self.window]
+                self.la.append(sum(chunk) / len(chunk))
+                self.start += 1
+            self.la_epochs[epoch] = epoch - self.ev_freq * (self.window // 2)
+        elif len(self.ev) < half:
+            self.la_epochs[epoch] = -1
+
+    def early_stop(self, epoch, factor, es_start_epoch, delta):
+        target = self.la_epochs[epoch] - self.ev_freq * delta
+        if target >= es_start_epoch and self.la[-1] / self.la[-1 - delta] > factor:
+            return target
+        return None
+
+
+def oracle_stop(evs, every, es_start_epoch, epochs=50):
+    tracker = EVLocalAvgOracle(epochs=epochs)
+    for epoch in range(epochs - 1):  # neither reference checks the rule at the last epoch
+        if epoch % every == 0:
+            tracker.update(epoch, evs[epoch])
+            stop = tracker.early_stop(epoch, 1.3, es_start_epoch, 4)
+            if stop is not None:
+                return stop
+    return None
+
+
+@pytest.mark.parametrize("experiment, every, es_start", [("darts_es_nb201", 1, 0), ("rdarts_s1", 2, 10),
+                                                         ("rdarts_s3", 2, 10)])
+def test_darts_es_presets_stop_where_the_reference_tracker_does(experiment, every, es_start):
+    from nasrun.stops import replay
+
+    cfg = make_cfg([f"+experiment={experiment}"], tiny=False)
+    assert cfg.diagnostics.hessian_every == every and cfg.stop.start_epoch == es_start
+    rule = build(cfg.stop)
+    g = torch.Generator().manual_seed(0)
+    fired = 0
+    for trial in range(200):
+        growth = 1 + 0.15 * torch.rand((), generator=g).item()  # some runs grow fast enough to stop, some do not
+        evs = [0.05 * growth ** e * (1 + 0.3 * torch.rand((), generator=g).item()) for e in range(50)]
+        history = [{"epoch": e, "hessian_eigenvalue": evs[e] if (e % every == 0 or e == 49) else None}
+                   for e in range(50)]
+        expected = oracle_stop(evs, every, es_start)
+        assert replay(rule, history, 50) == expected, trial
+        fired += expected is not None
+    assert 20 < fired < 180
+
+
+def test_robustdarts_presets_settings_and_the_ada_variant():
+    for i in range(1, 5):
+        cfg, m = preset_method(f"rdarts_s{i}")
+        g = m.w_opt.param_groups[0]
+        assert (g["momentum"], g["nesterov"], g["weight_decay"]) == (0.9, False, 3e-4) and m.unrolled and m.arch_first
+        assert (cfg.trainer.batch_size, cfg.trainer.epochs, cfg.space.name, cfg.stop.name) == (64, 50, f"darts_s{i}",
+                                                                                               "darts_es")
+        assert m.arch_opt.param_groups[0]["weight_decay"] == 1e-3
+        m.on_epoch_start(25, 50)
+        assert m.lrs()["w_lr"] == pytest.approx(0.001 + (0.025 - 0.001) * 0.5)
+    ada = make_cfg(["+experiment=rdarts_s2", "stop=darts_ada"], tiny=False)
+    assert ada.stop.name == "darts_ada" and ada.stop.mul_factor == 10 and ada.stop.max_weight_decay == 0.03
+    es = make_cfg(["+experiment=darts_es_nb201"], tiny=False)
+    assert (es.method.w_lr, es.method.w_lr_min, es.method.w_nesterov, es.trainer.batch_size) == (0.015, 0.015, True, 128)

@@ -56,7 +56,9 @@ class DartsES:
 
     Args:
         window: w of the local average.
-        ev_freq: f, epochs between Hessian evaluations (set ``diagnostics.hessian_every`` to the same).
+        ev_freq: f, epochs between Hessian evaluations (set ``diagnostics.hessian_every`` to the same); with
+            ``hessian_every=1`` every epoch's value enters the local average while the epoch offsets keep f, as
+            SS-DARTS's ``DARTS-V1-ES.py`` does (an ``EVLocalAvg()`` with the default f = 2, updated every epoch).
         start_epoch: earliest epoch the rollback target may be.
         delta: δ, the look-back in local-average values.
         factor: growth ratio that triggers the stop.
