@@ -200,3 +200,24 @@ def test_robustdarts_presets_settings_and_the_ada_variant():
     assert ada.stop.name == "darts_ada" and ada.stop.mul_factor == 10 and ada.stop.max_weight_decay == 0.03
     es = make_cfg(["+experiment=darts_es_nb201"], tiny=False)
     assert (es.method.w_lr, es.method.w_lr_min, es.method.w_nesterov, es.trainer.batch_size) == (0.015, 0.015, True, 128)
+
+
+@pytest.mark.parametrize("experiment", ["darts_v1_cifar10", "darts_v2_cifar10"])
+def test_quark0_presets_run_epoch_e_at_the_schedulers_next_value(experiment):
+    """quark0 train_search.py: ``scheduler.step(); lr = scheduler.get_lr()[0]`` at the top of each epoch, with
+    torch's CosineAnnealingLR(T_max=50, eta_min=0.001); that lr is the SGD lr and the ξ of the unrolled step."""
+    import warnings
+
+    _, m = preset_method(experiment)
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.025, momentum=0.9)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(opt, 50.0, eta_min=0.001)
+    for epoch in range(50):
+        with warnings.catch_warnings():  # stepping the scheduler before the optimiser is quark0's order
+            warnings.simplefilter("ignore")
+            scheduler.step()
+        m.on_epoch_start(epoch, 50)
+        assert m.lrs()["w_lr"] == pytest.approx(opt.param_groups[0]["lr"], rel=1e-9, abs=1e-12), epoch
+    assert m.lrs()["w_lr"] == pytest.approx(0.001)  # the last epoch already runs at eta_min
+    _, autodl = preset_method("darts_v1_nb201")
+    autodl.on_epoch_start(0, 50)
+    assert autodl.lrs()["w_lr"] == 0.025

@@ -22,12 +22,16 @@ class Darts(Method):
         unrolled: second-order α gradient through a virtual SGD step (finite-difference Hessian term).
         fd_radius: r of the central difference, ε = r/‖v‖ (0.01 in quark0/AutoDL).
         train_arch: set False to keep α fixed at its initial value.
+        lr_offset: epoch e runs at lr(e + lr_offset); quark0 steps its scheduler at the start of each epoch
+            (1: epoch e at lr(e+1), also the ξ of its unrolled step); AutoDL, RobustDARTS, darts-pt: 0.
     """
 
     def __init__(self, supernet, space, name="darts", w_lr=0.025, w_lr_min=0.001, w_momentum=0.9,
                  w_nesterov=True, w_weight_decay=5e-4, grad_clip=5.0, arch_lr=3e-4, arch_betas=(0.5, 0.999),
-                 arch_weight_decay=1e-3, arch_first=False, unrolled=False, fd_radius=0.01, train_arch=True):
+                 arch_weight_decay=1e-3, arch_first=False, unrolled=False, fd_radius=0.01, train_arch=True,
+                 lr_offset=0):
         super().__init__(supernet, space)
+        self.lr_offset = lr_offset
         self.name = name
         self.w_lr, self.w_lr_min, self.grad_clip = w_lr, w_lr_min, grad_clip
         self.arch_first, self.unrolled, self.train_arch = arch_first, unrolled, train_arch
@@ -42,7 +46,7 @@ class Darts(Method):
         return [self.w_opt, self.arch_opt]
 
     def on_epoch_start(self, epoch, epochs):
-        lr = cosine_lr(epoch, epochs, self.w_lr, self.w_lr_min)
+        lr = cosine_lr(epoch + self.lr_offset, epochs, self.w_lr, self.w_lr_min)
         for g in self.w_opt.param_groups:
             g["lr"] = lr
 

@@ -39,9 +39,9 @@ class SpDarts(Darts):
                  w_weight_decay=5e-4, grad_clip=5.0, arch_lr=3e-4, arch_betas=(0.5, 0.999), arch_weight_decay=0.0,
                  arch_first=False, train_arch=True, t_sp=1.1e-3, sm_factor=10.0, warmup_factor=10.0, warmup_epochs=1,
                  p_low=0.0, p_up=1.0, schedule_offset=0, monitor_temperature=1e-4, monitor_factor=None, late_epoch=None,
-                 late_t_sp=None, w_double_softmax=False):
+                 late_t_sp=None, w_double_softmax=False, lr_offset=0):
         super().__init__(supernet, space, name, w_lr, w_lr_min, w_momentum, w_nesterov, w_weight_decay, grad_clip,
-                         arch_lr, arch_betas, arch_weight_decay, arch_first, False, 0.01, train_arch)
+                         arch_lr, arch_betas, arch_weight_decay, arch_first, False, 0.01, train_arch, lr_offset)
         self.t_sp, self.sm_factor, self.warmup_factor, self.warmup_epochs = t_sp, sm_factor, warmup_factor, warmup_epochs
         self.p_low, self.p_up, self.schedule_offset = p_low, p_up, schedule_offset
         self.monitor_temperature, self.monitor_factor = monitor_temperature, monitor_factor
