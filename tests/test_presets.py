@@ -221,3 +221,78 @@ def test_quark0_presets_run_epoch_e_at_the_schedulers_next_value(experiment):
     _, autodl = preset_method("darts_v1_nb201")
     autodl.on_epoch_start(0, 50)
     assert autodl.lrs()["w_lr"] == 0.025
+
+
+def reference_rt_epoch(raw, k):
+    """SS-DARTS DARTS-V1.py, DARTS+ criterion two: ``temp.argsort(axis=1)`` of the raw α each epoch, rank_retain
+    from 1, +1 while unchanged, reset to 1 on a change; rt_k = the first epoch where rank_retain == k."""
+    import numpy as np
+
+    rank_retain, before = 1, None
+    for epoch, a in enumerate(raw):
+        current = np.asarray(a).argsort(axis=1)
+        if epoch == 0:
+            before = current
+            continue
+        if (current == before).all():
+            rank_retain += 1
+        else:
+            rank_retain, before = 1, current
+        if rank_retain == k:
+            return epoch
+    return None
+
+
+def test_darts_plus_rt_ranks_the_raw_alpha_as_ss_darts_does():
+    """Tiny ops (α ≈ −12, softmax ≈ 1e-6) tie once the softmax is rounded to 5 decimals, while their raw α keep
+    changing order: the rule must follow the raw α."""
+    from nasrun.stops import DartsPlus, replay
+
+    rule = DartsPlus(criterion="rt", k=4)
+    g = torch.Generator().manual_seed(0)
+    differs = 0
+    for trial in range(100):
+        a = torch.tensor([[-12.0, -12.00001, 0.3, 0.9, -12.00002]]).repeat(6, 1)
+        raw = []
+        for _ in range(30):
+            swap = torch.rand(6, 5, generator=g) < 0.04  # now and then two tiny ops trade places
+            a = a + swap * 3e-5 * torch.randn(6, 5, generator=g)
+            raw.append(a.clone())
+        history = [{"epoch": e, "alpha": {"normal": [[round(x, 5) for x in row] for row in F.softmax(r, -1).tolist()]},
+                    "alpha_raw": {"normal": r.tolist()}} for e, r in enumerate(raw)]
+        expected = reference_rt_epoch([r.numpy() for r in raw], 4)
+        assert replay(rule, history, 50) == expected, trial
+        rounded = [{"epoch": h["epoch"], "alpha": h["alpha"]} for h in history]
+        differs += replay(rule, rounded, 50) != expected
+    assert differs > 10  # the rounded softmax would have stopped elsewhere in many of these runs
+
+
+def test_all_skip_abort_ends_the_search_without_rollback(tmp_path):
+    from nasrun.search import choose
+    from nasrun.selectors.argmax import ArgmaxSelector
+    from nasrun.selectors.selective_stop import SelectiveStop
+    from nasrun.spaces import get_space
+    from nasrun.stops import AllSkipAbort, replay
+
+    space = get_space("nb201", C=4, N=1)
+    ops = space.ops
+    genotype = lambda op: space.format_genotype(space.parse_genotype(  # noqa: E731
+        f"|{op}~0|+|{op}~0|{op}~1|+|{op}~0|{op}~1|{op}~2|"))
+    skips = [2, 4, 6, 5, 6]
+    mags = [{o: (0.5 if (o == "nor_conv_3x3") else 0.1) * (1 + e if e < 2 else 3 - e) for o in ops} for e in range(5)]
+    history = [{"epoch": e, "skip_count": s, "genotype": genotype("skip_connect" if s == 6 else "nor_conv_3x3"),
+                "op_magnitude": mags[e]} for e, s in enumerate(skips)]
+    rule = build(make_cfg(["stop=all_skip"], tiny=False).stop)
+    assert isinstance(rule, AllSkipAbort) and replay(rule, history, 50) == 2
+    (label, g), = choose(None, space, None, history, ArgmaxSelector(), rule, 2)
+    assert label == "all_skip" and space.format_genotype(g) == genotype("skip_connect")  # SS's "last-geno"
+    picked = choose(None, space, None, history, SelectiveStop(criteria=["peak"]), rule, 2)
+    assert picked[0][0] == "peak_nor_conv_3x3@1"  # the peak before the abort (epoch 3 was never run)
+    summary = run_search_tiny(tmp_path, ["stop=all_skip", "stop.skip_count=0", "trainer.epochs=3"])
+    assert summary["stop_epoch"] == 0 and summary["epochs_run"] == 1
+
+
+def run_search_tiny(tmp_path, overrides):
+    from nasrun.search import run_search
+
+    return run_search(make_cfg(overrides), tmp_path)

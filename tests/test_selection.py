@@ -266,8 +266,9 @@ def test_ss_darts_presets_resolve_to_the_paper_settings():
     assert (nb.trainer.batch_size, nb.method.w_lr, nb.method.w_lr_min, nb.method.arch_lr) == (256, 0.003, 0.003, 1e-3)
     assert nb.selector.name == "selective_stop" and list(nb.selector.criteria) == ["residual"] and nb.selector.eligibility
     es = make_cfg(["+experiment=darts_es_nb201"], tiny=False)
-    assert (es.trainer.batch_size, es.stop.name, es.diagnostics.hessian_every, es.selector.name) == (128, "darts_es", 2, "argmax")
-    assert es.method.w_lr == 0.003  # everything else as SS-DARTS
+    # SS-DARTS's DARTS-V1-ES.py with DARTS-ES.config (tests/test_presets.py replays its stop rule)
+    assert (es.trainer.batch_size, es.stop.name, es.diagnostics.hessian_every, es.selector.name) == (128, "darts_es", 1, "argmax")
+    assert (es.method.w_lr, es.method.arch_lr, es.stop.start_epoch) == (0.015, 3e-4, 0)
     ds = make_cfg(["+experiment=ss_darts_darts"], tiny=False)
     assert (ds.space.name, ds.trainer.epochs, ds.trainer.batch_size, ds.method.w_lr_min, ds.method.arch_first) == \
         ("darts_7op", 75, 80, 0.025, True)

@@ -117,6 +117,7 @@ def run_search(cfg, out_dir):
         return {"epoch": epoch, **method.lrs(), **{k: v for k, v in m.items() if k != "train_n"},
                 "seconds": round(seconds, 3), "images_per_s": round(m["train_n"] / seconds, 1) if seconds else None,
                 "alpha": {k: [[round(x, 5) for x in row] for row in v.tolist()] for k, v in method.edge_weights().items()},
+                "alpha_raw": {k: a.detach().tolist() for k, a in method.alphas.items()},
                 "genotype": space.format_genotype(genotype), **space.genotype_stats(genotype),
                 "ies_entropy": ies_entropy(method.derive_weights()),
                 "op_magnitude": operation_magnitudes(method.derive_weights(), space.op_names("normal")),
@@ -150,7 +151,7 @@ def run_search(cfg, out_dir):
     elapsed, history = loop.elapsed, loop.history
     write_ada(run, space, loop.events)
 
-    selections = choose(run, space, method, history, selector, stop.name, loop.stop_epoch, stream=stream, bench=bench,
+    selections = choose(run, space, method, history, selector, stop, loop.stop_epoch, stream=stream, bench=bench,
                         bench_dataset=bench_ds)
     chosen_epoch = len(history) - 1 if loop.stop_epoch is None else loop.stop_epoch
     label, genotype = write_selections(run, space, selections, epoch=chosen_epoch)
@@ -169,11 +170,14 @@ def run_search(cfg, out_dir):
     return summary
 
 
-def choose(run, space, method, history, selector, stop_name, stop_epoch, **kwargs):
+def choose(run, space, method, history, selector, stop, stop_epoch, **kwargs):
     """``[(label, genotype), ...]``: the stop rule's epoch if it fired, else the selector's choice
-    (its decisions, if any, go to selection.json)."""
-    if stop_epoch is not None:  # roll back to the genotype recorded at the stop rule's epoch
-        return [(stop_name, space.parse_genotype(history[stop_epoch]["genotype"]))]
+    (its decisions, if any, go to selection.json). A rule without rollback (``all_skip``) only ends the
+    history: a selector that reads nothing but the history picks from the epochs up to it."""
+    if stop_epoch is not None:
+        if getattr(stop, "rollback", True) or not getattr(selector, "history_only", False):
+            return [(stop.name, space.parse_genotype(history[stop_epoch]["genotype"]))]
+        history = history[:stop_epoch + 1]
     selections = selector.select(space=space, method=method, history=history, **kwargs)
     if getattr(selector, "decisions", None):
         run.write("selection.json", {"selector": selector.name, "decisions": selector.decisions})

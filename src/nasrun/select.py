@@ -45,7 +45,7 @@ def run_select(cfg, out_dir):
     bench_ds = cfg.benchmark.dataset or BENCHMARK_NAMES.get(data.name, "cifar10")
     history = state["history"]
     stop_epoch = replay(stop, history, search_cfg.trainer.epochs)
-    selections = choose(run, space, method, history, selector, stop.name, stop_epoch, stream=stream, bench=bench,
+    selections = choose(run, space, method, history, selector, stop, stop_epoch, stream=stream, bench=bench,
                         bench_dataset=bench_ds)
     label, genotype = write_selections(run, space, selections, source=str(source))
     text = space.format_genotype(genotype)

@@ -3,6 +3,7 @@ genotype should be kept, or None to go on. If a rule never fires, the final geno
 
 import math
 
+from .engine import console
 from .errors import UserError
 from .selectors.selective_stop import magnitude_history, stop_epoch
 
@@ -40,8 +41,40 @@ class DartsPlus:
         return history[-1]["epoch"] if count >= self.k else None
 
 
+_warned = set()
+
+
 def _ranking(record):
-    return {key: [sorted(range(len(row)), key=lambda o: -row[o]) for row in rows] for key, rows in record["alpha"].items()}
+    """Per-edge op order of the raw α (SS-DARTS's ``arch_parameters.argsort``): the rounded softmax in
+    ``alpha`` ties tiny ops, which would make the ranking look stable too early."""
+    rows = record.get("alpha_raw")
+    if rows is None:  # metrics written before raw α were logged
+        if "alpha" not in _warned:
+            _warned.add("alpha")
+            console.print("darts_plus rt: this history has no raw α (alpha_raw); ranking the rounded softmax instead, "
+                          "where near-zero ops tie")
+        rows = record["alpha"]
+    # ascending and stable on ties, as numpy's argsort of a short row (insertion sort)
+    return {key: [sorted(range(len(row)), key=lambda o: row[o]) for row in r] for key, r in rows.items()}
+
+
+class AllSkipAbort:
+    """SS-DARTS's abort (``DARTS-V1.py``: ``if num_skip == 6: exit()``): end the search at the first epoch whose
+    normal cell is all skip connections. Unlike the other rules it does not roll back: the search simply ends
+    there, a history-reading selector (``selective_stop``) picks from the epochs run, any other selector keeps
+    that epoch's genotype.
+
+    Args:
+        skip_count: skip connections that make the cell all-skip (NB201: its 6 edges; DARTS cells: 8).
+    """
+
+    rollback = False
+
+    def __init__(self, name="all_skip", skip_count=6):
+        self.name, self.skip_count = name, skip_count
+
+    def check(self, history, epochs):
+        return history[-1]["epoch"] if history[-1]["skip_count"] >= self.skip_count else None
 
 
 class DartsES:

@@ -47,6 +47,8 @@ class SelectiveStop:
         eligibility: the NB201 code's eligibility rule (the DARTS-space script uses none).
     """
 
+    history_only = True  # reads the metrics history only (not the supernet)
+
     def __init__(self, name="selective_stop", targets=("nor_conv_3x3",), criteria=("residual",), eligibility=True):
         self.name, self.targets, self.criteria, self.eligibility = name, list(targets), list(criteria), eligibility
 
