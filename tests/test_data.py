@@ -198,3 +198,14 @@ def test_fresh_train_draw_takes_an_independent_random_batch_each_step():
     assert len(set(seen["fresh"])) < 40  # 10 independent batches of 4 out of 40 repeat some images (seeded)
     with pytest.raises(UserError, match="train_draw 'sometimes'"):
         build_search_stream(data, "darts", "darts", **dict(STREAM_ARGS, train_draw="sometimes"))
+
+
+def test_merge_train_val_refuses_splits_that_validate_on_test_images():
+    data = fake("cifar100", 50000, 10000)
+    stream, protocol = build_search_stream(data, "nb201", "nb201", **STREAM_ARGS)
+    assert protocol == "nb201"
+    with pytest.raises(UserError, match="would train on test images"):
+        stream.merge_train_val()
+    darts, _ = build_search_stream(data, "darts", "nb201", **STREAM_ARGS)
+    darts.merge_train_val()
+    assert len(darts.train_idx) == 50000 and torch.equal(darts.train_idx, darts.valid_idx)

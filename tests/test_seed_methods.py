@@ -80,8 +80,25 @@ def test_tse_groups_per_epoch_and_merge_flag(tmp_path):
     run_search(cfg, tmp_path / "a")  # 112 train images / batch 16 = 7 steps → groups 3, 3, 1
     rec = json.loads((tmp_path / "a" / "metrics.jsonl").read_text())
     assert rec["valid_loss"] is None and rec["tse"] == pytest.approx(rec["train_loss"])
-    sup, method = tiny(["method=tse_darts", "method.merge_train_val=true"])
-    assert method.step_group(batches(2))["train_n"] == 32  # the valid halves are trained on too
+
+
+def test_tse_merge_train_val_searches_on_one_shuffled_union(tmp_path):
+    """rubinxin/TSE merge_train_val_supernet: train_split = train + valid, valid_split = the same union; the
+    search loader shuffles the union, so an epoch has twice the steps and sees every image once."""
+    from nasrun.search import build_search
+
+    overrides = ["method=tse_darts", "method.inner_steps=3", "dataset.synthetic.n_train=224"]
+    *_, plain_stream, _, _, _ = build_search(make_cfg(overrides), torch.device("cpu"))
+    *_, stream, _, _, method = build_search(make_cfg(overrides + ["method.merge_train_val=true"]), torch.device("cpu"))
+    assert (plain_stream.steps, stream.steps) == (7, 14)
+    stream.start_epoch(0)
+    seen = torch.cat([stream.tables[s]["t"] for s in range(stream.steps)])
+    assert sorted(seen.tolist()) == list(range(224))  # both halves, each image once
+    assert seen[:112].max() >= 112 and seen[:112].min() < 112  # one shuffled order, not train then valid
+    assert set(stream.tables[0]["v"].tolist()) <= set(range(224))
+    summary = run_search(make_cfg(overrides + ["method.merge_train_val=true", "trainer.epochs=1"]), tmp_path)
+    rec = json.loads((tmp_path / "metrics.jsonl").read_text())
+    assert summary["epochs_run"] == 1 and rec["images_per_s"] > 0
 
 
 @pytest.mark.parametrize("radius, tol", [(1e-7, 1e-4), (1e-8, 1e-4)])

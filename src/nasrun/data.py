@@ -294,10 +294,23 @@ class SearchStream:
         self.train_idx, self.valid_idx = train_idx, valid_idx
         self.batch_size, self.augment, self.pairing, self.seed = batch_size, augment, pairing, seed
         self.train_draw = train_draw
+        self.valid_from_test = False  # the NB201 protocols of CIFAR-100 / ImageNet16-120 validate on test images
         self.device = device
         self.steps = -(-len(train_idx) // batch_size)
         self.gen = torch.Generator()
         self.epoch, self.tables = None, None
+
+    def merge_train_val(self):
+        """Train on search-train ∪ search-valid, and draw valid batches from the same union (rubinxin/TSE's
+        ``merge_train_val_supernet``: ``train_split = train_split + valid_split; valid_split = train_split``)."""
+        if self.valid_idx is None:
+            return
+        if self.valid_from_test:
+            raise UserError("merge_train_val would train on test images here (this NB201 split validates on half of "
+                            "the test set); use dataset=cifar10 or dataset.split=darts")
+        merged = torch.cat([self.train_idx, self.valid_idx])
+        self.train_idx, self.valid_idx = merged, merged
+        self.steps = -(-len(merged) // self.batch_size)
 
     def start_epoch(self, epoch):
         """Re-seed from (seed, epoch) and draw all of this epoch's random choices."""
@@ -396,4 +409,6 @@ def build_search_stream(data, split, space_split, batch_size, seed, device, crop
     if mean is None or std is None:
         mean, std = NORMALISATION.get((data.name, protocol), NORMALISATION.get((data.name, "darts"), ([0.5] * 3, [0.25] * 3)))
     augment = Augment(mean, std, crop_pad=crop_pad, flip=flip, cutout=cutout, cutout_prob=cutout_prob)
-    return SearchStream(x, y, train_idx, valid_idx, batch_size, augment, protocol, seed, device, train_draw), protocol
+    stream = SearchStream(x, y, train_idx, valid_idx, batch_size, augment, protocol, seed, device, train_draw)
+    stream.valid_from_test = protocol == "nb201" and NB201_SPLITS[data.name][2] != "train"
+    return stream, protocol

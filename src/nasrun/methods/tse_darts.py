@@ -18,7 +18,9 @@ class TseDarts(Darts):
 
     Args:
         inner_steps: T, the rollout length (100 in rubinxin/TSE; the last group of an epoch may be shorter).
-        merge_train_val: also train on the valid half's batches (the repo's ``merge_train_val_supernet``).
+        merge_train_val: search on one dataset made of the train and valid halves (the repo's
+            ``merge_train_val_supernet``): the search loop merges the stream's splits, so an epoch walks both
+            halves in one shuffled order and every rollout and w step draws from the union.
         Other arguments: as :class:`~nasrun.methods.darts.Darts`; ``grad_clip`` applies to the real w steps
         (the reference uses none).
     """
@@ -38,7 +40,7 @@ class TseDarts(Darts):
 
     def step_group(self, batches):
         """One TSE update over a group of batches; returns mean train loss and counts."""
-        trains = [t for t, _ in batches] + ([v for _, v in batches if v is not None] if self.merge_train_val else [])
+        trains = [t for t, _ in batches]
         if self.train_arch:
             self.tse_arch_step(trains)
         loss, correct, n = 0.0, 0, 0
