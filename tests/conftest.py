@@ -11,7 +11,7 @@ from hydra import compose, initialize_config_dir
 from nasrun.cli import CONF_DIR
 
 TINY = ["space.C=4", "space.N=1", "dataset=synthetic", "trainer.epochs=2", "trainer.batch_size=16",
-        "trainer.device=cpu", "trainer.progress=false", "benchmark=none"]
+        "trainer.device=cpu", "trainer.progress=false", "benchmark=none", "trainer.threads=2"]
 
 
 def tiny_space(name):

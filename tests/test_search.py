@@ -105,3 +105,22 @@ def test_nan_loss_stops_with_the_epoch(tmp_path):
 def test_noskip_space_and_track_running_stats(tmp_path):
     summary = run_search(make_cfg(["space=nb201_noskip", "space.track_running_stats=true", "trainer.epochs=1"]), tmp_path)
     assert "skip_connect" not in summary["genotype"]
+
+
+def test_fixed_thread_count_makes_the_result_independent_of_the_launcher(tmp_path):
+    """A launcher (or a user's shell) leaves torch at some thread count; trainer.threads overrides it, so the
+    same seed gives the same bits wherever it is launched, and env.json says how many threads ran."""
+    finals = []
+    for outer in (1, 2):
+        torch.set_num_threads(outer)  # what the launching process happened to have
+        out = tmp_path / f"outer{outer}"
+        run_search(make_cfg(["trainer.threads=2", "trainer.epochs=2"]), out)
+        assert json.loads((out / "env.json").read_text())["torch_threads"] == 2
+        state = torch.load(out / "checkpoint.pt", weights_only=False)
+        records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+        finals.append((state["method"]["alphas"], [{k: v for k, v in r.items() if "seconds" not in k and "per_s" not in k}
+                                                   for r in records]))
+    assert all(torch.equal(finals[0][0][k], finals[1][0][k]) for k in finals[0][0]) and finals[0][1] == finals[1][1]
+    assert make_cfg([], tiny=False).trainer.threads == 1  # the default is a number, not the machine's core count
+    with pytest.raises(UserError, match="trainer.threads=0"):
+        run_search(make_cfg(["trainer.threads=0"]), tmp_path / "bad")

@@ -7,7 +7,7 @@ import torch
 from omegaconf import OmegaConf
 
 from .errors import UserError
-from .utils import atomic_torch_save, environment, json_line, write_json
+from .utils import atomic_torch_save, environment, json_line, set_threads, write_json
 
 # Keys that may change between a run and its resume without changing the result's meaning.
 # The fused ops and CUDA graphs compute the same function as the per-op eager path (perf.md §4).
@@ -44,7 +44,8 @@ class RunDir:
         self.metrics = self.path / "metrics.jsonl"
 
     def start(self):
-        """Write config.yaml and env.json."""
+        """Fix torch's CPU thread count (``trainer.threads``), then write config.yaml and env.json."""
+        set_threads(self.config.get("trainer", {}).get("threads", "auto"))
         (self.path / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(self.config)))
         write_json(self.path / "env.json", environment())
 

@@ -95,6 +95,18 @@ def count_flops(module, input_shape):
     return total[0] / input_shape[0]
 
 
+def set_threads(threads):
+    """torch's intra-op CPU thread count: an int fixes it (a CPU run's floating-point reductions, hence its
+    result, depend on it), ``auto`` keeps torch's default (the machine's core count)."""
+    if threads in (None, "auto"):
+        return
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        from .errors import UserError
+
+        raise UserError(f"trainer.threads={threads!r}: give a positive number of CPU threads, or auto")
+    torch.set_num_threads(threads)
+
+
 def environment(argv=None):
     """Facts about the machine and software for ``env.json``."""
     from importlib import metadata
@@ -120,6 +132,9 @@ def environment(argv=None):
         "omegaconf": version("omegaconf"),
         "cuda": torch.version.cuda,
         "gpu": torch.cuda.get_device_name(0) if cuda else None,
+        "torch_threads": torch.get_num_threads(),
+        "torch_interop_threads": torch.get_num_interop_threads(),
+        "cpu_count": os.cpu_count(),
         "platform": platform.platform(),
         "hostname": socket.gethostname(),
         "git_sha": sha,
