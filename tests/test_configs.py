@@ -121,3 +121,27 @@ def test_sp_darts_table5_sweeps_four_temperatures_and_picks_by_the_monitor(tmp_p
     for combo in combos[::7]:
         cfg = make_cfg(list(combo), tiny=False)
         assert cfg.method.name == "sp_darts" and cfg.space.name.startswith("darts_s") and cfg.method.w_double_softmax
+
+
+def test_site_settings_apply_to_their_launcher_only(tmp_path):
+    """A site folder (``--config-dir``) with local/default.yaml (Slurm by default) and local/slurm.yaml (partition,
+    account): Slurm sweeps get the site values, and every other launcher still composes without them."""
+    from hydra import compose, initialize_config_dir
+
+    from nasrun.cli import CONF_DIR
+
+    (tmp_path / "local").mkdir()
+    (tmp_path / "local" / "default.yaml").write_text("# @package _global_\ndefaults:\n  - override /hydra/launcher: slurm\n")
+    (tmp_path / "local" / "slurm.yaml").write_text("partition: gpu\naccount: mylab\ntimeout_min: 1440\n")
+    site = f"hydra.searchpath=[file://{tmp_path}]"
+    for launcher, target in [(None, "SlurmLauncher"), ("parallel", "JoblibLauncher"), ("local", "LocalLauncher"),
+                             ("basic", "BasicLauncher")]:
+        overrides = [site] + ([f"hydra/launcher={launcher}"] if launcher else [])
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = compose(config_name="search", overrides=overrides, return_hydra_config=True)
+        assert cfg.hydra.launcher._target_.endswith(target), launcher
+        if target == "SlurmLauncher":
+            assert (cfg.hydra.launcher.partition, cfg.hydra.launcher.account, cfg.hydra.launcher.timeout_min) == \
+                ("gpu", "mylab", 1440)
+        else:
+            assert "partition" not in cfg.hydra.launcher
