@@ -171,3 +171,50 @@ def test_select_command(tmp_path):
         json.loads((tmp_path / "s" / "genotype.json").read_text())["genotype"]
     assert_user_error(nasrun("select", f"run={tmp_path / 'missing'}", f"hydra.run.dir={tmp_path / 'p'}"),
                       "not a search run directory")
+
+
+@pytest.mark.parametrize("launcher", ["basic", "parallel", "local"])
+def test_a_failed_job_does_not_sink_the_sweep(tmp_path, launcher):
+    """Job 1 fails (a bad split); job 0 and job 2 still run to their end, every job gets a line and a row in the
+    final table, its status.json says how it ended, and the exit code is 1. A rerun skips what finished."""
+    sweep = tmp_path / "sweep"
+    args = ["search", "-m", f"hydra/launcher={launcher}", "dataset.split=darts,bogus,auto", *TINY, "trainer.epochs=1",
+            f"hydra.sweep.dir={sweep}"]
+    proc = nasrun(*args)
+    assert proc.returncode == 1, proc.stderr
+    status = {i: json.loads((sweep / str(i) / "status.json").read_text()) for i in range(3)}
+    assert [status[i]["status"] for i in range(3)] == ["finished", "failed", "finished"]
+    assert "unknown dataset.split 'bogus'" in status[1]["error"]
+    assert all((sweep / str(i) / "summary.json").exists() for i in (0, 2))
+    out = proc.stdout + proc.stderr
+    assert "2 of 3 finished" in out and "dataset.split=bogus" in out and "Traceback" not in out
+    if launcher != "parallel":  # joblib's workers print to their own streams
+        assert out.count("job 1 failed") >= 1 and out.count("job 0 finished") >= 1
+    again = nasrun(*args)
+    out = again.stdout + again.stderr
+    assert again.returncode == 1 and "2 of 3 finished" in out
+    if launcher == "local":
+        assert "job 0 already finished" in out and "job 2 already finished" in out
+    else:
+        assert "run already complete" in again.stdout + again.stderr
+
+
+def test_slurm_request_is_checked_against_sinfo():
+    from nasrun.errors import UserError
+    from nasrun.sweep import check_slurm_request
+
+    sinfo = "cpu*|16|64000|(null)|1-00:00:00\ncpu*|32|128000|(null)|1-00:00:00\ngpu|32|256000|gpu:a100:4(S:0-1)|2-00:00:00\n"
+    ok = {"partition": "gpu", "gpus_per_node": 4, "cpus_per_task": 8, "mem_gb": 200, "timeout_min": 2880}
+    check_slurm_request(ok, sinfo)
+    check_slurm_request({"partition": None, "gpus_per_node": None, "cpus_per_task": 32, "mem_gb": 100}, sinfo)
+    cases = [({"partition": None, "gpus_per_node": 1}, "gpus_per_node=1 does not fit the default partition: its nodes "
+                                                       "have at most 0 GPUs; set hydra.launcher.gpus_per_node=null"),
+             ({**ok, "gpus_per_node": 8}, "at most 4 GPUs"),
+             ({**ok, "cpus_per_task": 64}, "cpus_per_task=64 does not fit partition gpu: its nodes have at most 32 CPUs"),
+             ({**ok, "mem_gb": 512}, "mem_gb=512 does not fit partition gpu: its nodes have at most 256000 MB"),
+             ({**ok, "timeout_min": 3000}, "timeout_min=3000 exceeds the time limit of partition gpu (2880 min)"),
+             ({**ok, "partition": "big"}, "no partition big; set hydra.launcher.partition to one of: cpu, gpu")]
+    for params, message in cases:
+        with pytest.raises(UserError) as err:
+            check_slurm_request(params, sinfo)
+        assert message in str(err.value), str(err.value)

@@ -6,11 +6,14 @@ The module starts munged, slurmctld and slurmd itself (installing Debian's packa
 with exactly the result of an uninterrupted run. Every daemon is stopped by PID at the end.
 """
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -42,6 +45,18 @@ def slurm(tmp_path_factory):
 def running_job(env, suffix):
     out = subprocess.run(["squeue", "-h", "-t", "RUNNING", "-o", "%i"], capture_output=True, text=True, env=env).stdout
     return next((j for j in out.split() if j.endswith(suffix)), None)
+
+
+def job_pids(job):
+    """PIDs of the processes of array task ``job`` (``123_2``) on this node, found by their Slurm environment."""
+    array_id, task = job.split("_")
+    want = {f"SLURM_ARRAY_JOB_ID={array_id}".encode(), f"SLURM_ARRAY_TASK_ID={task}".encode()}
+    pids = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        with contextlib.suppress(OSError):
+            if want <= set(environ.read_bytes().split(b"\0")):
+                pids.append(int(environ.parent.name))
+    return pids
 
 
 def history(run_dir):
@@ -88,3 +103,41 @@ def test_seed_sweep_on_slurm_with_a_requeue(slurm, tmp_path):
     assert ref.returncode == 0, ref.stderr
     keys = ("train_loss", "valid_loss", "alpha", "genotype")
     assert [{k: r[k] for k in keys} for r in history(sweep / "0")] == [{k: r[k] for k in keys} for r in history(tmp_path / "ref")]
+
+
+def test_failed_and_lost_jobs_are_reported_and_a_bad_request_is_refused(slurm, tmp_path):
+    """On Slurm without accounting (no sacct): job 1 fails (a bad split), job 2 is killed without a chance to
+    write a result; the master reports both, waits on nothing, and exits 1 after job 0 finished. A request the
+    partition cannot hold (a GPU on this CPU node) is refused in one line before anything is submitted."""
+    env = {**slurm.env(), "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "NASRUN_BENCH": "",
+           "NASRUN_LOST_AFTER_S": "10", "NASRUN_POLL_S": "1"}
+    base = [sys.executable, "-m", "nasrun.cli", "search", "-m", "hydra/launcher=slurm", "hydra.launcher.partition=debug",
+            "hydra.launcher.gpus_per_node=null", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=null",
+            "hydra.launcher.timeout_min=20", *RUN]
+    bad = subprocess.run([*base, "hydra.launcher.gpus_per_node=1", f"hydra.sweep.dir={tmp_path / 'gpu'}", "seed=0"],
+                         env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "gpus_per_node=1 does not fit partition debug" in bad.stderr, bad.stderr
+    assert "Traceback" not in bad.stderr and not (tmp_path / "gpu" / ".submitit").exists()
+
+    sweep = tmp_path / "sweep"
+    log = open(tmp_path / "sweep.log", "w")
+    proc = subprocess.Popen([*base, f"hydra.sweep.dir={sweep}", "dataset.split=darts,bogus,auto",
+                             "dataset.synthetic.n_train=16384"], env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 300
+        while (job := running_job(env, "_2")) is None or not (sweep / "2" / "metrics.jsonl").exists():
+            assert proc.poll() is None, (tmp_path / "sweep.log").read_text()
+            assert time.time() < deadline, "job 2 did not start an epoch in 300 s"
+            time.sleep(0.2)
+        for pid in job_pids(job):  # SIGKILL every process of the job: no handler runs, no result file
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        assert proc.wait(timeout=600) == 1, (tmp_path / "sweep.log").read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        log.close()
+    out = (tmp_path / "sweep.log").read_text()
+    status = {i: json.loads((sweep / str(i) / "status.json").read_text())["status"] for i in range(3)}
+    assert status == {0: "finished", 1: "failed", 2: "failed"}, out
+    assert "left the Slurm queue without a result" in out and "1 of 3 finished" in out, out

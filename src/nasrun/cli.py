@@ -10,6 +10,7 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 
 from .errors import Interrupted, UserError
 
@@ -39,8 +40,13 @@ def fail(message, code=2):
 
 
 def _guard(fn, cfg):
+    hc = HydraConfig.get()
+    if hc.mode == RunMode.MULTIRUN:  # one job of a sweep: a failure is recorded, never raised (nasrun.sweep)
+        from .sweep import guarded_job
+
+        return guarded_job(fn, cfg, hc.runtime.output_dir, hc.job.num)
     try:
-        return fn(cfg, HydraConfig.get().runtime.output_dir)
+        return fn(cfg, hc.runtime.output_dir)
     except UserError as exc:
         fail(str(exc))
     except Interrupted as exc:
@@ -184,6 +190,10 @@ def main():
     app, config_name = apps[cmd]
     check_overrides(config_name, sys.argv[1:])
     app()
+    from .sweep import FAILED
+
+    if FAILED:  # a sweep ran to its end but some jobs did not finish (its table says which)
+        sys.exit(1)
 
 
 if __name__ == "__main__":
