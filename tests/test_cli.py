@@ -218,3 +218,22 @@ def test_slurm_request_is_checked_against_sinfo():
         with pytest.raises(UserError) as err:
             check_slurm_request(params, sinfo)
         assert message in str(err.value), str(err.value)
+
+
+def test_auto_threads_follow_the_cpus_each_job_was_given(tmp_path, monkeypatch):
+    """trainer.threads=auto: a joblib sweep of n_jobs=2 gives each job half the cores; Slurm's cpus_per_task caps it;
+    a fixed count larger than the job's CPUs runs but warns."""
+    import os
+
+    from nasrun.utils import job_cpus
+
+    cores = len(os.sched_getaffinity(0))
+    proc = nasrun("search", "-m", "hydra/launcher=parallel", "hydra.launcher.n_jobs=2", "seed=0,1", *TINY,
+                  "trainer.threads=auto", "trainer.epochs=1", f"hydra.sweep.dir={tmp_path / 'par'}")
+    assert proc.returncode == 0, proc.stderr
+    envs = [json.loads((tmp_path / "par" / str(i) / "env.json").read_text()) for i in (0, 1)]
+    assert [(e["job_cpus"], e["torch_threads"]) for e in envs] == [(max(1, cores // 2),) * 2] * 2
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "1")
+    assert job_cpus() == 1
+    many = nasrun("search", *TINY, f"trainer.threads={cores + 3}", "trainer.epochs=1", f"hydra.run.dir={tmp_path / 'many'}")
+    assert many.returncode == 0 and f"trainer.threads={cores + 3} but this job has {cores} CPU(s)" in many.stderr

@@ -45,7 +45,11 @@ class RunDir:
 
     def start(self):
         """Fix torch's CPU thread count (``trainer.threads``), then write config.yaml and env.json."""
-        set_threads(self.config.get("trainer", {}).get("threads", "auto"))
+        warning = set_threads(self.config.get("trainer", {}).get("threads", "auto"))
+        if warning:
+            from .engine import console
+
+            console.print(f"[yellow]warning[/yellow]: {warning}")
         (self.path / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(self.config)))
         write_json(self.path / "env.json", environment())
 

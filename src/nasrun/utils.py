@@ -95,16 +95,46 @@ def count_flops(module, input_shape):
     return total[0] / input_shape[0]
 
 
+def job_cpus():
+    """CPUs this job was given: the process's CPU affinity, capped by Slurm's ``SLURM_CPUS_PER_TASK`` and, in
+    a sweep, by the launcher (``cpus_per_task``; joblib's share of the cores among ``n_jobs``)."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        n = os.cpu_count() or 1
+    if os.environ.get("SLURM_CPUS_PER_TASK", "").isdigit():
+        n = min(n, int(os.environ["SLURM_CPUS_PER_TASK"]))
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        launcher = HydraConfig.get().launcher if HydraConfig.initialized() else {}
+    except ValueError:
+        launcher = {}
+    if launcher.get("cpus_per_task"):
+        n = min(n, int(launcher["cpus_per_task"]))
+    jobs = launcher.get("n_jobs")
+    if jobs:
+        n = n // (jobs if jobs > 0 else n)
+    return max(1, n)
+
+
 def set_threads(threads):
     """torch's intra-op CPU thread count: an int fixes it (a CPU run's floating-point reductions, hence its
-    result, depend on it), ``auto`` keeps torch's default (the machine's core count)."""
+    result, depend on it); ``auto`` uses the CPUs this job was given (:func:`job_cpus`), so jobs that share
+    a machine do not oversubscribe it. Returns a warning when a fixed count exceeds those CPUs."""
     if threads in (None, "auto"):
-        return
+        torch.set_num_threads(job_cpus())
+        return None
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         from .errors import UserError
 
         raise UserError(f"trainer.threads={threads!r}: give a positive number of CPU threads, or auto")
     torch.set_num_threads(threads)
+    given = job_cpus()
+    if threads > given:
+        return (f"trainer.threads={threads} but this job has {given} CPU(s): it will run oversubscribed (slowly); "
+                f"lower trainer.threads or give the job more CPUs")
+    return None
 
 
 def environment(argv=None):
@@ -134,6 +164,7 @@ def environment(argv=None):
         "gpu": torch.cuda.get_device_name(0) if cuda else None,
         "torch_threads": torch.get_num_threads(),
         "torch_interop_threads": torch.get_num_interop_threads(),
+        "job_cpus": job_cpus(),
         "cpu_count": os.cpu_count(),
         "platform": platform.platform(),
         "hostname": socket.gethostname(),
