@@ -2,8 +2,10 @@
 
 import csv
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -45,7 +47,7 @@ def sweep(tmp_path):
 
 def test_groups_statistics_and_files(sweep, tmp_path):
     root, truth = sweep
-    rows, cols, out = run_report([root], tmp_path / "report")
+    rows, cols, out, _ = run_report([root], tmp_path / "report")
     assert [r["group"] for r in rows] == ["method=darts", "method=tse_darts"]
     for row, (method, runs) in zip(rows, truth.items()):
         assert row["group"] == f"method={method}"
@@ -68,7 +70,7 @@ def test_groups_statistics_and_files(sweep, tmp_path):
 
 def test_best_of_n_reports_the_run_with_the_best_validation_accuracy(sweep, tmp_path):
     root, _ = sweep
-    rows, _, _ = run_report([root], tmp_path / "best", protocol="best-of-n", plots=False)
+    rows, *_ = run_report([root], tmp_path / "best", protocol="best-of-n", plots=False)
     darts = rows[0]
     assert darts["cifar10 valid"] == (70.0, 0.0, 1) and darts["cifar10 test"] == (72.5, 0.0, 1) and darts["n"] == 3
     assert darts["run"].endswith("multirun/1")
@@ -102,16 +104,62 @@ def test_best_of_n_pools_a_key_and_selects_by_a_named_column(tmp_path):
         (path / "summary.json").write_text(json.dumps({"search_seconds": 60.0}))
         # supernet valid (at the step temperature) ranks the runs the other way round
         (path / "metrics.jsonl").write_text(json.dumps({"epoch": 0, "valid_acc": 100 - acc, "monitor_acc": acc}) + "\n")
-    rows, _, _ = run_report([tmp_path / "sweep"], protocol="best-of-n", plots=False, pool=["method.t_sp"],
+    rows, *_ = run_report([tmp_path / "sweep"], protocol="best-of-n", plots=False, pool=["method.t_sp"],
                             select_by="supernet monitor")
     assert [(r["group"], r["n"], r["supernet monitor"][0]) for r in rows] == [("space=darts_s1", 4, 88.0),
                                                                               ("space=darts_s2", 4, 75.0)]
     assert rows[0]["run"].endswith("sweep/1") and rows[1]["run"].endswith("sweep/7")
-    unpooled, _, _ = run_report([tmp_path / "sweep"], protocol="best-of-n", plots=False)
+    unpooled, *_ = run_report([tmp_path / "sweep"], protocol="best-of-n", plots=False)
     assert len(unpooled) == 8
-    by_default, _, _ = run_report([tmp_path / "sweep"], protocol="best-of-n", plots=False, pool=["method.t_sp"])
+    by_default, *_ = run_report([tmp_path / "sweep"], protocol="best-of-n", plots=False, pool=["method.t_sp"])
     assert by_default[0]["supernet valid"][0] == 100 - 79.0  # 'supernet valid' when no column is named
     with pytest.raises(UserError, match="--pool method.tsp"):
         run_report([tmp_path / "sweep"], plots=False, pool=["method.tsp"])
     with pytest.raises(UserError, match="--select-by 'monitor'.*supernet monitor"):
         run_report([tmp_path / "sweep"], protocol="best-of-n", plots=False, select_by="monitor")
+
+
+def test_report_cannot_mislead(tmp_path):
+    """Labels name what differs, every run is accounted for, duplicates are flagged, single runs carry no ± and
+    columns follow the benchmark's dataset order; the terminal table fits 80 columns."""
+    root = tmp_path / "runs"
+    fake_run(root / "a0", "darts", 0, 60.0, 61.0, 3600)
+    fake_run(root / "a1", "darts", 1, 62.0, 63.0, 3600)
+    fake_run(root / "b0", "darts", 0, 70.0, 72.5, 3600)
+    fake_run(root / "b0copy", "darts", 0, 70.0, 72.5, 3600)
+    for d in ("b0", "b0copy"):  # the same method at another learning rate, run twice with seed 0
+        cfg = OmegaConf.load(root / d / "config.yaml")
+        cfg.method.w_lr = 0.05
+        OmegaConf.save(cfg, root / d / "config.yaml")
+    fake_run(root / "single", "tse_darts", 0, 90.0, 92.0, 3600)
+    for name, status in (("failed", {"status": "failed", "error": "unknown dataset.split 'bogus'"}), ("running", None)):
+        (root / name).mkdir()
+        OmegaConf.save(OmegaConf.load(root / "a0" / "config.yaml"), root / name / "config.yaml")
+        (root / name / "env.json").write_text("{}")
+        if status:
+            (root / name / "status.json").write_text(json.dumps(status))
+    fake_run(root / "corrupt", "darts", 3, 1.0, 1.0, 1)
+    (root / "corrupt" / "summary.json").write_text('{"benchmark": {"cifar10": ')
+    with open(root / "a1" / "metrics.jsonl", "a") as f:
+        f.write('{"epoch": 4, "valid_ac')  # killed mid-write
+    with pytest.warns(UserWarning, match=r"a1/metrics.jsonl: its last line is half-written"):
+        rows, cols, out, failed = run_report([root], tmp_path / "rep")
+    labels = [r["group"] for r in rows]
+    assert labels == ["method=darts method.w_lr=0.025", "method=darts method.w_lr=0.05", "method=tse_darts method.w_lr=0.025"]
+    assert rows[1]["note"] == "seed 0 more than once" and "note" not in rows[0]
+    assert sorted(Path(r["dir"]).name for r in failed) == ["corrupt", "failed", "running"]
+    problems = {Path(r["dir"]).name: r["problem"] for r in failed}
+    assert problems["failed"] == "failed: unknown dataset.split 'bogus'" and problems["running"].startswith("unfinished")
+    assert "corrupt" in problems["corrupt"] and "summary.json" in problems["corrupt"]
+    assert cols[:4] == ["cifar10 valid", "cifar10 test", "cifar100 valid", "cifar100 test"]
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "| method=tse_darts method.w_lr=0.025 | 1 | 90.00 | 92.00 |" in md and "Not in the table (3 runs)" in md
+    assert len(list((tmp_path / "rep" / "plots").glob("*.png"))) == 3  # one per group, none overwritten
+    best, *_ = run_report([root], tmp_path / "best", protocol="best-of-n", plots=False)
+    assert best[0]["run"].endswith("a1") and "a1 |" in (tmp_path / "best" / "report.md").read_text()
+    proc = subprocess.run([sys.executable, "-m", "nasrun.cli", "report", str(root), "-o", str(tmp_path / "cli"), "--no-plots"],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "80"})
+    assert proc.returncode == 0, proc.stderr
+    table = [ln for ln in proc.stdout.splitlines() if not ln.startswith(("wrote", "not in the table"))]
+    assert table and all(len(ln) <= 80 for ln in table), proc.stdout
+    assert "92.00" in proc.stdout and "not in the table" in proc.stdout

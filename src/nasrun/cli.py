@@ -163,7 +163,11 @@ def report_main(argv):
                         help="a config key that does not split groups, like the seed (repeatable; e.g. method.t_sp)")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
     args = parser.parse_args(argv)
+    import warnings
+
     from .report import print_report, run_report
+
+    warnings.formatwarning = lambda message, *_a, **_k: f"nasrun: warning: {message}\n"  # one line, no source line
 
     try:
         print_report(*run_report(args.dirs, args.out, args.protocol, plots=not args.no_plots, pool=args.pool,

@@ -26,16 +26,17 @@ IGNORED = ("seed", "run", "trainer.device", "trainer.progress", "dataset.root", 
 
 
 def find_runs(paths):
-    """Run directories (with summary.json and config.yaml) under ``paths``, sorted."""
+    """Run directories (holding the config.yaml nasrun writes at a run's start) under ``paths``, sorted;
+    finished or not (Hydra's own ``.hydra/config.yaml`` does not count)."""
     runs = set()
     for p in map(Path, paths):
         if not p.exists():
             raise UserError(f"{p} does not exist")
-        for summary in ([p / "summary.json"] if (p / "summary.json").exists() else []) + list(p.rglob("summary.json")):
-            if (summary.parent / "config.yaml").exists():
-                runs.add(summary.parent)
+        for conf in ([p / "config.yaml"] if (p / "config.yaml").exists() else []) + list(p.rglob("config.yaml")):
+            if ".hydra" not in conf.parts and ((conf.parent / "env.json").exists() or (conf.parent / "summary.json").exists()):
+                runs.add(conf.parent)
     if not runs:
-        raise UserError(f"no run directories (summary.json + config.yaml) under {', '.join(map(str, paths))}")
+        raise UserError(f"no run directories (config.yaml from nasrun) under {', '.join(map(str, paths))}")
     return sorted(runs)
 
 
@@ -50,12 +51,40 @@ def _flat(d, prefix=""):
 
 
 def load_run(path):
+    """``{"dir", "config", "summary", "history", "problem"}``; ``summary`` is None (and ``problem`` says why)
+    for a run that has not finished, failed, or left a corrupt summary.json. A half-written last line of
+    metrics.jsonl (a run killed mid-write) is skipped with a warning."""
     path = Path(path)
     config = _flat(OmegaConf.to_container(OmegaConf.load(path / "config.yaml"), resolve=False))
-    summary = json.loads((path / "summary.json").read_text())
+    summary, problem = None, None
+    try:
+        summary = json.loads((path / "summary.json").read_text())
+    except FileNotFoundError:
+        problem = _status(path)
+    except ValueError as exc:
+        problem = f"corrupt {path / 'summary.json'} ({exc})"
+    history = []
     metrics = path / "metrics.jsonl"
-    history = [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()] if metrics.exists() else []
-    return {"dir": str(path), "config": config, "summary": summary, "history": history}
+    lines = metrics.read_text().splitlines() if metrics.exists() else []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            history.append(json.loads(line))
+        except ValueError:
+            where = "its last line is half-written" if i == len(lines) - 1 else f"line {i + 1} is not JSON"
+            warnings.warn(f"{metrics}: {where}; reading the epochs before it", stacklevel=2)
+            break
+    return {"dir": str(path), "config": config, "summary": summary, "history": history, "problem": problem}
+
+
+def _status(path):
+    """Why a run has no summary: its sweep status (failed / interrupted, with the error), else unfinished."""
+    try:
+        status = json.loads((path / "status.json").read_text())
+        return f"{status['status']}: {status.get('error') or ''}".strip().rstrip(":")
+    except (OSError, ValueError, KeyError):
+        return "unfinished (no summary.json)"
 
 
 def run_values(run):
@@ -92,15 +121,28 @@ def group_runs(runs, pool=()):
     groups = {}
     for r in runs:
         groups.setdefault(tuple(repr(r["config"].get(k)) for k in varying), []).append(r)
-    shown = [k for k in varying if k.endswith(".name")] or varying[:4]
+    # label with the ``*.name`` keys when they tell the groups apart, else with every key that differs
+    names = [k for k in varying if k.endswith(".name")]
+    shown = names if len({tuple(key[varying.index(k)] for k in names) for key in groups}) == len(groups) else varying
     out = []
     for key, members in groups.items():
         values = dict(zip(varying, key))
         c = members[0]["config"]
-        label = " ".join(f"{k.removesuffix('.name')}={values[k].strip(chr(39))}" for k in shown) if shown else \
+        label = " ".join(f"{k.removesuffix('.name')}={_plain(values[k])}" for k in shown) if shown else \
             " ".join(str(c.get(k)) for k in ("method.name", "space.name", "dataset.name") if c.get(k) is not None)
         out.append((label or "all runs", members))
     return sorted(out, key=lambda g: g[0])
+
+
+def _plain(value):
+    """A config value as it reads on the command line (``repr`` of a string drops its quotes)."""
+    return value[1:-1] if len(value) >= 2 and value[0] == value[-1] == "'" else value
+
+
+def duplicate_seeds(members):
+    """Seeds that occur more than once in a group (the same experiment run twice, or a copied folder)."""
+    seeds = [m["config"].get("seed") for m in members]
+    return sorted({s for s in seeds if seeds.count(s) > 1}, key=str)
 
 
 def select_value(run, column=None):
@@ -129,33 +171,53 @@ def summarise(groups, protocol="mean", select_by=None):
             row[col] = (float(xs.mean()), float(xs.std()), len(xs))
         if protocol == "best-of-n":
             row["run"] = chosen[0]["dir"]
+        dups = duplicate_seeds(members)
+        if dups:
+            row["note"] = f"seed {', '.join(map(str, dups))} more than once"
         rows.append(row)
     return rows
 
 
+DATASET_ORDER = ("cifar10-valid", "cifar10", "cifar100", "ImageNet16-120")
+TRAILING = ("test error", "supernet valid", "supernet monitor", "search h", "params M")
+
+
 def _columns(rows):
-    order = sorted({c for r in rows for c in r if c not in ("group", "n", "run")},
-                   key=lambda c: (c in ("search h", "params M", "supernet valid", "supernet monitor"), c))
-    return order
+    """Benchmark columns in the benchmark's dataset order (valid before test), then the rest."""
+    def key(c):
+        ds, _, kind = c.rpartition(" ")
+        if ds in DATASET_ORDER and kind in ("valid", "test"):
+            return (0, DATASET_ORDER.index(ds), kind != "valid", "")
+        return (1 + (c in TRAILING), TRAILING.index(c) if c in TRAILING else 0, False, c)
+
+    return sorted({c for r in rows for c in r if c not in ("group", "n", "run", "note")}, key=key)
 
 
 def fmt(cell):
+    """``mean ± std (n)``; a single run shows its value alone (a std of one run is no spread)."""
     if cell is None:
         return "-"
     mean, std, n = cell
-    return f"{mean:.2f} ± {std:.2f} ({n})"
+    return f"{mean:.2f}" if n == 1 else f"{mean:.2f} ± {std:.2f} ({n})"
 
 
-def write_tables(rows, out):
+def write_tables(rows, out, failed=()):
+    """report.csv (mean, std, n per column), report.md (the table, then the runs that did not finish)."""
     out.mkdir(parents=True, exist_ok=True)
     cols = _columns(rows)
+    extra = [c for c in ("run", "note") if any(c in r for r in rows)]
     with open(out / "report.csv", "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["group", "n"] + [x for c in cols for x in (f"{c} mean", f"{c} std", f"{c} n")])
+        w.writerow(["group", "n"] + [x for c in cols for x in (f"{c} mean", f"{c} std", f"{c} n")] + extra)
         for r in rows:
-            w.writerow([r["group"], r["n"]] + [x for c in cols for x in (r.get(c) or ("", "", 0))])
-    lines = ["| group | n | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
-    lines += [f"| {r['group']} | {r['n']} | " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in rows]
+            w.writerow([r["group"], r["n"]] + [x for c in cols for x in (r.get(c) or ("", "", 0))]
+                       + [r.get(c, "") for c in extra])
+    lines = ["| group | n | " + " | ".join(cols + extra) + " |", "|---|---|" + "---|" * len(cols + extra)]
+    lines += [f"| {r['group']} | {r['n']} | " + " | ".join([fmt(r.get(c)) for c in cols] + [r.get(c, "") for c in extra])
+              + " |" for r in rows]
+    if failed:
+        lines += ["", f"Not in the table ({len(failed)} runs):", ""]
+        lines += [f"- `{r['dir']}`: {r['problem']}" for r in failed]
     (out / "report.md").write_text("\n".join(lines) + "\n")
     return cols
 
@@ -221,29 +283,52 @@ def slug(label):
 
 def run_report(paths, out=None, protocol="mean", plots=True, pool=(), select_by=None):
     """Find, group and summarise runs; write report.csv / report.md (and plots/) to ``out``; return the rows."""
-    runs = [load_run(p) for p in find_runs(paths)]
+    loaded = [load_run(p) for p in find_runs(paths)]
+    runs = [r for r in loaded if r["summary"] is not None]
+    failed = [r for r in loaded if r["summary"] is None]
+    if not runs:
+        raise UserError(f"no finished runs under {', '.join(map(str, paths))}: "
+                        + "; ".join(f"{r['dir']}: {r['problem']}" for r in failed[:3]))
     groups = group_runs(runs, pool)
     rows = summarise(groups, protocol, select_by)
     out = Path(out) if out else Path(paths[0])
-    cols = write_tables(rows, out)
+    cols = write_tables(rows, out, failed)
     if plots:
         (out / "plots").mkdir(exist_ok=True)
         for label, members in groups:
             if any(r["history"] for r in members):
                 plot_group(label, members, out / "plots" / f"{slug(label)}.png")
-    return rows, cols, out
+    return rows, cols, out, failed
 
 
-def print_report(rows, cols, out):
+def print_report(rows, cols, out, failed=()):
+    """The table on the terminal: one row per group where it fits the width, else one block per group
+    (column: value lines), so it stays readable at 80 columns; then the runs left out and why."""
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"nasrun report ({out})")
-    table.add_column("group")
-    table.add_column("n", justify="right")
-    for c in cols:
-        table.add_column(c, justify="right")
-    for r in rows:
-        table.add_row(r["group"], str(r["n"]), *(fmt(r.get(c)) for c in cols))
-    Console().print(table)
+    console = Console()
+    extra = [c for c in ("run", "note") if any(c in r for r in rows)]
+    cells = [[r["group"], str(r["n"])] + [fmt(r.get(c)) for c in cols] + [str(r.get(c, "")) for c in extra] for r in rows]
+    heads = ["group", "n"] + cols + extra
+    width = sum(max(len(h), *(len(x[i]) for x in cells)) + 3 for i, h in enumerate(heads)) + 1
+    if width <= console.width:
+        table = Table(title=f"nasrun report ({out})")
+        for i, h in enumerate(heads):
+            table.add_column(h, justify="left" if i == 0 or h in extra else "right", no_wrap=i > 0 and h != "run")
+        for row in cells:
+            table.add_row(*row)
+        console.print(table)
+    else:
+        console.print(f"nasrun report ({out})")
+        for row in cells:
+            table = Table(title=row[0], show_header=False, title_justify="left")
+            table.add_column("column")
+            table.add_column("value", overflow="fold")
+            for h, v in zip(heads[1:], row[1:]):
+                if v not in ("-", ""):
+                    table.add_row(h, v)
+            console.print(table)
+    for r in failed:
+        console.print(f"[yellow]not in the table[/yellow]: {r['dir']}: {r['problem']}", soft_wrap=True)
     print(f"wrote {out / 'report.csv'}, {out / 'report.md'}" + (f", {out / 'plots'}/" if (out / "plots").exists() else ""))
