@@ -64,7 +64,7 @@ def test_groups_statistics_and_files(sweep, tmp_path):
     md = (out / "report.md").read_text()
     assert f"{np.mean([92.0, 93.0]):.2f} ± {np.std([92.0, 93.0]):.2f} (2)" in md and md.startswith("| group | n |")
     pngs = sorted((out / "plots").glob("*.png"))
-    assert [p.name for p in pngs] == ["method=darts.png", "method=tse_darts.png"]
+    assert [p.name for p in pngs] == ["all_groups.png", "method=darts.png", "method=tse_darts.png"]
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 10_000 for p in pngs)
 
 
@@ -154,8 +154,9 @@ def test_report_cannot_mislead(tmp_path):
     assert cols[:4] == ["cifar10 valid", "cifar10 test", "cifar100 valid", "cifar100 test"]
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "| method=tse_darts method.w_lr=0.025 | 1 | 90.00 | 92.00 |" in md and "Not in the table (3 runs)" in md
-    assert len(list((tmp_path / "rep" / "plots").glob("*.png"))) == 3  # one per group, none overwritten
-    best, *_ = run_report([root], tmp_path / "best", protocol="best-of-n", plots=False)
+    assert len(list((tmp_path / "rep" / "plots").glob("method*.png"))) == 3  # one per group, none overwritten
+    with pytest.warns(UserWarning, match="half-written"):
+        best, *_ = run_report([root], tmp_path / "best", protocol="best-of-n", plots=False)
     assert best[0]["run"].endswith("a1") and "a1 |" in (tmp_path / "best" / "report.md").read_text()
     proc = subprocess.run([sys.executable, "-m", "nasrun.cli", "report", str(root), "-o", str(tmp_path / "cli"), "--no-plots"],
                           capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "80"})
@@ -163,3 +164,34 @@ def test_report_cannot_mislead(tmp_path):
     table = [ln for ln in proc.stdout.splitlines() if not ln.startswith(("wrote", "not in the table"))]
     assert table and all(len(ln) <= 80 for ln in table), proc.stdout
     assert "92.00" in proc.stdout and "not in the table" in proc.stdout
+
+
+def test_plots_say_what_they_show(tmp_path):
+    """Labelled axes, the benchmark's dataset in its title, the band stated, epochs counted from 1 as the log does,
+    step plots for the counts, the op legend outside the data, and every group side by side per metric."""
+    from nasrun.report import compare_figure, group_figure, load_run
+
+    for seed in (0, 1):
+        fake_run(tmp_path / "d" / str(seed), "darts", seed, 60.0, 61.0, 3600, epochs=5)
+    fake_run(tmp_path / "t" / "0", "tse_darts", 0, 90.0, 92.0, 3600, epochs=5)
+    for path in (tmp_path / "d").iterdir():
+        lines = [json.loads(x) for x in (path / "metrics.jsonl").read_text().splitlines()]
+        for rec in lines:
+            rec["benchmark"]["dataset"] = "cifar10-valid"
+        (path / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    darts = [load_run(p) for p in sorted((tmp_path / "d").iterdir())]
+    fig = group_figure("method=darts", darts)
+    axes = fig.axes
+    assert all(ax.get_ylabel() and ax.get_xlabel().startswith("epoch") for ax in axes[:6])
+    assert axes[0].get_title() == "benchmark test accuracy on cifar10-valid"
+    assert fig._suptitle.get_text() == "method=darts: mean, band = min-max over 2 runs"
+    assert list(axes[1].lines[0].get_xdata()) == [1, 2, 3, 4, 5]
+    assert axes[4].lines[0].get_drawstyle().startswith("steps") and axes[5].lines[0].get_drawstyle().startswith("steps")
+    legend = axes[2].get_legend()
+    assert [t.get_text() for t in legend.get_texts()] == ["conv", "skip"]
+    assert legend.get_bbox_to_anchor().x0 > axes[2].get_window_extent().x1 - 1  # outside the data area
+    tse = [load_run(tmp_path / "t" / "0")]
+    both = compare_figure([("method=darts", darts), ("method=tse_darts", tse)])
+    assert [len(ax.lines) for ax in both.axes] == [2, 2, 2, 2, 2, 0]  # five metrics, then the legend's slot
+    legend = both.axes[5].get_legend()
+    assert {t.get_text() for t in legend.get_texts()} == {"method=darts (n=2)", "method=tse_darts (n=1)"}

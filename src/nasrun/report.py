@@ -232,49 +232,112 @@ def _curve(members, get):
     return np.array([c + [np.nan] * (width - len(c)) for c in curves], dtype=float)
 
 
-def plot_group(label, members, path):
-    """benchmark test accuracy, supernet valid accuracy, operation magnitudes, Hessian eigenvalue, skip
-    count and depth per epoch: mean over seeds with a min-max band."""
+PANELS = [  # (metrics key, panel title, y label, step plot)
+    ("benchmark", "benchmark test accuracy", "test accuracy (%)", False),
+    ("valid_acc", "supernet valid accuracy", "accuracy (%)", False),
+    ("op_magnitude", "operation magnitudes (normal cell)", "mean softmax(α)", False),
+    ("hessian_eigenvalue", "dominant Hessian eigenvalue", "λ_max of ∇²_α L_valid", False),
+    ("skip_count", "skip connections in the genotype", "count", True),
+    ("depth", "cell depth of the genotype", "nodes on the longest path", True),
+]
+
+
+def _getter(key):
+    if key == "benchmark":
+        return lambda rec: (rec.get("benchmark") or {}).get("test_acc")
+    return lambda rec: rec.get(key)
+
+
+def _bench_dataset(members):
+    names = {(rec.get("benchmark") or {}).get("dataset") for r in members for rec in r["history"]} - {None}
+    return ", ".join(sorted(names))
+
+
+def _panel(ax, title, ylabel, counts=False):
+    from matplotlib.ticker import MaxNLocator
+
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel("epoch (1 = first, as in the log)")
+    ax.set_ylabel(ylabel)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if counts:
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def group_figure(label, members):
+    """The figure of one group: each metric per epoch, mean over its runs with a min-max band."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 3, figsize=(15, 8))
-    panels = [("benchmark", "benchmark test acc (%)"), ("valid_acc", "supernet valid acc (%)"), (None, "op magnitude"),
-              ("hessian_eigenvalue", "dominant Hessian eigenvalue"), ("skip_count", "skip connections"),
-              ("depth", "cell depth")]
-    for ax, (key, title) in zip(axes.flat, panels):
-        ax.set_title(title)
-        ax.set_xlabel("epoch")
-        if key is None:
+    fig, axes = plt.subplots(2, 3, figsize=(17, 8))
+    for ax, (key, title, ylabel, step) in zip(axes.flat, PANELS):
+        if key == "benchmark" and _bench_dataset(members):
+            title = f"{title} on {_bench_dataset(members)}"
+        _panel(ax, title, ylabel, counts=step)
+        if key == "op_magnitude":
             ops = sorted({o for r in members for rec in r["history"] for o in (rec.get("op_magnitude") or {})})
             for op in ops:
                 _band(ax, _curve(members, lambda rec, op=op: (rec.get("op_magnitude") or {}).get(op)), op)
             if ops:
-                ax.legend(fontsize=7)
+                ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
             continue
-        if key == "benchmark":
-            _band(ax, _curve(members, lambda rec: (rec.get("benchmark") or {}).get("test_acc")), None)
-        else:
-            _band(ax, _curve(members, lambda rec, key=key: rec.get(key)), None)
-    fig.suptitle(f"{label} ({len(members)} runs)")
+        _band(ax, _curve(members, _getter(key)), None, step=step)
+    fig.suptitle(f"{label}: mean, band = min-max over {len(members)} run{'s' if len(members) != 1 else ''}")
     fig.tight_layout()
+    return fig
+
+
+def compare_figure(groups):
+    """Every group side by side per metric: one panel per metric, one line (mean) and band per group."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [p for p in PANELS if p[0] != "op_magnitude"]
+    fig, grid = plt.subplots(2, 3, figsize=(17, 8))
+    axes = list(grid.flat)
+    for ax, (key, title, ylabel, step) in zip(axes, panels):
+        _panel(ax, title, ylabel, counts=step)
+        for label, members in groups:
+            _band(ax, _curve(members, _getter(key)), f"{label} (n={len(members)})", step=step)
+    legend_ax = axes[len(panels)]  # the free sixth slot holds the legend
+    legend_ax.axis("off")
+    handles, labels = axes[0].get_legend_handles_labels()
+    if handles:
+        legend_ax.legend(handles, labels, loc="center", fontsize=9, title="group (runs)")
+    fig.suptitle("all groups: mean, band = min-max over each group's runs")
+    fig.tight_layout()
+    return fig
+
+
+def plot_group(label, members, path):
+    """Save :func:`group_figure` as a PNG."""
+    import matplotlib.pyplot as plt
+
+    fig = group_figure(label, members)
     fig.savefig(path, dpi=80)
     plt.close(fig)
 
 
-def _band(ax, ys, name):
+def _band(ax, ys, name, step=False):
     if ys.size == 0 or np.all(np.isnan(ys)):
-        ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes, color="gray")
+        if not ax.lines:
+            ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes, color="gray")
         return
-    x = np.arange(ys.shape[1])
+    x = np.arange(1, ys.shape[1] + 1)  # epoch 1 is the first, as the log counts
     with warnings.catch_warnings():  # all-NaN columns (epochs some seeds did not reach)
         warnings.simplefilter("ignore", RuntimeWarning)
         mean, lo, hi = np.nanmean(ys, 0), np.nanmin(ys, 0), np.nanmax(ys, 0)
     ok = ~np.isnan(mean)
-    ax.plot(x[ok], mean[ok], label=name)
-    ax.fill_between(x[ok], lo[ok], hi[ok], alpha=0.2)
+    if step:
+        (line,) = ax.step(x[ok], mean[ok], where="mid", label=name)
+        ax.fill_between(x[ok], lo[ok], hi[ok], step="mid", alpha=0.2, color=line.get_color())
+    else:
+        (line,) = ax.plot(x[ok], mean[ok], label=name)
+        ax.fill_between(x[ok], lo[ok], hi[ok], alpha=0.2, color=line.get_color())
 
 
 def slug(label):
@@ -294,10 +357,16 @@ def run_report(paths, out=None, protocol="mean", plots=True, pool=(), select_by=
     out = Path(out) if out else Path(paths[0])
     cols = write_tables(rows, out, failed)
     if plots:
+        import matplotlib.pyplot as plt
+
         (out / "plots").mkdir(exist_ok=True)
-        for label, members in groups:
-            if any(r["history"] for r in members):
-                plot_group(label, members, out / "plots" / f"{slug(label)}.png")
+        drawn = [(label, members) for label, members in groups if any(r["history"] for r in members)]
+        for label, members in drawn:
+            plot_group(label, members, out / "plots" / f"{slug(label)}.png")
+        if len(drawn) > 1:
+            fig = compare_figure(drawn)
+            fig.savefig(out / "plots" / "all_groups.png", dpi=80)
+            plt.close(fig)
     return rows, cols, out, failed
 
 

@@ -128,7 +128,7 @@ def run_search(cfg, out_dir):
                                        and loop.last_batch and loop.last_batch[1] is not None else None),
                 **tse_estimators([r["train_loss"] for r in loop.history] + [m["train_loss"]]),
                 **method.epoch_metrics(),
-                "benchmark": (bench.query(genotype, bench_ds) if bench is not None else None)}
+                "benchmark": _with_dataset(bench.query(genotype, bench_ds) if bench is not None else None, bench_ds)}
 
     def stop_fn(history):
         epoch = stop.check(history, t.epochs)
@@ -170,6 +170,11 @@ def run_search(cfg, out_dir):
     loop.drop_snapshots()
     print_summary(summary)
     return summary
+
+
+def _with_dataset(result, dataset):
+    """A per-epoch benchmark result with the dataset it was queried on (plots name it)."""
+    return {**result, "dataset": dataset} if result else result
 
 
 def choose(run, space, method, history, selector, stop, stop_epoch, **kwargs):
