@@ -237,3 +237,23 @@ def test_auto_threads_follow_the_cpus_each_job_was_given(tmp_path, monkeypatch):
     assert job_cpus() == 1
     many = nasrun("search", *TINY, f"trainer.threads={cores + 3}", "trainer.epochs=1", f"hydra.run.dir={tmp_path / 'many'}")
     assert many.returncode == 0 and f"trainer.threads={cores + 3} but this job has {cores} CPU(s)" in many.stderr
+
+
+def test_rerun_one_job_of_a_sweep_in_place(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = nasrun("search", "-m", "seed=0,1", *TINY, "trainer.epochs=1", f"hydra.sweep.dir={sweep}")
+    assert proc.returncode == 0, proc.stderr
+    before = json.loads((sweep / "1" / "summary.json").read_text())
+    done = nasrun("rerun", str(sweep / "1"))
+    assert done.returncode == 0 and "run already complete" in done.stdout + done.stderr
+    for name in ("summary.json", "checkpoint.pt", "status.json"):  # as if the job had died before its first epoch
+        (sweep / "1" / name).unlink()
+    again = nasrun("rerun", str(sweep / "1"))
+    assert again.returncode == 0, again.stderr
+    after = json.loads((sweep / "1" / "summary.json").read_text())
+    assert (after["seed"], after["genotype"], after["run_dir"]) == (1, before["genotype"], before["run_dir"])
+    env = json.loads((sweep / "1" / "env.json").read_text())
+    assert env["command"].startswith("nasrun search seed=1") and len(env["resumes"]) == 1
+    assert "epoch 1/1" in (sweep / "1" / "search.log").read_text()
+    bad = nasrun("rerun", str(tmp_path))
+    assert bad.returncode == 2 and "not a run directory" in bad.stderr

@@ -94,7 +94,9 @@ def test_table_scripts_are_valid_bash_and_name_existing_presets():
     for script in scripts:
         assert subprocess.run(["bash", "-n", str(script)]).returncode == 0, script
         text = script.read_text()
-        assert "nasrun report" in text, script
+        if script.name.startswith("_"):  # the shared helper, sourced by the others
+            continue
+        assert "nasrun report" in text and "_common.sh" in text and "exit $STATUS" in text, script
         for value in re.findall(r"\+experiment=([\w,]+)", text):
             assert set(value.split(",")) <= set(EXPERIMENTS), (script, value)
 
@@ -145,3 +147,46 @@ def test_site_settings_apply_to_their_launcher_only(tmp_path):
                 ("gpu", "mylab", 1440)
         else:
             assert "partition" not in cfg.hydra.launcher
+
+
+def test_table_scripts_pass_the_launcher_on_survive_failures_and_detach(tmp_path):
+    """ss_darts_table4.sh with a search sweep that fails after writing two genotypes: the retrains still run (as one
+    sweep, on the launcher given), the report still runs, and the script exits 1; DETACH=1 returns at once and the
+    same steps finish in the background."""
+    import os
+    import subprocess
+    import time
+
+    shim = tmp_path / "bin" / "nasrun"
+    shim.parent.mkdir()
+    shim.write_text("""#!/usr/bin/env bash
+printf "%s\\\\n" "$@" > "$LOG.$(ls "$LOG".* 2>/dev/null | wc -l)"
+if [ "$1" = search ]; then
+    for a in "$@"; do case "$a" in hydra.sweep.dir=*) d="${a#hydra.sweep.dir=}";; esac; done
+    mkdir -p "$d/0/genotypes" && touch "$d/0/genotypes/sep_conv_3x3.json" "$d/0/genotypes/dil_conv_5x5.json"
+    exit 1
+fi
+""")
+    shim.chmod(0o755)
+    script = Path(__file__).parents[1] / "scripts" / "tables" / "ss_darts_table4.sh"
+    for detach in ("", "1"):
+        out, log = tmp_path / f"out{detach}", tmp_path / f"call{detach}"
+        env = {**os.environ, "PATH": f"{shim.parent}:{os.environ['PATH']}", "LOG": str(log), "OUT": str(out),
+               "DETACH": detach}
+        proc = subprocess.run(["bash", str(script), "hydra/launcher=slurm", "hydra.launcher.partition=gpu", "seed=3"],
+                              env=env, capture_output=True, text=True, timeout=60)
+        if detach:
+            assert proc.returncode == 0 and "running in the background" in proc.stdout
+            deadline = time.time() + 30
+            while not Path(f"{log}.2").exists() and time.time() < deadline:
+                time.sleep(0.1)
+        else:
+            assert proc.returncode == 1, proc.stderr
+        search, retrain, report = (Path(f"{log}.{i}").read_text().splitlines() for i in range(3))
+        launch = {"hydra/launcher=slurm", "hydra.launcher.partition=gpu"}
+        assert search[:2] == ["search", "-m"] and launch | {"seed=3"} <= set(search)
+        assert retrain[:2] == ["eval", "-m"] and {"hydra/launcher=slurm", "hydra.launcher.partition=gpu"} <= set(retrain)
+        assert "seed=3" not in retrain  # search overrides stay with the searches
+        genotypes = next(a for a in retrain if a.startswith("genotype=")).removeprefix("genotype=").split(",")
+        assert sorted(Path(g).name for g in genotypes) == ["dil_conv_5x5.json", "sep_conv_3x3.json"]
+        assert report == ["report", f"{out}/retrain"]

@@ -4,5 +4,7 @@
 # Cost of the searches: 6 runs × 50 epochs of second-order-cost α steps; ≈4-5 GPU-hours per run.
 set -euo pipefail
 OUT=${OUT:-multirun/amended_darts_table}
-nasrun search -m +experiment=amended_darts_s1,amended_darts_s2 seed=0,1,2 hydra.sweep.dir="$OUT" "$@"
-nasrun report "$OUT"
+source "$(dirname "$0")/_common.sh" "$@"
+run nasrun search -m +experiment=amended_darts_s1,amended_darts_s2 seed=0,1,2 hydra.sweep.dir="$OUT" "${LAUNCH[@]}" "${SEARCH[@]}"
+run nasrun report "$OUT"
+exit $STATUS

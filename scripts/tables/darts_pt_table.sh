@@ -4,5 +4,7 @@
 # Cost: 100 supernet epochs + 25 tuning epochs with 6 projections per run; ≈3 GPU-hours per run on an H100.
 set -euo pipefail
 OUT=${OUT:-multirun/darts_pt_table}
-nasrun search -m +experiment=darts_pt_nb201,fixed_alpha_pt_nb201 seed=0,1,2,3 hydra.sweep.dir="$OUT" "$@"
-nasrun report "$OUT"
+source "$(dirname "$0")/_common.sh" "$@"
+run nasrun search -m +experiment=darts_pt_nb201,fixed_alpha_pt_nb201 seed=0,1,2,3 hydra.sweep.dir="$OUT" "${LAUNCH[@]}" "${SEARCH[@]}"
+run nasrun report "$OUT"
+exit $STATUS

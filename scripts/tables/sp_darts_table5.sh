@@ -7,8 +7,10 @@
 # or the DARTS protocol (CIFAR-10). Cost: 48 runs × 50 epochs at batch 128 (≈1 GPU-hour each, not yet measured).
 set -euo pipefail
 OUT=${OUT:-multirun/sp_darts_table5}
+source "$(dirname "$0")/_common.sh" "$@"
 SEEDS=${SEEDS:-0}
 DATASETS=${DATASETS:-cifar10,cifar100,svhn}
-nasrun search -m +experiment=sp_darts_s1,sp_darts_s2,sp_darts_s3,sp_darts_s4 method.t_sp=4e-4,5e-4,6e-4,7e-4 \
-  dataset="$DATASETS" seed="$SEEDS" hydra.sweep.dir="$OUT" "$@"
-nasrun report "$OUT" --protocol best-of-n --pool method.t_sp --select-by "supernet monitor"
+run nasrun search -m +experiment=sp_darts_s1,sp_darts_s2,sp_darts_s3,sp_darts_s4 method.t_sp=4e-4,5e-4,6e-4,7e-4 \
+  dataset="$DATASETS" seed="$SEEDS" hydra.sweep.dir="$OUT" "${LAUNCH[@]}" "${SEARCH[@]}"
+run nasrun report "$OUT" --protocol best-of-n --pool method.t_sp --select-by "supernet monitor"
+exit $STATUS

@@ -5,9 +5,15 @@
 # Cost: 15 searches × 50 epochs (≈1-2 GPU-hours each; DARTS-ES adds a Hessian every 2 epochs).
 set -euo pipefail
 OUT=${OUT:-multirun/ss_darts_table2}
-nasrun search -m +experiment=ss_darts_nb201,ex_darts_nb201,darts_es_nb201 seed=0,1,2,3,4 hydra.sweep.dir="$OUT" "$@"
-for run in $(grep -l "name: selective_stop" "$OUT"/*/config.yaml | xargs -n1 dirname); do
-    nasrun select run="$run" selector=argmax stop=darts_plus stop.criterion=sc stop.k=2 hydra.run.dir="$OUT/darts_plus_sc2/$(basename "$run")"
-    nasrun select run="$run" selector=argmax stop=darts_plus stop.criterion=rt stop.k=10 hydra.run.dir="$OUT/darts_plus_rt10/$(basename "$run")"
-done
-nasrun report "$OUT"
+source "$(dirname "$0")/_common.sh" "$@"
+run nasrun search -m +experiment=ss_darts_nb201,ex_darts_nb201,darts_es_nb201 seed=0,1,2,3,4 hydra.sweep.dir="$OUT" "${LAUNCH[@]}" "${SEARCH[@]}"
+# DARTS+ replayed on every finished SS-DARTS run, as a sweep over the runs (so the launcher applies here too)
+runs=$(grep -l "name: selective_stop" "$OUT"/[0-9]*/config.yaml 2>/dev/null | xargs -r -n1 dirname | paste -sd, - || true)
+if [ -n "$runs" ]; then
+    run nasrun select -m run="$runs" selector=argmax stop=darts_plus stop.criterion=sc stop.k=2 \
+        hydra.sweep.dir="$OUT/darts_plus_sc2" "${LAUNCH[@]}"
+    run nasrun select -m run="$runs" selector=argmax stop=darts_plus stop.criterion=rt stop.k=10 \
+        hydra.sweep.dir="$OUT/darts_plus_rt10" "${LAUNCH[@]}"
+fi
+run nasrun report "$OUT"
+exit $STATUS

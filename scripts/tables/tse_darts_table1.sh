@@ -5,5 +5,7 @@
 # Usage: scripts/tables/tse_darts_table1.sh [overrides, e.g. hydra/launcher=slurm benchmark.path=~/nb201.json]
 set -euo pipefail
 OUT=${OUT:-multirun/tse_darts_table1}
-nasrun search -m +experiment=tse_darts_nb201,darts_v1_nb201 seed=0,1,2,3 hydra.sweep.dir="$OUT" "$@"
-nasrun report "$OUT"
+source "$(dirname "$0")/_common.sh" "$@"
+run nasrun search -m +experiment=tse_darts_nb201,darts_v1_nb201 seed=0,1,2,3 hydra.sweep.dir="$OUT" "${LAUNCH[@]}" "${SEARCH[@]}"
+run nasrun report "$OUT"
+exit $STATUS

@@ -5,6 +5,7 @@ functions are three-line wrappers around :func:`nasrun.search.run_search` / :fun
 """
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -24,6 +25,7 @@ commands:
   select   re-run a selector on a finished search                      (nasrun select run=DIR selector=pt)
   bench    convert | info: compact benchmark tables                     (nasrun bench --help)
   report   tables (mean ± std over seeds) and plots from run directories  (nasrun report multirun/...)
+  rerun    run one job of a sweep again in its folder, resuming it       (nasrun rerun multirun/.../3)
 
 examples:
   nasrun search +experiment=demo
@@ -74,7 +76,8 @@ def quote_genotype_args(args):
     out = []
     for arg in args:
         key, sep, value = arg.partition("=")
-        if sep and key.lstrip("+") == "genotype" and value and value[0] not in "'\"":
+        plain = re.fullmatch(r"[\w./,-]+", value or "")  # file paths (a sweep of them: a,b,c) need no quotes
+        if sep and key.lstrip("+") == "genotype" and value and value[0] not in "'\"" and not plain:
             value = '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
             arg = f"{key}={value}"
         out.append(arg)
@@ -176,6 +179,19 @@ def report_main(argv):
         fail(str(exc))
 
 
+def rerun_argv(run_dir, extra=()):
+    """``(task, argv)`` that run a job of a sweep (or any run) again in its own directory, resuming it:
+    its recorded overrides (``.hydra/overrides.yaml``), then ``extra``, then ``hydra.run.dir``."""
+    from omegaconf import OmegaConf
+
+    run = Path(run_dir)
+    files = run / ".hydra" / "overrides.yaml", run / ".hydra" / "hydra.yaml"
+    if not all(f.exists() for f in files):
+        fail(f"{run} is not a run directory of nasrun (no .hydra/overrides.yaml); give a job folder of a sweep")
+    task = OmegaConf.load(files[1]).hydra.job.name
+    return task, [*map(str, OmegaConf.load(files[0])), *extra, f"hydra.run.dir={run.resolve()}"]
+
+
 def main():
     """Entry point of the ``nasrun`` console script."""
     if len(sys.argv) < 2 or sys.argv[1] in ("-h", "--help", "help"):
@@ -187,8 +203,13 @@ def main():
     if cmd == "report":
         return report_main(sys.argv[2:])
     apps = {"search": (search_app, "search"), "eval": (eval_app, "eval"), "select": (select_app, "select")}
+    if cmd == "rerun":  # one job of a sweep again, in place: nasrun rerun SWEEP/3 [overrides]
+        if len(sys.argv) < 3 or sys.argv[2].startswith("-"):
+            fail("usage: nasrun rerun RUN_DIR [overrides]  (a job folder of a sweep, e.g. multirun/x/3)")
+        cmd, args = rerun_argv(sys.argv[2], sys.argv[3:])
+        sys.argv[1:] = [cmd, *args]
     if cmd not in apps:
-        fail(f"unknown command '{cmd}'; choose one of: search, eval, select, bench, report")
+        fail(f"unknown command '{cmd}'; choose one of: search, eval, select, rerun, bench, report")
     sys.argv.pop(1)
     sys.argv[1:] = quote_genotype_args(sys.argv[1:])
     app, config_name = apps[cmd]

@@ -20,7 +20,23 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from .errors import Interrupted, UserError
 
-console = Console(stderr=True)
+class TeeConsole(Console):
+    """The terminal console, also appending every printed line (markup stripped) to the current run's log
+    (``<run dir>/<task>.log``, set by :meth:`nasrun.rundir.RunDir.start`)."""
+
+    log_path = None
+
+    def print(self, *objects, **kwargs):
+        super().print(*objects, **kwargs)
+        if self.log_path is not None and objects and all(isinstance(o, str) for o in objects):
+            from rich.text import Text
+
+            line = " ".join(Text.from_markup(o).plain for o in objects)
+            with open(self.log_path, "a") as f:
+                f.write(f"[{time.strftime('%Y-%m-%d %H:%M:%S')}] {line}\n")
+
+
+console = TeeConsole(stderr=True)
 SUMS = ("train_loss", "train_correct", "train_n", "valid_loss", "valid_correct", "valid_n")
 
 
@@ -46,6 +62,10 @@ class StopFlag:
         for sig, old in self._old.items():
             signal.signal(sig, old)
         self._old = {}
+
+    def has_next(self):
+        """Whether a handler was installed before ours (submitit's requeue) for the received signal."""
+        return callable(self._old.get(getattr(signal, self.signal)))
 
     def chain(self):
         """After the checkpoint, pass the signal on to the handler that was there before (under submitit:
@@ -213,6 +233,10 @@ class EpochLoop:
                         if stop.signal:
                             self.elapsed += time.perf_counter() - tic
                             self.checkpoint()
+                            if stop.has_next():
+                                console.print(f"received {stop.signal}: checkpoint written at epoch {self.epoch} step "
+                                              f"{self.step}; passing the signal on to the launcher (submitit requeues "
+                                              "the job, which resumes from this checkpoint)")
                             stop.chain()
                             raise Interrupted(f"received {stop.signal}; checkpoint written at epoch {self.epoch} step "
                                               f"{self.step} in {self.run.path}; rerun the same command to resume")

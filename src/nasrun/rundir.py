@@ -44,14 +44,25 @@ class RunDir:
         self.metrics = self.path / "metrics.jsonl"
 
     def start(self):
-        """Fix torch's CPU thread count (``trainer.threads``), then write config.yaml and env.json."""
+        """Fix torch's CPU thread count (``trainer.threads``), send the console's lines to ``<task>.log`` here,
+        write config.yaml, and record this start in env.json: the first start's environment, each later
+        start (a resume, a requeue) appended under ``resumes``."""
+        from .engine import console
+
+        console.log_path = self.path / f"{self.config.get('task_name', 'run')}.log"
         warning = set_threads(self.config.get("trainer", {}).get("threads", "auto"))
         if warning:
-            from .engine import console
-
             console.print(f"[yellow]warning[/yellow]: {warning}")
         (self.path / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(self.config)))
-        write_json(self.path / "env.json", environment())
+        env, path = environment(), self.path / "env.json"
+        try:
+            first = json.loads(path.read_text())
+        except (OSError, ValueError):
+            first = None
+        if isinstance(first, dict) and first.get("started"):
+            first.setdefault("resumes", []).append(env)
+            env = first
+        write_json(path, env)
 
     def load_checkpoint(self):
         """The checkpoint to resume from, or None; refuses one whose config differs (showing the diff)."""

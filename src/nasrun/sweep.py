@@ -86,8 +86,11 @@ def guarded_job(fn, cfg, run_dir, job):
         (Path(run_dir) / "error.txt").write_text(traceback.format_exc())
         record_job(run_dir, job, "failed", f"{type(exc).__name__}: {exc} (traceback in error.txt)")
         return None
-    record_job(run_dir, job, "finished", summary=summary)
-    return summary
+    else:
+        record_job(run_dir, job, "finished", summary=summary)
+        return summary
+    finally:
+        console.log_path = None  # the next lines (another job's, the sweep table) are not this run's
 
 
 def sweep_rows(sweep_dir):

@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -170,8 +171,29 @@ def environment(argv=None):
         "hostname": socket.gethostname(),
         "git_sha": sha,
         "argv": list(argv if argv is not None else sys.argv),
-        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+        "command": _command(),
+        "slurm_job_id": _slurm_job(),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
+
+
+def _command():
+    """The nasrun command this run is (``nasrun search seed=3 ...``): in a sweep, one job's overrides."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        if HydraConfig.initialized():
+            hc = HydraConfig.get()
+            return " ".join(["nasrun", hc.job.name, *hc.overrides.task])
+    except ValueError:
+        pass
+    return " ".join(["nasrun", *sys.argv[1:]]) if Path(sys.argv[0]).name == "nasrun" else None
+
+
+def _slurm_job():
+    """Slurm's id of this job: ``<array job>_<task>`` for an array task (a sweep), else the job id."""
+    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    return f"{array}_{task}" if array and task else os.environ.get("SLURM_JOB_ID")
 
 
 def resolve_device(name):
