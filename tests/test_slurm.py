@@ -80,6 +80,8 @@ def test_seed_sweep_on_slurm_with_a_requeue(slurm, tmp_path):
             time.sleep(0.2)
         job = running_job(env, "_0")
         assert job is not None
+        names = subprocess.run(["squeue", "-h", "-o", "%j"], capture_output=True, text=True, env=env).stdout.split()
+        assert set(names) == {"nasrun-search"}, names  # jobs named after the run
         subprocess.run(["scancel", "--signal=USR2", job], env=env, check=True)
         # Slurm holds the requeued job for cred_expire (10 s in the test cluster's slurm.conf), then starts it;
         # forcing an earlier start (StartTime=now) races the revoked credential of the killed run
@@ -94,6 +96,11 @@ def test_seed_sweep_on_slurm_with_a_requeue(slurm, tmp_path):
     for seed in (0, 1):
         summary = json.loads((sweep / str(seed) / "summary.json").read_text())
         assert summary["seed"] == seed and summary["epochs_run"] == 5
+    assert not list(sweep.rglob("%j")) and all(p.is_file() for p in (sweep / ".submitit").iterdir())  # no %j/ folders
+    env0 = json.loads((sweep / "0" / "env.json").read_text())
+    assert env0["slurm_job_id"] == job and env0["command"].startswith("nasrun search seed=0")
+    assert [r["slurm_job_id"] for r in env0["resumes"]] == [job]  # the requeued start, appended
+    assert "epoch 5/5" in (sweep / "0" / "search.log").read_text()
     logs = "".join(p.read_text() for p in (sweep / ".submitit").rglob(f"{job}*_log.*"))
     assert "USR2" in logs and "Requeued" in logs, logs  # submitit requeued the preempted job ...
     assert "resuming" in logs, logs  # ... and the requeued job resumed from the checkpoint

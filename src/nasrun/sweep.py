@@ -192,9 +192,18 @@ class Watching:
 
     def _watch(self, jobs, todo):
         pending = {job.job_id: (job, *item) for job, item in zip(jobs, todo)}
-        returns, missing_since = {}, {}
+        returns, missing_since, said = {}, {}, None
         while pending:
             queued = self._queued()
+            if queued is not None:  # a line whenever the picture changes, so a long wait is never silent
+                states = {}
+                for job_id in pending:
+                    state = queued.get(job_id, "gone")
+                    states[state] = states.get(state, 0) + 1
+                line = ", ".join(f"{n} {s.lower()}" for s, n in sorted(states.items())) + f"; {len(returns)} ended"
+                if line != said:
+                    console.print(f"jobs: {line}" + (" (waiting for resources)" if "PENDING" in states else ""))
+                    said = line
             for job_id, (job, idx, overrides, run_dir) in list(pending.items()):
                 if queued is not None:
                     missing_since[job_id] = None if job_id in queued else (missing_since.get(job_id) or time.time())
@@ -213,7 +222,7 @@ class Watching:
         return returns
 
     def _queued(self):
-        """Job ids in the queue (``squeue``), or None where nothing tells (the local executor)."""
+        """``{job id: state}`` of the queue (``squeue``), or None where nothing tells (the local executor)."""
         return None
 
     def _done(self, job):
@@ -251,8 +260,10 @@ class SlurmWatching(Watching):
     def _queued(self):
         if not shutil.which("squeue"):
             return None
-        out = subprocess.run(["squeue", "-h", "-r", "-o", "%i"], capture_output=True, text=True)
-        return out.stdout.split() if out.returncode == 0 else None
+        out = subprocess.run(["squeue", "-h", "-r", "-o", "%i %T"], capture_output=True, text=True)
+        if out.returncode != 0:
+            return None
+        return dict(line.split()[:2] for line in out.stdout.splitlines() if len(line.split()) >= 2)
 
 
 # --- Slurm request vs the partition ----------------------------------------------------------------------------
