@@ -42,7 +42,7 @@ def hessian_eigenvalue(method, valid_batch, mode="auto", exact_max=400, iters=10
     x, y = valid_batch
 
     def grad_fn():
-        loss, _ = method.loss(x, y, method.edge_weights())
+        loss, _ = method.loss(x, y, method.hessian_weights())
         loss = loss + 0.5 * wd * sum((a * a).sum() for a in alphas)
         return torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, alphas, create_graph=True)])
 

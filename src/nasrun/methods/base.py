@@ -38,8 +38,16 @@ class Method(abc.ABC):
         """The method's optimisers (their hyper-parameters are baked into a captured step)."""
         return []
 
+    graph_safe = True  # False: the step draws from the device RNG in a way not checked under capture (eager)
+
     def use_cuda_graphs(self, enabled):
-        """Run :meth:`device_step` (and other capturable units) from CUDA graphs; Adam becomes capturable."""
+        """Run :meth:`device_step` (and other capturable units) from CUDA graphs; Adam becomes capturable.
+        A method that is not :attr:`graph_safe` stays eager and says so once."""
+        if enabled and not self.graph_safe:
+            from ..engine import console
+
+            console.print(f"{self.name}: CUDA graphs off (its step samples from the device RNG; it runs eagerly)")
+            enabled = False
         self.graphs = GraphSet(enabled)
         for opt in self.optimizers():
             set_capturable(opt, enabled)
@@ -77,6 +85,10 @@ class Method(abc.ABC):
         """Per-edge mixing weights ``{cell_type: softmax(α)}``; pass ``alphas`` to differentiate w.r.t. them."""
         alphas = self.alphas if alphas is None else alphas
         return {k: F.softmax(a, dim=-1) for k, a in alphas.items()}
+
+    def hessian_weights(self):
+        """The (twice differentiable, deterministic) mixing weights the Hessian diagnostic differentiates."""
+        return self.edge_weights()
 
     def derive_weights(self):
         """Weights the selector reads the genotype from (softmax(α) by default)."""

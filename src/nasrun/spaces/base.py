@@ -48,6 +48,12 @@ class SearchSpace(abc.ABC):
         """The derived architecture as mixing weights: one-hot argmax per row (spaces with top-k rules override)."""
         return {k: torch.nn.functional.one_hot(w.argmax(-1), w.shape[-1]).to(w.dtype) for k, w in weights.items()}
 
+    def sample_architecture(self, gen):
+        """Mixing weights of one architecture drawn uniformly from the space (one-hot on its edges, zero on the
+        edges it leaves out), so that :meth:`derive` returns it; ``gen`` is a CPU generator (RSPS)."""
+        raise UserError(f"space {self.name} cannot sample architectures uniformly (needed by method=rsps and "
+                        "selector=random_ranking); use nb201 or a DARTS-family space")
+
     @abc.abstractmethod
     def parse_genotype(self, text):
         """Parse the space's text or JSON genotype; raises ``UserError`` saying where it is malformed."""

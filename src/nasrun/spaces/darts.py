@@ -325,6 +325,21 @@ class DartsSpace(SearchSpace):
         aux = self.auxiliary if auxiliary is None else auxiliary
         return DartsNetwork(cell_genes, C or self.eval_C, num_classes, layers, aux, imagenet, in_channels)
 
+    def sample_architecture(self, gen):
+        """Per cell (type), each node takes two distinct inputs drawn uniformly among its candidate edges and a
+        non-``none`` op drawn uniformly on each (Li & Talwalkar's random search with weight sharing)."""
+        out = {}
+        for key, shape in self.alpha_shapes().items():
+            ops, w = self.op_names(key), torch.zeros(shape)
+            for i in range(STEPS):
+                node_edges = [e for e, (n, _) in enumerate(self.edges) if n == i]
+                for j in torch.randperm(len(node_edges), generator=gen)[:2].tolist():
+                    e = node_edges[j]
+                    allowed = [k for k, o in enumerate(ops[e]) if o != "none"]
+                    w[e, allowed[int(torch.randint(len(allowed), (1,), generator=gen))]] = 1.0
+            out[key] = w
+        return out
+
     def derive(self, weights):
         genes = {k: self._derive_cell(w.detach().float().cpu(), self.op_names(k)) for k, w in weights.items()}
         if self.shared_alpha:

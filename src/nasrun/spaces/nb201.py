@@ -190,6 +190,11 @@ class NB201Space(SearchSpace):
         g = self._coerce(genotype)
         return NB201Network(C or self.C, N or self.N, num_classes, lambda c: InferCell(c, g), in_channels)
 
+    def sample_architecture(self, gen):
+        """One op per edge, uniformly (RSPS / RS-WS)."""
+        index = torch.randint(len(self.ops), (len(EDGES),), generator=gen)
+        return {"normal": torch.nn.functional.one_hot(index, len(self.ops)).float()}
+
     def derive(self, weights):
         w = weights["normal"].detach()
         best = w.argmax(dim=-1).tolist()

@@ -1,0 +1,66 @@
+"""DrNAS (Chen et al., ICLR 2021: Dirichlet neural architecture search; methods.md §4.10; reference
+xiangning-chen/DrNAS ``201-space/train_search.py``).
+
+The architecture distribution of each edge is a Dirichlet with concentration β = ELU(α) + 1. Every forward
+mixes the ops with a fresh sample w ~ Dir(β) drawn by reparameterisation, so ∂L/∂α flows through the
+sample (the pathwise gradient of the Gamma draws). The anchor regulariser keeps β near the uniform prior:
+``l2`` is Adam weight decay ``reg_scale`` on α (the reference default), ``kl`` adds reg_scale·KL(Dir(β) ‖
+Dir(1)) to the α step's loss. The genotype is read from softmax(α) (argmax α).
+"""
+
+import torch
+import torch.nn.functional as F
+from torch.distributions import Dirichlet, kl_divergence
+
+from ..errors import UserError
+from .darts import Darts
+
+
+class DrNas(Darts):
+    """DrNAS on top of first-order DARTS (α step first, as the reference).
+
+    Args:
+        reg_type: ``l2`` (Adam weight decay ``reg_scale`` on α) or ``kl`` (the KL anchor in the α loss).
+        reg_scale: strength of the anchor regulariser (1e-3).
+        Other arguments: as :class:`~nasrun.methods.darts.Darts` (``arch_weight_decay`` is set by ``reg_type``).
+    """
+
+    graph_safe = False  # Dirichlet (Gamma) sampling draws from the device RNG inside the step
+
+    def __init__(self, supernet, space, name="drnas", w_lr=0.025, w_lr_min=0.001, w_momentum=0.9, w_nesterov=False,
+                 w_weight_decay=3e-4, grad_clip=5.0, arch_lr=3e-4, arch_betas=(0.5, 0.999), arch_first=True,
+                 train_arch=True, lr_offset=0, reg_type="l2", reg_scale=1e-3):
+        if reg_type not in ("l2", "kl"):
+            raise UserError(f"method.reg_type={reg_type!r}: choose l2 or kl")
+        super().__init__(supernet, space, name, w_lr, w_lr_min, w_momentum, w_nesterov, w_weight_decay, grad_clip,
+                         arch_lr, arch_betas, reg_scale if reg_type == "l2" else 0.0, arch_first, False, 0.01, train_arch,
+                         lr_offset)
+        self.reg_type, self.reg_scale = reg_type, reg_scale
+
+    @staticmethod
+    def concentration(alpha):
+        """β = ELU(α) + 1 (positive, and 1 at α = 0)."""
+        return F.elu(alpha) + 1
+
+    def edge_weights(self, alphas=None):
+        alphas = self.alphas if alphas is None else alphas
+        return {k: Dirichlet(self.concentration(a)).rsample() for k, a in alphas.items()}
+
+    def hessian_weights(self):
+        """The Dirichlet mean β/Σβ (the sampler has no second derivative)."""
+        return {k: self.concentration(a) / self.concentration(a).sum(-1, keepdim=True) for k, a in self.alphas.items()}
+
+    def derive_weights(self):
+        return {k: F.softmax(a.detach(), dim=-1) for k, a in self.alphas.items()}
+
+    def kl_reg(self):
+        """reg_scale · Σ_edges KL(Dir(β) ‖ Dir(1))."""
+        return self.reg_scale * sum(kl_divergence(Dirichlet(self.concentration(a)), Dirichlet(torch.ones_like(a))).sum()
+                                    for a in self.arch_parameters())
+
+    def first_order_grad(self, valid_batch):
+        x, y = valid_batch
+        loss, logits = self.loss(x, y, self.edge_weights())
+        if self.reg_type == "kl":
+            loss = loss + self.kl_reg()
+        return torch.autograd.grad(loss, self.arch_parameters()), loss, logits
