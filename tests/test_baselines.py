@@ -188,3 +188,66 @@ def test_random_ranking_keeps_the_best_sampled_architecture(tmp_path):
     assert summary["genotype"] == best["genotype"]
     record = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
     assert record["valid_loss"] is None  # no α step
+
+
+def test_gdas_edge_is_straight_through_with_scalar_terms():
+    """mixed_hard: value = op_k(x) (the other ops never run); ∂Σout/∂w_o = numel(out) for o ≠ k (the broadcast
+    scalars) and Σ op_k(x) for k."""
+    from nasrun.spaces.ops import mixed_hard
+
+    calls = []
+
+    class Op(torch.nn.Module):
+        def __init__(self, scale):
+            super().__init__()
+            self.scale = scale
+
+        def forward(self, x):
+            calls.append(self.scale)
+            return self.scale * x
+
+    ops = [Op(s) for s in (1.0, 2.0, 3.0)]
+    x = torch.randn(2, 3, 4, 4, dtype=torch.float64)
+    probs = torch.tensor([0.2, 0.5, 0.3], dtype=torch.float64, requires_grad=True)
+    hard = F.one_hot(torch.tensor(1), 3).double() - probs.detach() + probs
+    out = mixed_hard(ops, x, hard, 1)
+    assert calls == [2.0] and torch.allclose(out, 2 * x)
+    (g,) = torch.autograd.grad(out.sum(), probs)
+    assert torch.allclose(g, torch.tensor([out.numel(), (2 * x).sum().item(), out.numel()], dtype=torch.float64))
+
+
+def test_gdas_samples_by_gumbel_max_and_anneals_tau():
+    """The sampled op follows softmax(α) (Gumbel-max, whatever τ); the hard path's value equals the per-op cell
+    with one-hot weights; τ runs 10 → 0.1 linearly."""
+    from nasrun.spaces.fused import set_fused
+
+    _, sup, m = tiny_method(["method=gdas"], dtype=torch.float64)
+    m.on_epoch_start(0, 50)
+    assert m.tau == 10.0
+    m.on_epoch_start(49, 50)
+    assert m.tau == pytest.approx(0.1)
+    alpha = torch.log(torch.tensor([[0.5, 0.3, 0.1, 0.05, 0.05]], dtype=torch.float64))
+    torch.manual_seed(0)
+    counts = torch.zeros(5)
+    for _ in range(4000):
+        counts[m.sample(alpha).index[0]] += 1
+    assert torch.allclose(counts / 4000, torch.tensor([0.5, 0.3, 0.1, 0.05, 0.05]), atol=0.025)
+    set_fused(sup, False)
+    x, _ = batch(4)
+    torch.manual_seed(1)
+    path = m.edge_weights()["normal"]
+    onehot = F.one_hot(torch.tensor(path.index), 5).double()
+    with torch.no_grad():
+        assert torch.allclose(sup(x, {"normal": path}), sup(x, {"normal": onehot}), atol=1e-10)
+    assert m.derive_weights()["normal"].argmax(-1).tolist() == m.alphas["normal"].argmax(-1).tolist()
+
+
+def test_gdas_with_pt_is_refused_before_training(tmp_path):
+    from nasrun.errors import UserError
+    from nasrun.search import run_search
+
+    from .conftest import make_cfg
+
+    with pytest.raises(UserError, match="selector=pt edits the supernet's mixing weights, but method=gdas"):
+        run_search(make_cfg(["method=gdas", "selector=pt"]), tmp_path)
+    assert not (tmp_path / "metrics.jsonl").exists()

@@ -72,6 +72,13 @@ def build_search(cfg, device):
     return space, data, stream, protocol, supernet, method
 
 
+def check_combination(method, selector):
+    """Refuse, before any training, a selector that cannot read this method's supernet."""
+    if getattr(selector, "needs_tensor_weights", False) and not getattr(method, "tensor_weights", True):
+        raise UserError(f"selector={selector.name} edits the supernet's mixing weights, but method={method.name} runs "
+                        "sampled single paths; use selector=argmax (or random_ranking)")
+
+
 def epoch_start(supernet, method, epoch, epochs):
     """Per-epoch schedules: the supernet's (search drop-path) and the method's (learning rates, temperatures)."""
     if hasattr(supernet, "on_epoch_start"):
@@ -93,6 +100,7 @@ def run_search(cfg, out_dir):
     space, data, stream, protocol, supernet, method = build_search(cfg, device)
     selector = build(cfg.selector)
     stop = build(cfg.stop)
+    check_combination(method, selector)
     diag = cfg.diagnostics
     # every f epochs (RobustDARTS), or every epoch with the epoch offsets of f (SS-DARTS's DARTS-V1-ES.py)
     if getattr(stop, "ev_freq", None) and diag.hessian_every not in (stop.ev_freq, 1):
@@ -118,7 +126,7 @@ def run_search(cfg, out_dir):
         genotype = space.derive(method.derive_weights())
         return {"epoch": epoch, **method.lrs(), **{k: v for k, v in m.items() if k != "train_n"},
                 "seconds": round(seconds, 3), "images_per_s": round(m["train_n"] / seconds, 1) if seconds else None,
-                "alpha": {k: [[round(x, 5) for x in row] for row in v.tolist()] for k, v in method.edge_weights().items()},
+                "alpha": {k: [[round(x, 5) for x in row] for row in v.tolist()] for k, v in method.derive_weights().items()},
                 "alpha_raw": {k: a.detach().tolist() for k, a in method.alphas.items()},
                 "genotype": space.format_genotype(genotype), **space.genotype_stats(genotype),
                 "ies_entropy": ies_entropy(method.derive_weights()),

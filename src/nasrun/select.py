@@ -12,7 +12,7 @@ from .data import BENCHMARK_NAMES
 from .engine import console, set_rng_state
 from .errors import UserError
 from .rundir import RunDir
-from .search import build_search, choose, query_all, write_selections
+from .search import build_search, check_combination, choose, query_all, write_selections
 from .stops import replay
 from .utils import resolve_device
 
@@ -41,6 +41,7 @@ def run_select(cfg, out_dir):
     method.load_state_dict(state["method"])
     set_rng_state(state["rng"])
     selector, stop = build(cfg.selector), build(cfg.stop)
+    check_combination(method, selector)
     bench = open_benchmark(cfg.benchmark.name, cfg.benchmark.path, space.benchmark)
     bench_ds = cfg.benchmark.dataset or BENCHMARK_NAMES.get(data.name, "cifar10")
     history = state["history"]

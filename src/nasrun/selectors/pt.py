@@ -50,6 +50,8 @@ class PerturbationSelector:
             images in index order (a deterministic score).
     """
 
+    needs_tensor_weights = True  # masks entries of the method's mixing weights
+
     def __init__(self, name="pt", criterion="acc", proj_intv=5, tune_lr=0.0025, tune_lr_min=0.0025, momentum=0.9,
                  weight_decay=3e-4, max_valid_batches=None, augment_valid=True):
         if criterion not in ("acc", "loss"):

@@ -14,7 +14,7 @@ from ..errors import UserError
 from .base import SearchSpace
 from .darts_genotypes import NAMED, DartsGenotype, DeepGenotype, parse_darts_text
 from .fused import CellPlans, FusedCellMixin, SourcePlan
-from .ops import DARTS_OPS, FactorizedReduce, Identity, Noise, ReLUConvBN, mixed
+from .ops import DARTS_OPS, FactorizedReduce, HardPath, Identity, Noise, ReLUConvBN, mixed, mixed_hard
 
 STEPS = 4
 CONCAT = tuple(range(2, 2 + STEPS))
@@ -68,6 +68,8 @@ class SearchCell(FusedCellMixin, nn.Module):
         self.noise_rows = [e for e, ops in enumerate(self.ops) for op in ops if isinstance(op, Noise)]
 
     def forward(self, s0, s1, w, drop_prob=None):
+        if isinstance(w, HardPath):
+            return self.forward_hard(s0, s1, w)
         if drop_prob is not None and self.training:  # per-edge drop-path: the per-op cell (the fused one mixes edges)
             return self.forward_reference(s0, s1, w, drop_prob)
         return self.forward_fused(s0, s1, w) if self.fused else self.forward_reference(s0, s1, w)
@@ -80,6 +82,13 @@ class SearchCell(FusedCellMixin, nn.Module):
         for node in self.by_node:
             states.append(sum(drop_path(mixed(self.ops[e], states[j], w[e]), drop_prob) if drop
                               else mixed(self.ops[e], states[j], w[e]) for e, j in node))
+        return torch.cat(states[2:], dim=1)
+
+    def forward_hard(self, s0, s1, path):
+        """GDAS: each edge runs only its sampled op (:func:`~nasrun.spaces.ops.mixed_hard`)."""
+        states = [self.preprocess0(s0), self.preprocess1(s1)]
+        for node in self.by_node:
+            states.append(sum(mixed_hard(self.ops[e], states[j], path.weights[e], path.index[e]) for e, j in node))
         return torch.cat(states[2:], dim=1)
 
     def forward_fused(self, s0, s1, w):
@@ -258,6 +267,7 @@ class DartsSpace(SearchSpace):
     """
 
     default_split = "darts"
+    supports_hard_paths = True  # GDAS
 
     def __init__(self, name="darts", ops=None, edge_ops=None, topology="full", shared_alpha=True, C=16, layers=8,
                  eval_C=36, eval_layers=20, auxiliary=True, search_auxiliary=False, search_aux_weight=0.4,

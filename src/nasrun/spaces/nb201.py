@@ -14,7 +14,7 @@ from torch import nn
 from ..errors import UserError
 from .base import SearchSpace, genotype_json
 from .fused import CellPlans, FusedCellMixin, SourcePlan
-from .ops import Identity, Pooling, ReLUConvBN, Zero, mixed
+from .ops import HardPath, Identity, Pooling, ReLUConvBN, Zero, mixed, mixed_hard
 
 NB201_OPS = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
 MAX_NODES = 4
@@ -81,12 +81,23 @@ class SearchCell(FusedCellMixin, nn.Module):
             for j in range(MAX_NODES - 1)], len(ops))
 
     def forward(self, x, w):
+        if isinstance(w, HardPath):
+            return self.forward_hard(x, w)
         return self.forward_fused(x, w) if self.fused else self.forward_reference(x, w)
 
     def forward_reference(self, x, w):
         nodes = [x]
         for i in range(1, MAX_NODES):
             nodes.append(sum(mixed(self.edges[f"{i}<-{j}"], nodes[j], w[EDGES.index(f"{i}<-{j}")]) for j in range(i)))
+        return nodes[-1]
+
+    def forward_hard(self, x, path):
+        """GDAS: each edge runs only its sampled op (:func:`~nasrun.spaces.ops.mixed_hard`)."""
+        nodes = [x]
+        for i in range(1, MAX_NODES):
+            rows = [EDGES.index(f"{i}<-{j}") for j in range(i)]
+            nodes.append(sum(mixed_hard(self.edges[EDGES[r]], nodes[j], path.weights[r], path.index[r])
+                             for j, r in enumerate(rows)))
         return nodes[-1]
 
     def forward_fused(self, x, w):
@@ -153,6 +164,7 @@ class NB201Network(TinyNetwork):
 
 
 class NB201Space(SearchSpace):
+    supports_hard_paths = True  # GDAS
     """NAS-Bench-201 cell space (methods.md §1.4).
 
     Args:

@@ -51,6 +51,23 @@ class Pooling(nn.Module):
         return self.op(x)
 
 
+class HardPath:
+    """GDAS's sampled path for one cell type: ``weights`` [E, K], one-hot in value but carrying the gradient of
+    the relaxed sample (straight-through), and ``index``, the sampled op of each edge (host ints)."""
+
+    def __init__(self, weights, index):
+        self.weights, self.index = weights, list(index)
+
+    def detach(self):
+        return HardPath(self.weights.detach(), self.index)
+
+
+def mixed_hard(ops, x, w, k):
+    """GDAS edge (Dong & Yang 2019; AutoDL ``forward_gdas``): w_k·op_k(x) + Σ_{o≠k} w_o, where the w_o (o ≠ k) are
+    zero-valued scalars that still carry gradient to α; only op k runs."""
+    return ops[k](x) * w[k] + (w.sum() - w[k])
+
+
 def mixed(ops, x, w):
     """Σ_o w_o · o(x): the DARTS mixed operation for one edge."""
     out = None
