@@ -251,3 +251,94 @@ def test_gdas_with_pt_is_refused_before_training(tmp_path):
     with pytest.raises(UserError, match="selector=pt edits the supernet's mixing weights, but method=gdas"):
         run_search(make_cfg(["method=gdas", "selector=pt"]), tmp_path)
     assert not (tmp_path / "metrics.jsonl").exists()
+
+
+def test_pc_darts_edge_normalisation_and_schedule():
+    """w[e, o] = softmax(α_e)_o · softmax(β over the edges into e's node)_e, node by node; α/β frozen before epoch 15."""
+    from .conftest import make_cfg
+
+    from nasrun.config import build
+
+    cfg = make_cfg(["space=darts", "method=pc_darts"])
+    space = build(cfg.space)
+    m = build(cfg.method, supernet=space.build_supernet(4), space=space)
+    with torch.no_grad():
+        for b in m.betas.values():
+            b.normal_()
+    w = m.edge_weights()["normal"]
+    alpha, beta = m.alphas["normal"].detach(), m.betas["normal"].detach()
+    start = 0
+    for n_in in (2, 3, 4, 5):  # the DARTS cell's nodes take 2, 3, 4, 5 inputs in α-row order
+        rows = slice(start, start + n_in)
+        expected = F.softmax(alpha[rows], -1) * F.softmax(beta[rows], 0)[:, None]
+        assert torch.allclose(w[rows], expected.float()), n_in
+        assert w[rows].sum().item() == pytest.approx(1.0, abs=1e-6)  # the β̂ of a node sum to one
+        start += n_in
+    assert len(m.arch_parameters()) == 4 and any(p is m.betas["reduce"] for p in m.arch_parameters())
+    m.on_epoch_start(14, 50)
+    assert not m.train_arch
+    m.on_epoch_start(15, 50)
+    assert m.train_arch
+
+
+def test_pc_darts_partial_channel_edge():
+    """One edge of a K=4 cell equals shuffle(cat(Σ_o w_o·op_o(x[:, :C/4]), (Σ_o w_o)·x[:, C/4:])), with the shuffle
+    written independently as an index map: output channel c reads input channel (c mod K)·C/K + c div K."""
+    from nasrun.spaces import get_space
+
+    space = get_space("darts", C=8, layers=3, partial_channels=4)
+    sup = space.build_supernet(4).double()
+    cell = sup.cells[0]
+    x = torch.randn(2, 8, 6, 6, dtype=torch.float64)
+    w = F.softmax(torch.randn(len(cell.ops[0]), dtype=torch.float64), 0) * 0.7
+    with torch.no_grad():
+        out = cell._edge(0, x, w)
+        part = x[:, :2]
+        mixed = sum(wo * op(part) for wo, op in zip(w, cell.ops[0]))
+        joined = torch.cat([mixed, w.sum() * x[:, 2:]], dim=1)
+        index = torch.tensor([(c % 4) * 2 + c // 4 for c in range(8)])
+        assert torch.allclose(out, joined[:, index])
+    red = sup.cells[1]  # a reduction cell: the bypass is max-pooled
+    with torch.no_grad():
+        y = red._edge(0, torch.randn(2, 16, 6, 6, dtype=torch.float64), w)
+    assert y.shape == (2, 16, 3, 3)
+
+
+@pytest.mark.parametrize("method, extra", [("pc_darts", ["method.arch_start_epoch=1"]), ("sdarts_adv", []),
+                                           ("drnas", []), ("gdas", []), ("rsps", [])])
+def test_baselines_resume_bit_identically(tmp_path, monkeypatch, method, extra):
+    """Interrupted mid-epoch (SIGUSR1 at step 3) and resumed, every baseline ends with the bits of a straight run:
+    its extra state (β, ε, τ) and its host-side draws come back with the checkpoint."""
+    import json
+    import os
+    import signal
+
+    import nasrun.engine as engine
+    from nasrun.errors import Interrupted
+    from nasrun.search import run_search
+
+    from .conftest import make_cfg
+
+    cfg = make_cfg([f"method={method}", "trainer.epochs=3", *extra])
+    run_search(cfg, tmp_path / "straight")
+    calls, original = {"n": 0}, engine.accumulate
+
+    def signal_at_step_3(*args):
+        original(*args)
+        calls["n"] += 1
+        if calls["n"] == 3:
+            os.kill(os.getpid(), signal.SIGUSR1)
+
+    monkeypatch.setattr(engine, "accumulate", signal_at_step_3)
+    with pytest.raises(Interrupted):
+        run_search(cfg, tmp_path / "resumed")
+    monkeypatch.setattr(engine, "accumulate", original)
+    run_search(cfg, tmp_path / "resumed")
+    states = [torch.load(tmp_path / d / "checkpoint.pt", weights_only=False)["method"] for d in ("straight", "resumed")]
+    for k, v in states[0]["alphas"].items():
+        assert torch.equal(v, states[1]["alphas"][k]), k
+    for k, v in states[0].get("betas", {}).items():
+        assert torch.equal(v, states[1]["betas"][k]), k
+    lines = [[json.loads(x)["train_loss"] for x in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]
+             for d in ("straight", "resumed")]
+    assert lines[0] == lines[1]

@@ -36,6 +36,12 @@ def search_op(name, C, stride):
     return op
 
 
+def channel_shuffle(x, groups):
+    """Interleave ``groups`` channel groups (ShuffleNet; PC-DARTS after its partial-channel concat)."""
+    n, c, h, w = x.shape
+    return x.view(n, groups, c // groups, h, w).transpose(1, 2).reshape(n, c, h, w)
+
+
 def drop_path(x, p):
     """Zero whole samples with probability p (a float or a 0-d tensor) and rescale the rest (quark0 ``drop_path``)."""
     keep = 1.0 - p
@@ -50,15 +56,18 @@ class SearchCell(FusedCellMixin, nn.Module):
     with fused mixed ops (:mod:`nasrun.spaces.fused`), per input state.
     """
 
-    def __init__(self, C_pp, C_p, C, reduction, reduction_prev, edges, edge_ops):
+    def __init__(self, C_pp, C_p, C, reduction, reduction_prev, edges, edge_ops, partial=1):
         super().__init__()
-        self.reduction = reduction
+        self.reduction, self.partial = reduction, partial
+        if C % partial:
+            raise UserError(f"space.partial_channels={partial} must divide the cell width {C}")
         self.preprocess0 = (FactorizedReduce(C_pp, C, affine=False) if reduction_prev
                             else ReLUConvBN(C_pp, C, 1, 1, 0, affine=False, bias=False))
         self.preprocess1 = ReLUConvBN(C_p, C, 1, 1, 0, affine=False, bias=False)
         self.by_node = [[(e, j) for e, (n, j) in enumerate(edges) if n == i] for i in range(STEPS)]
-        self.ops = nn.ModuleList(nn.ModuleList(search_op(o, C, 2 if reduction and j < 2 else 1) for o in edge_ops[e])
-                                 for e, (_, j) in enumerate(edges))
+        self.ops = nn.ModuleList(nn.ModuleList(search_op(o, C // partial, 2 if reduction and j < 2 else 1)
+                                               for o in edge_ops[e]) for e, (_, j) in enumerate(edges))
+        self.bypass_pool = nn.MaxPool2d(2, 2) if partial > 1 and reduction else None
         modules = {e: list(ops) for e, ops in enumerate(self.ops)}
         # state j feeds nodes i with (i, j) in edges; node i is complete once state i+1 has been processed
         self.sources = CellPlans([
@@ -70,9 +79,23 @@ class SearchCell(FusedCellMixin, nn.Module):
     def forward(self, s0, s1, w, drop_prob=None):
         if isinstance(w, HardPath):
             return self.forward_hard(s0, s1, w)
-        if drop_prob is not None and self.training:  # per-edge drop-path: the per-op cell (the fused one mixes edges)
+        if (drop_prob is not None and self.training) or self.partial > 1:  # per-edge work: the per-op cell
             return self.forward_reference(s0, s1, w, drop_prob)
         return self.forward_fused(s0, s1, w) if self.fused else self.forward_reference(s0, s1, w)
+
+    def _edge(self, e, x, w, index=None):
+        """One edge: the mixed op (GDAS: only op ``index``); with partial channels (PC-DARTS) only the first
+        C/K channels go through it, the rest bypass (max-pooled in a reduction) scaled by the edge's weight
+        sum (its edge normalisation β when the method folds β into w), then the channels are shuffled."""
+        k = self.partial
+        part = x[:, :x.shape[1] // k] if k > 1 else x
+        out = mixed(self.ops[e], part, w) if index is None else mixed_hard(self.ops[e], part, w, index)
+        if k == 1:
+            return out
+        rest = x[:, x.shape[1] // k:]
+        if out.shape[-1] != x.shape[-1]:
+            rest = self.bypass_pool(rest)
+        return channel_shuffle(torch.cat([out, w.sum() * rest], dim=1), k)
 
     def forward_reference(self, s0, s1, w, drop_prob=None):
         """The per-op cell; ``drop_prob`` drops each mixed edge's output per sample (training only), as the
@@ -80,15 +103,15 @@ class SearchCell(FusedCellMixin, nn.Module):
         states = [self.preprocess0(s0), self.preprocess1(s1)]
         drop = drop_prob is not None and self.training
         for node in self.by_node:
-            states.append(sum(drop_path(mixed(self.ops[e], states[j], w[e]), drop_prob) if drop
-                              else mixed(self.ops[e], states[j], w[e]) for e, j in node))
+            states.append(sum(drop_path(self._edge(e, states[j], w[e]), drop_prob) if drop
+                              else self._edge(e, states[j], w[e]) for e, j in node))
         return torch.cat(states[2:], dim=1)
 
     def forward_hard(self, s0, s1, path):
         """GDAS: each edge runs only its sampled op (:func:`~nasrun.spaces.ops.mixed_hard`)."""
         states = [self.preprocess0(s0), self.preprocess1(s1)]
         for node in self.by_node:
-            states.append(sum(mixed_hard(self.ops[e], states[j], path.weights[e], path.index[e]) for e, j in node))
+            states.append(sum(self._edge(e, states[j], path.weights[e], path.index[e]) for e, j in node))
         return torch.cat(states[2:], dim=1)
 
     def forward_fused(self, s0, s1, w):
@@ -120,7 +143,7 @@ class DartsSupernet(nn.Module):
     """
 
     def __init__(self, C, num_classes, layers, edges, cell_ops, keys, in_channels=3, stem_multiplier=3,
-                 auxiliary=False, aux_weight=0.4, drop_path=0.0):
+                 auxiliary=False, aux_weight=0.4, drop_path=0.0, partial=1):
         super().__init__()
         C_curr = stem_multiplier * C
         self.stem = nn.Sequential(nn.Conv2d(in_channels, C_curr, 3, padding=1, bias=False), nn.BatchNorm2d(C_curr))
@@ -130,7 +153,8 @@ class DartsSupernet(nn.Module):
         for i in range(layers):
             reduction = i in (layers // 3, 2 * layers // 3)
             C_curr = C_curr * 2 if reduction else C_curr
-            self.cells.append(SearchCell(C_pp, C_p, C_curr, reduction, reduction_prev, edges, cell_ops(i, reduction)))
+            self.cells.append(SearchCell(C_pp, C_p, C_curr, reduction, reduction_prev, edges, cell_ops(i, reduction),
+                                         partial))
             reduction_prev = reduction
             C_pp, C_p = C_p, STEPS * C_curr
             if i == self.aux_index:
@@ -264,6 +288,8 @@ class DartsSpace(SearchSpace):
         eval_C, eval_layers, auxiliary: defaults of the evaluation network (DARTS protocol: 36, 20, True).
         search_auxiliary, search_aux_weight, search_drop_path: an auxiliary tower (loss weight) and
             drop-path (ramped to this value) in the search supernet ([AMD] §4.1.2; off by default).
+        partial_channels: K of PC-DARTS: only 1/K of each edge's input channels go through its mixed op
+            (1: all, DARTS).
     """
 
     default_split = "darts"
@@ -271,10 +297,11 @@ class DartsSpace(SearchSpace):
 
     def __init__(self, name="darts", ops=None, edge_ops=None, topology="full", shared_alpha=True, C=16, layers=8,
                  eval_C=36, eval_layers=20, auxiliary=True, search_auxiliary=False, search_aux_weight=0.4,
-                 search_drop_path=0.0):
+                 search_drop_path=0.0, partial_channels=1):
         self.name, self.topology, self.shared_alpha = name, topology, shared_alpha
         self.search_auxiliary, self.search_aux_weight, self.search_drop_path = (search_auxiliary, search_aux_weight,
                                                                                 search_drop_path)
+        self.partial_channels = partial_channels
         self.C, self.layers, self.eval_C, self.eval_layers, self.auxiliary = C, layers, eval_C, eval_layers, auxiliary
         self.edges = topology_edges(topology)
         if edge_ops is None:
@@ -318,7 +345,7 @@ class DartsSpace(SearchSpace):
 
         return DartsSupernet(self.C, num_classes, self.layers, self.edges, cell_ops, self.alpha_keys(), in_channels,
                              auxiliary=self.search_auxiliary, aux_weight=self.search_aux_weight,
-                             drop_path=self.search_drop_path)
+                             drop_path=self.search_drop_path, partial=self.partial_channels)
 
     def build_network(self, genotype, num_classes, C=None, layers=None, auxiliary=None, imagenet=False, in_channels=3):
         g = self._coerce(genotype)
@@ -334,6 +361,10 @@ class DartsSpace(SearchSpace):
                 return (g.reduce, g.reduce_concat) if reduction else (g.normal, g.normal_concat)
         aux = self.auxiliary if auxiliary is None else auxiliary
         return DartsNetwork(cell_genes, C or self.eval_C, num_classes, layers, aux, imagenet, in_channels)
+
+    def edge_targets(self):
+        """The node each α row feeds (PC-DARTS normalises its edge weights β over a node's inputs)."""
+        return [n for n, _ in self.edges]
 
     def sample_architecture(self, gen):
         """Per cell (type), each node takes two distinct inputs drawn uniformly among its candidate edges and a

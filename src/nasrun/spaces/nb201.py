@@ -202,6 +202,10 @@ class NB201Space(SearchSpace):
         g = self._coerce(genotype)
         return NB201Network(C or self.C, N or self.N, num_classes, lambda c: InferCell(c, g), in_channels)
 
+    def edge_targets(self):
+        """The node each α row feeds (PC-DARTS normalises its edge weights β over a node's inputs)."""
+        return [int(e.split("<-")[0]) for e in EDGES]
+
     def sample_architecture(self, gen):
         """One op per edge, uniformly (RSPS / RS-WS)."""
         index = torch.randint(len(self.ops), (len(EDGES),), generator=gen)
