@@ -305,7 +305,9 @@ def test_pc_darts_partial_channel_edge():
 
 
 @pytest.mark.parametrize("method, extra", [("pc_darts", ["method.arch_start_epoch=1"]), ("sdarts_adv", []),
-                                           ("drnas", []), ("gdas", []), ("rsps", [])])
+                                           ("drnas", []), ("gdas", []), ("rsps", []),
+                                           ("sgas_cri2", ["space=darts", "method.warmup_dec_epoch=0",
+                                                          "method.decision_freq=1"])])
 def test_baselines_resume_bit_identically(tmp_path, monkeypatch, method, extra):
     """Interrupted mid-epoch (SIGUSR1 at step 3) and resumed, every baseline ends with the bits of a straight run:
     its extra state (β, ε, τ) and its host-side draws come back with the checkpoint."""
@@ -342,3 +344,66 @@ def test_baselines_resume_bit_identically(tmp_path, monkeypatch, method, extra):
     lines = [[json.loads(x)["train_loss"] for x in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]
              for d in ("straight", "resumed")]
     assert lines[0] == lines[1]
+
+
+def sgas_reference_scores(alpha, history=None):
+    """lightaime/sgas edge_decision, restated with numpy: importance, certainty (1 − normalised entropy), stability."""
+    import numpy as np
+
+    mat = np.exp(alpha - alpha.max(-1, keepdims=True))
+    mat = mat / mat.sum(-1, keepdims=True)
+    importance = mat[:, 1:].sum(-1)
+    probs = mat[:, 1:] / importance[:, None]
+    entropy = -(probs * np.log(probs)).sum(-1) / np.log(probs.shape[1])
+
+    def norm(v):
+        return (v - v.min()) / (v.max() - v.min()) if v.max() > v.min() else np.zeros_like(v)
+
+    score = norm(importance) * norm(1 - entropy)
+    if history is not None:
+        inter = np.mean([np.minimum(h, probs).sum(-1) for h in history], 0) if history else np.zeros(len(probs))
+        score = score * norm(inter)
+    return score, probs
+
+
+@pytest.mark.parametrize("criterion", [1, 2])
+def test_sgas_greedy_decisions_follow_the_reference_scores(criterion):
+    """Over a 50-epoch schedule (α drifting between epochs), each decision takes the undecided edge with the best
+    reference score and its strongest non-none op; nodes keep exactly two inputs; decided rows mix as one-hots."""
+    import numpy as np
+
+    from nasrun.config import build
+
+    from .conftest import make_cfg
+
+    cfg = make_cfg(["space=darts", f"method={'sgas' if criterion == 1 else 'sgas_cri2'}"])
+    space = build(cfg.space)
+    m = build(cfg.method, supernet=space.build_supernet(4), space=space)
+    g = torch.Generator().manual_seed(criterion)
+    history, expected = {"normal": [], "reduce": []}, []
+    epochs = 9 + m.decision_freq * 7 + 6
+    for epoch in range(epochs):
+        with torch.no_grad():
+            for a in m.alphas.values():
+                a.add_(0.3 * torch.randn(a.shape, generator=g))
+        # what the reference decides after this epoch, from the α it sees then
+        due = epoch >= 9 and (epoch - 9) % m.decision_freq == 0
+        for key in ("normal", "reduce"):
+            alpha = m.alphas[key].detach().double().numpy()
+            score, probs = sgas_reference_scores(alpha, history[key] if criterion == 2 else None)
+            if criterion == 2:
+                history[key] = (history[key] + [probs])[-4:]
+            candidates = [e for e, s in enumerate(m.selected[key]) if s == -1]
+            if due and candidates:
+                edge = max(candidates, key=lambda e: (score[e], -e))
+                expected.append((epoch, key, edge, space.op_names(key)[edge][int(np.argmax(probs[edge])) + 1]))
+        m.on_epoch_start(epoch + 1, epochs)  # the method decides after the epoch that just ended
+    got = [(d["epoch"], d["cell"], d["edge"], d["op"]) for d in m.decisions]
+    assert got == expected and len(got) == 16
+    w = m.derive_weights()
+    for key in ("normal", "reduce"):
+        for node in range(4):
+            rows = [e for e, (n, _) in enumerate(space.edges) if n == node]
+            kept = [e for e in rows if w[key][e].sum() == 1]
+            assert len(kept) == 2 and all(w[key][e].sum() == 0 for e in rows if e not in kept)
+            assert all(w[key][e].max() == 1 for e in kept)

@@ -206,7 +206,8 @@ def test_diagnostics_formulas():
 # combinations whose maths does not apply, each refused in one line before training
 UNSUPPORTED = {("rsps", "nb1shot1"): "cannot sample architectures uniformly",
                ("gdas", "nb1shot1"): "needs cells that can run one sampled op per edge",
-               ("pc_darts", "nb1shot1"): "normalises edges over a node's inputs"}
+               ("pc_darts", "nb1shot1"): "normalises edges over a node's inputs",
+               ("sgas", "nb1shot1"): "decides edges of a cell", ("sgas_cri2", "nb1shot1"): "decides edges of a cell"}
 
 
 @pytest.mark.parametrize("method", METHODS)
