@@ -47,6 +47,8 @@ def _guard(fn, cfg):
         from .sweep import guarded_job
 
         return guarded_job(fn, cfg, hc.runtime.output_dir, hc.job.num)
+    from .engine import console
+
     try:
         return fn(cfg, hc.runtime.output_dir)
     except UserError as exc:
@@ -54,6 +56,8 @@ def _guard(fn, cfg):
     except Interrupted as exc:
         print(f"nasrun: {exc}", file=sys.stderr)
         sys.exit(3)
+    finally:
+        console.log_path = None  # later lines are not the run's
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="search", version_base="1.3")
