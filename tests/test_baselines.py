@@ -407,3 +407,31 @@ def test_sgas_greedy_decisions_follow_the_reference_scores(criterion):
             kept = [e for e in rows if w[key][e].sum() == 1]
             assert len(kept) == 2 and all(w[key][e].sum() == 0 for e in rows if e not in kept)
             assert all(w[key][e].max() == 1 for e in kept)
+
+
+def test_gradient_rules_compose_with_relaxations_and_selectors(tmp_path):
+    """TSE-DrNAS ([TSE] Table 2: the TSE rule on DrNAS's Dirichlet relaxation) and SP-DARTS × DARTS-PT run as the
+    seed papers combine them; TSE's α gradient then flows through the Dirichlet samples."""
+    import json
+
+    from nasrun.search import run_search
+
+    from .conftest import make_cfg
+
+    _, _, tse = tiny_method(["method=tse_darts", "method.relaxation=dirichlet", "method.inner_steps=2"],
+                            dtype=torch.float64)
+    assert not tse.graph_safe
+    w1, w2 = tse.edge_weights()["normal"], tse.edge_weights()["normal"]
+    assert not torch.equal(w1, w2) and torch.allclose(w1.sum(-1), torch.ones(6, dtype=torch.float64))
+    before = tse.alphas["normal"].detach().clone()
+    tse.step_group([(batch(7), None), (batch(8), None)])
+    assert not torch.equal(before, tse.alphas["normal"].detach())
+    run_search(make_cfg(["method=tse_darts", "method.relaxation=dirichlet", "method.inner_steps=2", "trainer.epochs=1"]),
+               tmp_path / "tse_drnas")
+    summary = run_search(make_cfg(["method=sp_darts", "selector=pt", "selector.proj_intv=1",
+                                   "selector.max_valid_batches=1", "trainer.epochs=1"]), tmp_path / "sp_pt")
+    assert summary["selector"] == "pt" and json.loads((tmp_path / "sp_pt" / "selection.json").read_text())["decisions"]
+    from nasrun.errors import UserError
+
+    with pytest.raises(UserError, match="method.relaxation='gumbel'"):
+        tiny_method(["method=darts", "method.relaxation=gumbel"])

@@ -23,9 +23,10 @@ class AmendedDarts(Darts):
     def __init__(self, supernet, space, name="amended_darts", w_lr=0.025, w_lr_min=0.001, w_momentum=0.9,
                  w_nesterov=False, w_weight_decay=3e-4, grad_clip=5.0, arch_lr=3e-4, arch_betas=(0.5, 0.999),
                  arch_weight_decay=1e-3, arch_first=True, fd_radius=0.01, train_arch=True, eta=0.1, exact=False,
-                 lr_offset=0):
+                 lr_offset=0, relaxation="softmax"):
         super().__init__(supernet, space, name, w_lr, w_lr_min, w_momentum, w_nesterov, w_weight_decay, grad_clip,
-                         arch_lr, arch_betas, arch_weight_decay, arch_first, False, fd_radius, train_arch, lr_offset)
+                         arch_lr, arch_betas, arch_weight_decay, arch_first, False, fd_radius, train_arch, lr_offset,
+                         relaxation)
         self.eta, self.exact = eta, exact
 
     def arch_grad(self, train_batch, valid_batch):

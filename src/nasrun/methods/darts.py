@@ -1,7 +1,10 @@
 """DARTS, first and second order (Liu et al., ICLR 2019; methods.md §4.1-4.2)."""
 
 import torch
+import torch.nn.functional as F
+from torch.distributions import Dirichlet
 
+from ..errors import UserError
 from .base import Method, cosine_lr
 
 
@@ -24,14 +27,19 @@ class Darts(Method):
         train_arch: set False to keep α fixed at its initial value.
         lr_offset: epoch e runs at lr(e + lr_offset); quark0 steps its scheduler at the start of each epoch
             (1: epoch e at lr(e+1), also the ξ of its unrolled step); AutoDL, RobustDARTS, darts-pt: 0.
+        relaxation: ``softmax`` (DARTS) or ``dirichlet`` (DrNAS's: every forward mixes with a reparameterised
+            sample of Dir(ELU(α)+1)), so a gradient rule composes with either (TSE-DrNAS: ``method=tse_darts
+            method.relaxation=dirichlet``).
     """
 
     def __init__(self, supernet, space, name="darts", w_lr=0.025, w_lr_min=0.001, w_momentum=0.9,
                  w_nesterov=True, w_weight_decay=5e-4, grad_clip=5.0, arch_lr=3e-4, arch_betas=(0.5, 0.999),
                  arch_weight_decay=1e-3, arch_first=False, unrolled=False, fd_radius=0.01, train_arch=True,
-                 lr_offset=0):
+                 lr_offset=0, relaxation="softmax"):
         super().__init__(supernet, space)
-        self.lr_offset = lr_offset
+        if relaxation not in ("softmax", "dirichlet"):
+            raise UserError(f"method.relaxation={relaxation!r}: choose softmax or dirichlet")
+        self.lr_offset, self.relaxation = lr_offset, relaxation
         self.name = name
         self.w_lr, self.w_lr_min, self.grad_clip = w_lr, w_lr_min, grad_clip
         self.arch_first, self.unrolled, self.train_arch = arch_first, unrolled, train_arch
@@ -44,6 +52,29 @@ class Darts(Method):
 
     def optimizers(self):
         return [self.w_opt, self.arch_opt]
+
+    @property
+    def graph_safe(self):
+        return self.relaxation == "softmax"  # Dirichlet sampling draws from the device RNG inside the step
+
+    @staticmethod
+    def concentration(alpha):
+        """DrNAS's Dirichlet concentration β = ELU(α) + 1 (positive, and 1 at α = 0)."""
+        return F.elu(alpha) + 1
+
+    def edge_weights(self, alphas=None):
+        alphas = self.alphas if alphas is None else alphas
+        if self.relaxation == "dirichlet":
+            return {k: Dirichlet(self.concentration(a)).rsample() for k, a in alphas.items()}
+        return {k: F.softmax(a, dim=-1) for k, a in alphas.items()}
+
+    def hessian_weights(self):
+        if self.relaxation == "dirichlet":  # the Dirichlet mean β/Σβ: the sampler has no second derivative
+            return {k: self.concentration(a) / self.concentration(a).sum(-1, keepdim=True) for k, a in self.alphas.items()}
+        return self.edge_weights()
+
+    def derive_weights(self):
+        return {k: F.softmax(a.detach(), dim=-1) for k, a in self.alphas.items()}
 
     def on_epoch_start(self, epoch, epochs):
         lr = cosine_lr(epoch + self.lr_offset, epochs, self.w_lr, self.w_lr_min)

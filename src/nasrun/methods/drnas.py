@@ -9,7 +9,6 @@ Dir(1)) to the α step's loss. The genotype is read from softmax(α) (argmax α)
 """
 
 import torch
-import torch.nn.functional as F
 from torch.distributions import Dirichlet, kl_divergence
 
 from ..errors import UserError
@@ -25,8 +24,6 @@ class DrNas(Darts):
         Other arguments: as :class:`~nasrun.methods.darts.Darts` (``arch_weight_decay`` is set by ``reg_type``).
     """
 
-    graph_safe = False  # Dirichlet (Gamma) sampling draws from the device RNG inside the step
-
     def __init__(self, supernet, space, name="drnas", w_lr=0.025, w_lr_min=0.001, w_momentum=0.9, w_nesterov=False,
                  w_weight_decay=3e-4, grad_clip=5.0, arch_lr=3e-4, arch_betas=(0.5, 0.999), arch_first=True,
                  train_arch=True, lr_offset=0, reg_type="l2", reg_scale=1e-3):
@@ -34,24 +31,8 @@ class DrNas(Darts):
             raise UserError(f"method.reg_type={reg_type!r}: choose l2 or kl")
         super().__init__(supernet, space, name, w_lr, w_lr_min, w_momentum, w_nesterov, w_weight_decay, grad_clip,
                          arch_lr, arch_betas, reg_scale if reg_type == "l2" else 0.0, arch_first, False, 0.01, train_arch,
-                         lr_offset)
+                         lr_offset, relaxation="dirichlet")
         self.reg_type, self.reg_scale = reg_type, reg_scale
-
-    @staticmethod
-    def concentration(alpha):
-        """β = ELU(α) + 1 (positive, and 1 at α = 0)."""
-        return F.elu(alpha) + 1
-
-    def edge_weights(self, alphas=None):
-        alphas = self.alphas if alphas is None else alphas
-        return {k: Dirichlet(self.concentration(a)).rsample() for k, a in alphas.items()}
-
-    def hessian_weights(self):
-        """The Dirichlet mean β/Σβ (the sampler has no second derivative)."""
-        return {k: self.concentration(a) / self.concentration(a).sum(-1, keepdim=True) for k, a in self.alphas.items()}
-
-    def derive_weights(self):
-        return {k: F.softmax(a.detach(), dim=-1) for k, a in self.alphas.items()}
 
     def kl_reg(self):
         """reg_scale · Σ_edges KL(Dir(β) ‖ Dir(1))."""

@@ -27,9 +27,9 @@ class TseDarts(Darts):
 
     def __init__(self, supernet, space, name="tse_darts", w_lr=0.025, w_lr_min=0.001, w_momentum=0.9, w_nesterov=True,
                  w_weight_decay=5e-4, grad_clip=None, arch_lr=3e-4, arch_betas=(0.5, 0.999), arch_weight_decay=1e-3,
-                 train_arch=True, inner_steps=100, merge_train_val=False, lr_offset=0):
+                 train_arch=True, inner_steps=100, merge_train_val=False, lr_offset=0, relaxation="softmax"):
         super().__init__(supernet, space, name, w_lr, w_lr_min, w_momentum, w_nesterov, w_weight_decay, grad_clip,
-                         arch_lr, arch_betas, arch_weight_decay, False, False, 0.01, train_arch, lr_offset)
+                         arch_lr, arch_betas, arch_weight_decay, False, False, 0.01, train_arch, lr_offset, relaxation)
         self.group_size, self.merge_train_val = inner_steps, merge_train_val
 
     def step(self, train_batch, valid_batch):
