@@ -435,3 +435,123 @@ def test_gradient_rules_compose_with_relaxations_and_selectors(tmp_path):
 
     with pytest.raises(UserError, match="method.relaxation='gumbel'"):
         tiny_method(["method=darts", "method.relaxation=gumbel"])
+
+
+def test_pdarts_skip_dropout_schedule_and_scope():
+    """p·(E−e−1)/E in the w-only epochs, p·exp(−0.2(e−10)) after (the reference's update_p); it drops only the
+    outputs of identity skips, and only in training."""
+    from nasrun.spaces import get_space
+
+    space = get_space("darts", C=4, layers=3, skip_dropout=0.4)
+    sup = space.build_supernet(4).double()
+    for e, expected in [(0, 0.4 * 24 / 25), (9, 0.4 * 15 / 25), (10, 0.4), (17, 0.4 * math.exp(-1.4))]:
+        sup.on_epoch_start(e, 25)
+        assert all(c.skip_dropout == pytest.approx(expected) for c in sup.cells), e
+    cell = sup.cells[0]
+    ops = space.op_names("normal")[0]
+    skip, conv = ops.index("skip_connect"), ops.index("sep_conv_3x3")
+    x = torch.randn(2, 4, 6, 6, dtype=torch.float64)
+    cell.skip_dropout = 1.0
+    only_skip = F.one_hot(torch.tensor(skip), len(ops)).double()
+    only_conv = F.one_hot(torch.tensor(conv), len(ops)).double()
+    cell.train()
+    with torch.no_grad():
+        assert torch.equal(cell._edge(0, x, only_skip), torch.zeros_like(x))  # p = 1 drops every skip output
+        conv_out = cell._edge(0, x, only_conv)
+        cell.skip_dropout = None
+        assert torch.allclose(conv_out, cell._edge(0, x, only_conv))  # other ops untouched (BN in train mode both)
+        cell.skip_dropout = 1.0
+        cell.eval()
+        assert torch.equal(cell._edge(0, x, only_skip), x)  # no dropout outside training
+
+
+def reference_pdarts_final(probs, has_none, max_sk=2, skip=3):
+    """chenxin061/pdarts last-stage derivation restated on switch matrices: probs [14, K] over the global op list
+    (0 = none, 3 = skip), K ops on per edge; none zeroed; keep_1_on, keep_2_branches, then delete the weakest skip
+    while there are more than max_sk."""
+    import numpy as np
+
+    probs = probs.copy()
+    probs[has_none, 0] = 0
+
+    def keep_1_on(p):
+        return [int(np.argmax(p[i])) for i in range(14)]
+
+    def keep_2_branches(p):
+        best = p.max(-1)
+        keep, start, n = [0, 1], 2, 3
+        for _ in range(3):
+            order = sorted(range(n), key=lambda x: best[start + x])
+            keep += [order[-1] + start, order[-2] + start]
+            start, n = start + n, n + 1
+        return sorted(keep)
+
+    op, edges = keep_1_on(probs), keep_2_branches(probs)
+    while sum(op[e] == skip for e in edges) > max_sk:
+        sk = [probs[e, skip] if op[e] == skip and e in edges else 1.0 for e in range(14)]
+        probs[int(np.argmin(sk)), skip] = 0.0
+        op, edges = keep_1_on(probs), keep_2_branches(probs)
+    return {(e, op[e]) for e in edges}
+
+
+def test_pdarts_final_keeps_at_most_two_skips_as_the_reference():
+    """On random α over the full op list (skip made likely), the normal cell's derivation equals the restated
+    reference, and holds ≤ 2 skips."""
+    import numpy as np
+
+    from nasrun.selectors.pdarts_final import PdartsFinal
+    from nasrun.spaces import get_space
+
+    space = get_space("darts", C=4, layers=3)
+    ops = space.op_names("normal")[0]
+    _, _, m = tiny_method(["space=darts"])
+    g = torch.Generator().manual_seed(0)
+    for trial in range(30):
+        with torch.no_grad():
+            for a in m.alphas.values():
+                a.copy_(torch.randn(a.shape, generator=g))
+                a[:, ops.index("skip_connect")] += 1.5  # skip-heavy, so the restriction has work to do
+        (_, genotype), = PdartsFinal(max_skips=2).select(space, m)
+        probs = F.softmax(m.alphas["normal"].detach().double(), -1).numpy()
+        expected = reference_pdarts_final(probs, np.ones(14, bool))
+        gene = genotype.normal
+        got = set()
+        for node in range(4):
+            for name, j in gene[2 * node:2 * node + 2]:
+                e = [i for i, (n, s) in enumerate(space.edges) if n == node and s == j][0]
+                got.add((e, ops.index(name)))
+        assert got == expected, trial
+        assert sum(name == "skip_connect" for name, _ in gene) <= 2
+
+
+def test_pdarts_stages_chain_through_the_pruned_ops(tmp_path):
+    """Stage 1 keeps the 5 strongest ops per edge (the reference's get_min_k on softmax(α)); stage 2 is built on
+    exactly those lists from stage 1's selection.json, keeps 3; stage 3 derives the genotype."""
+    import json
+
+    from nasrun.search import run_search
+
+    from .conftest import make_cfg, tiny_space
+
+    small = [*tiny_space("darts"), "dataset=synthetic", "trainer.epochs=1", "trainer.batch_size=16", "benchmark=none",
+             "trainer.device=cpu", "trainer.progress=false", "space.skip_dropout=0.1", "space.layers=3"]
+    run_search(make_cfg(["+experiment=pdarts_stage1", *small], tiny=False), tmp_path / "s1")
+    kept = json.loads((tmp_path / "s1" / "selection.json").read_text())["decisions"]
+    alphas = torch.load(tmp_path / "s1" / "checkpoint.pt", weights_only=False)["method"]["alphas"]
+    from nasrun.spaces import get_space
+
+    ops = get_space("darts").op_names("normal")[0]
+    for key in ("normal", "reduce"):
+        probs = F.softmax(alphas[key].float(), -1)
+        for e in range(14):
+            top5 = sorted(torch.argsort(probs[e], descending=True)[:5].tolist())
+            assert kept[key][e] == [ops[o] for o in top5]
+    run_search(make_cfg(["+experiment=pdarts_stage2", *small, f"space.edge_ops_file={tmp_path / 's1' / 'selection.json'}"],
+                        tiny=False), tmp_path / "s2")
+    a2 = torch.load(tmp_path / "s2" / "checkpoint.pt", weights_only=False)["method"]["alphas"]
+    assert a2["normal"].shape == (14, 5)
+    kept2 = json.loads((tmp_path / "s2" / "selection.json").read_text())["decisions"]
+    assert all(set(kept2[k][e]) <= set(kept[k][e]) and len(kept2[k][e]) == 3 for k in kept2 for e in range(14))
+    summary = run_search(make_cfg(["+experiment=pdarts_stage3", *small,
+                                   f"space.edge_ops_file={tmp_path / 's2' / 'selection.json'}"], tiny=False), tmp_path / "s3")
+    assert summary["selector"] == "pdarts_final" and summary["skip_count"] <= 2

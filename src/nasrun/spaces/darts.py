@@ -5,9 +5,11 @@ every earlier state, 14 edges; ``fixed``: node i takes c_{k-2} and the previous 
 whether α is shared by cell type (``normal``/``reduce``) or owned by every cell (``amended_deep``).
 """
 
+import math
 from math import comb, prod
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UserError
@@ -34,6 +36,20 @@ def search_op(name, C, stride):
     if "pool" in name:  # search-time pools get a non-affine BN (quark0 MixedOp)
         op = nn.Sequential(op, nn.BatchNorm2d(C, affine=False))
     return op
+
+
+def read_edge_ops(path):
+    """Per-edge op lists from a JSON file (``selector=prune_ops`` writes them); one-line error when unusable."""
+    import json
+    from pathlib import Path
+
+    try:
+        data = json.loads(Path(path).expanduser().read_text())
+        data = data.get("decisions", data)  # a selection.json of selector=prune_ops, or the lists themselves
+        return {k: data[k] for k in ("normal", "reduce")}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"space.edge_ops_file={path}: cannot read per-edge op lists ({exc}); give the pruned_ops.json "
+                        "of the previous P-DARTS stage") from None
 
 
 def channel_shuffle(x, groups):
@@ -68,6 +84,7 @@ class SearchCell(FusedCellMixin, nn.Module):
         self.ops = nn.ModuleList(nn.ModuleList(search_op(o, C // partial, 2 if reduction and j < 2 else 1)
                                                for o in edge_ops[e]) for e, (_, j) in enumerate(edges))
         self.bypass_pool = nn.MaxPool2d(2, 2) if partial > 1 and reduction else None
+        self.skip_dropout = None  # P-DARTS: dropout rate on skip-connection outputs (set per epoch by the supernet)
         modules = {e: list(ops) for e, ops in enumerate(self.ops)}
         # state j feeds nodes i with (i, j) in edges; node i is complete once state i+1 has been processed
         self.sources = CellPlans([
@@ -79,7 +96,8 @@ class SearchCell(FusedCellMixin, nn.Module):
     def forward(self, s0, s1, w, drop_prob=None):
         if isinstance(w, HardPath):
             return self.forward_hard(s0, s1, w)
-        if (drop_prob is not None and self.training) or self.partial > 1:  # per-edge work: the per-op cell
+        if (drop_prob is not None and self.training) or self.partial > 1 or self.skip_dropout is not None:
+            # per-edge work: the per-op cell
             return self.forward_reference(s0, s1, w, drop_prob)
         return self.forward_fused(s0, s1, w) if self.fused else self.forward_reference(s0, s1, w)
 
@@ -89,7 +107,11 @@ class SearchCell(FusedCellMixin, nn.Module):
         sum (its edge normalisation β when the method folds β into w), then the channels are shuffled."""
         k = self.partial
         part = x[:, :x.shape[1] // k] if k > 1 else x
-        out = mixed(self.ops[e], part, w) if index is None else mixed_hard(self.ops[e], part, w, index)
+        if self.skip_dropout is not None and index is None:
+            out = sum(wo * (F.dropout(op(part), self.skip_dropout, self.training) if isinstance(op, Identity) else op(part))
+                      for wo, op in zip(w, self.ops[e]))
+        else:
+            out = mixed(self.ops[e], part, w) if index is None else mixed_hard(self.ops[e], part, w, index)
         if k == 1:
             return out
         rest = x[:, x.shape[1] // k:]
@@ -143,7 +165,7 @@ class DartsSupernet(nn.Module):
     """
 
     def __init__(self, C, num_classes, layers, edges, cell_ops, keys, in_channels=3, stem_multiplier=3,
-                 auxiliary=False, aux_weight=0.4, drop_path=0.0, partial=1):
+                 auxiliary=False, aux_weight=0.4, drop_path=0.0, partial=1, skip_dropout=0.0, skip_dropout_warmup=10):
         super().__init__()
         C_curr = stem_multiplier * C
         self.stem = nn.Sequential(nn.Conv2d(in_channels, C_curr, 3, padding=1, bias=False), nn.BatchNorm2d(C_curr))
@@ -164,10 +186,19 @@ class DartsSupernet(nn.Module):
         self.classifier = nn.Linear(C_p, num_classes)
         # a device scalar filled in place each epoch, so a captured step reads the current value
         self.register_buffer("drop_prob", torch.zeros(()), persistent=False)
+        self.max_skip_dropout, self.skip_dropout_warmup = skip_dropout, skip_dropout_warmup
+        for cell in self.cells:
+            cell.skip_dropout = 0.0 if skip_dropout > 0 else None
 
     def on_epoch_start(self, epoch, epochs):
-        """Drop-path probability of the epoch: ``drop_path``·epoch/epochs."""
+        """Drop-path probability of the epoch: ``drop_path``·epoch/epochs; P-DARTS's skip dropout
+        p·(E−e−1)/E during its w-only warm-up epochs, p·exp(−0.2·(e − warmup)) after."""
         self.drop_prob.fill_(self.max_drop_path * epoch / epochs)
+        if self.max_skip_dropout > 0:
+            p, w = self.max_skip_dropout, self.skip_dropout_warmup
+            rate = p * (epochs - epoch - 1) / epochs if epoch < w else p * math.exp(-(epoch - w) * 0.2)
+            for cell in self.cells:
+                cell.skip_dropout = rate
 
     def forward(self, x, weights):
         s0 = s1 = self.stem(x)
@@ -290,6 +321,10 @@ class DartsSpace(SearchSpace):
             drop-path (ramped to this value) in the search supernet ([AMD] §4.1.2; off by default).
         partial_channels: K of PC-DARTS: only 1/K of each edge's input channels go through its mixed op
             (1: all, DARTS).
+        edge_ops_file: a JSON ``{"normal": [[ops] × E], "reduce": [...]}`` that replaces the op lists (a P-DARTS
+            stage's pruned ops, written by ``selector=prune_ops``).
+        skip_dropout, skip_dropout_warmup: P-DARTS's dropout p on skip-connection outputs in search, p·(E−e−1)/E
+            for the first ``skip_dropout_warmup`` epochs, then p·exp(−0.2·(e − warmup)) (per-op cells when > 0).
     """
 
     default_split = "darts"
@@ -297,8 +332,12 @@ class DartsSpace(SearchSpace):
 
     def __init__(self, name="darts", ops=None, edge_ops=None, topology="full", shared_alpha=True, C=16, layers=8,
                  eval_C=36, eval_layers=20, auxiliary=True, search_auxiliary=False, search_aux_weight=0.4,
-                 search_drop_path=0.0, partial_channels=1):
+                 search_drop_path=0.0, partial_channels=1, edge_ops_file=None, skip_dropout=0.0,
+                 skip_dropout_warmup=10):
         self.name, self.topology, self.shared_alpha = name, topology, shared_alpha
+        self.skip_dropout, self.skip_dropout_warmup = skip_dropout, skip_dropout_warmup
+        if edge_ops_file:
+            edge_ops = read_edge_ops(edge_ops_file)
         self.search_auxiliary, self.search_aux_weight, self.search_drop_path = (search_auxiliary, search_aux_weight,
                                                                                 search_drop_path)
         self.partial_channels = partial_channels
@@ -345,7 +384,8 @@ class DartsSpace(SearchSpace):
 
         return DartsSupernet(self.C, num_classes, self.layers, self.edges, cell_ops, self.alpha_keys(), in_channels,
                              auxiliary=self.search_auxiliary, aux_weight=self.search_aux_weight,
-                             drop_path=self.search_drop_path, partial=self.partial_channels)
+                             drop_path=self.search_drop_path, partial=self.partial_channels,
+                             skip_dropout=self.skip_dropout, skip_dropout_warmup=self.skip_dropout_warmup)
 
     def build_network(self, genotype, num_classes, C=None, layers=None, auxiliary=None, imagenet=False, in_channels=3):
         g = self._coerce(genotype)
