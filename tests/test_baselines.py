@@ -305,7 +305,7 @@ def test_pc_darts_partial_channel_edge():
 
 
 @pytest.mark.parametrize("method, extra", [("pc_darts", ["method.arch_start_epoch=1"]), ("sdarts_adv", []),
-                                           ("drnas", []), ("gdas", []), ("rsps", []),
+                                           ("drnas", []), ("gdas", []), ("rsps", []), ("snas", []),
                                            ("sgas_cri2", ["space=darts", "method.warmup_dec_epoch=0",
                                                           "method.decision_freq=1"])])
 def test_baselines_resume_bit_identically(tmp_path, monkeypatch, method, extra):
@@ -555,3 +555,36 @@ def test_pdarts_stages_chain_through_the_pruned_ops(tmp_path):
     summary = run_search(make_cfg(["+experiment=pdarts_stage3", *small,
                                    f"space.edge_ops_file={tmp_path / 's2' / 'selection.json'}"], tiny=False), tmp_path / "s3")
     assert summary["selector"] == "pdarts_final" and summary["skip_count"] <= 2
+
+
+def test_snas_single_level_step_through_the_relaxed_sample():
+    """The α gradient of SNAS's joint step is ∂L_train/∂α at w = softmax((α + g)/τ), g = −log(−log u) from the CPU
+    generator (no validation batch), and τ follows (1 − e/150)(1 − 0.03) + 0.03."""
+    _, sup, m = tiny_method(["method=snas"], dtype=torch.float64)
+    for e, tau in [(0, 1.0), (75, 0.515), (149, (1 / 150) * 0.97 + 0.03), (200, 0.03)]:
+        m.on_epoch_start(e, 150)
+        assert m.temp == pytest.approx(tau)
+    m.on_epoch_start(10, 150)
+    m.w_opt = torch.optim.SGD(sup.parameters(), lr=0.0)  # keep the weights, look at α's gradient only
+    m.arch_opt = torch.optim.SGD(m.arch_parameters(), lr=0.0)
+    x, y = batch(9)
+    alpha = m.alphas["normal"].detach().clone().requires_grad_()
+    torch.manual_seed(4)
+    u = torch.rand(alpha.shape, dtype=m._gumbel["normal"].dtype).clamp_min(torch.finfo(torch.float64).tiny)
+    w = F.softmax((alpha + (-(-u.log()).log()).double()) / m._temp.double(), -1)  # τ as the step reads it
+    (expected,) = torch.autograd.grad(F.cross_entropy(sup(x, {"normal": w}), y), alpha)
+    torch.manual_seed(4)
+    m.prepare_step()
+    m.device_step((x, y), None)
+    got = m.alphas["normal"].grad
+    scale = min(1.0, 10.0 / expected.norm().item())  # the reference clips α's gradient to norm 10
+    assert torch.allclose(got, expected * scale, rtol=1e-6, atol=1e-10)
+
+
+def test_snas_searches_on_the_whole_training_set(tmp_path):
+    from nasrun.search import build_search
+
+    from .conftest import make_cfg
+
+    *_, stream, _, _, method = build_search(make_cfg(["method=snas", "dataset.synthetic.n_train=64"]), torch.device("cpu"))
+    assert method.merge_train_val and len(stream.train_idx) == 64 and stream.steps == 4

@@ -165,7 +165,8 @@ class DartsSupernet(nn.Module):
     """
 
     def __init__(self, C, num_classes, layers, edges, cell_ops, keys, in_channels=3, stem_multiplier=3,
-                 auxiliary=False, aux_weight=0.4, drop_path=0.0, partial=1, skip_dropout=0.0, skip_dropout_warmup=10):
+                 auxiliary=False, aux_weight=0.4, drop_path=0.0, partial=1, skip_dropout=0.0, skip_dropout_warmup=10,
+                 drop_path_ramp=True):
         super().__init__()
         C_curr = stem_multiplier * C
         self.stem = nn.Sequential(nn.Conv2d(in_channels, C_curr, 3, padding=1, bias=False), nn.BatchNorm2d(C_curr))
@@ -187,13 +188,14 @@ class DartsSupernet(nn.Module):
         # a device scalar filled in place each epoch, so a captured step reads the current value
         self.register_buffer("drop_prob", torch.zeros(()), persistent=False)
         self.max_skip_dropout, self.skip_dropout_warmup = skip_dropout, skip_dropout_warmup
+        self.drop_path_ramp = drop_path_ramp
         for cell in self.cells:
             cell.skip_dropout = 0.0 if skip_dropout > 0 else None
 
     def on_epoch_start(self, epoch, epochs):
         """Drop-path probability of the epoch: ``drop_path``·epoch/epochs; P-DARTS's skip dropout
         p·(E−e−1)/E during its w-only warm-up epochs, p·exp(−0.2·(e − warmup)) after."""
-        self.drop_prob.fill_(self.max_drop_path * epoch / epochs)
+        self.drop_prob.fill_(self.max_drop_path * epoch / epochs if self.drop_path_ramp else self.max_drop_path)
         if self.max_skip_dropout > 0:
             p, w = self.max_skip_dropout, self.skip_dropout_warmup
             rate = p * (epochs - epoch - 1) / epochs if epoch < w else p * math.exp(-(epoch - w) * 0.2)
@@ -318,7 +320,8 @@ class DartsSpace(SearchSpace):
         C, layers: search supernet width and depth.
         eval_C, eval_layers, auxiliary: defaults of the evaluation network (DARTS protocol: 36, 20, True).
         search_auxiliary, search_aux_weight, search_drop_path: an auxiliary tower (loss weight) and
-            drop-path (ramped to this value) in the search supernet ([AMD] §4.1.2; off by default).
+            drop-path in the search supernet ([AMD] §4.1.2; off by default), ramped 0 → ``search_drop_path``
+            over the epochs unless ``search_drop_path_ramp`` is false (SNAS: constant).
         partial_channels: K of PC-DARTS: only 1/K of each edge's input channels go through its mixed op
             (1: all, DARTS).
         edge_ops_file: a JSON ``{"normal": [[ops] × E], "reduce": [...]}`` that replaces the op lists (a P-DARTS
@@ -333,9 +336,10 @@ class DartsSpace(SearchSpace):
     def __init__(self, name="darts", ops=None, edge_ops=None, topology="full", shared_alpha=True, C=16, layers=8,
                  eval_C=36, eval_layers=20, auxiliary=True, search_auxiliary=False, search_aux_weight=0.4,
                  search_drop_path=0.0, partial_channels=1, edge_ops_file=None, skip_dropout=0.0,
-                 skip_dropout_warmup=10):
+                 skip_dropout_warmup=10, search_drop_path_ramp=True):
         self.name, self.topology, self.shared_alpha = name, topology, shared_alpha
         self.skip_dropout, self.skip_dropout_warmup = skip_dropout, skip_dropout_warmup
+        self.search_drop_path_ramp = search_drop_path_ramp
         if edge_ops_file:
             edge_ops = read_edge_ops(edge_ops_file)
         self.search_auxiliary, self.search_aux_weight, self.search_drop_path = (search_auxiliary, search_aux_weight,
@@ -385,7 +389,8 @@ class DartsSpace(SearchSpace):
         return DartsSupernet(self.C, num_classes, self.layers, self.edges, cell_ops, self.alpha_keys(), in_channels,
                              auxiliary=self.search_auxiliary, aux_weight=self.search_aux_weight,
                              drop_path=self.search_drop_path, partial=self.partial_channels,
-                             skip_dropout=self.skip_dropout, skip_dropout_warmup=self.skip_dropout_warmup)
+                             skip_dropout=self.skip_dropout, skip_dropout_warmup=self.skip_dropout_warmup,
+                             drop_path_ramp=self.search_drop_path_ramp)
 
     def build_network(self, genotype, num_classes, C=None, layers=None, auxiliary=None, imagenet=False, in_channels=3):
         g = self._coerce(genotype)
