@@ -257,3 +257,33 @@ def test_rerun_one_job_of_a_sweep_in_place(tmp_path):
     assert "epoch 1/1" in (sweep / "1" / "search.log").read_text()
     bad = nasrun("rerun", str(tmp_path))
     assert bad.returncode == 2 and "not a run directory" in bad.stderr
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["search", "trainer.epochs=0"], "trainer.epochs=0: must be ≥ 1"),
+    (["search", "trainer.epochs=-3"], "trainer.epochs=-3: must be ≥ 1"),
+    (["search", "trainer.epochs=ten"], "trainer.epochs='ten': give a whole number ≥ 1"),
+    (["search", "trainer.batch_size=-5"], "trainer.batch_size=-5: must be ≥ 1"),
+    (["search", "trainer.batch_size=0"], "trainer.batch_size=0: must be ≥ 1"),
+    (["search", "space.C=0"], "space.C=0: must be ≥ 1"),
+    (["search", "dataset.train_portion=1.5"], "dataset.train_portion=1.5: give a fraction strictly between 0 and 1"),
+    (["search", "+trainer.nope=1"], "unknown key trainer.nope (added with +)"),
+    (["search", "+trainer.epoch=3"], "did you mean trainer.epochs"),
+    (["eval"], "nasrun eval needs genotype="),
+])
+def test_nonsense_values_are_refused_before_a_run_directory_exists(tmp_path, args, needle):
+    """Issue 15 items 3, 4, 8: one line, exit 2, and no run directory left behind."""
+    run_dir = tmp_path / "run"
+    proc = nasrun(*args, f"hydra.run.dir={run_dir}")
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("nasrun: error:") and needle in lines[0], proc.stderr
+    assert not run_dir.exists()
+
+
+def test_sweep_jobs_with_nonsense_values_fail_alone(tmp_path):
+    proc = nasrun("search", "-m", "trainer.epochs=1,0", *[a for a in TINY if not a.startswith("trainer.epochs")],
+                  f"hydra.sweep.dir={tmp_path}")
+    assert proc.returncode == 1
+    assert json.loads((tmp_path / "1" / "status.json").read_text())["error"] == "trainer.epochs=0: must be ≥ 1"
+    assert json.loads((tmp_path / "0" / "status.json").read_text())["status"] == "finished"

@@ -119,13 +119,28 @@ def check_overrides(config_name, args):
         return
     from hydra import compose, initialize_config_dir
 
+    from .config import unknown_added_keys, validate
+
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            compose(config_name=config_name, overrides=plain)
+            cfg = compose(config_name=config_name, overrides=plain)
+            added = [a for a in plain if a.startswith("+") and not a.startswith("++")]
+            base = compose(config_name=config_name, overrides=[a for a in plain if a not in added or
+                                                               a.lstrip("+").split("=", 1)[0] in GROUPS])
     except Exception as exc:  # noqa: BLE001 - every composition error is a user error here
         lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
         cause = str(exc.__cause__).splitlines()[0] if exc.__cause__ else ""
         fail(" ".join(lines[:1] + ([cause] if cause and cause not in lines[0] else [])))
+    for key, close in unknown_added_keys(base, added):
+        fail(f"unknown key {key} (added with +); " + (f"did you mean {', '.join(close[:3])}?" if close else
+                                                      "this config has no such section"))
+    if config_name == "eval" and cfg.get("genotype") in (None, "???"):
+        fail("nasrun eval needs genotype=...: a genotype string, a published name (DARTS_V2), a genotype.json "
+             "or a search run directory")
+    try:
+        validate(cfg)
+    except UserError as exc:
+        fail(str(exc))
 
 
 def bench_main(argv):

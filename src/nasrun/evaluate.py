@@ -7,7 +7,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .benchmarks import benchmark_class, open_benchmark
-from .config import build
+from .config import build, validate
 from .errors import UserError
 from .rundir import RunDir
 from .utils import count_flops, count_parameters, resolve_device
@@ -42,6 +42,7 @@ def read_genotype_arg(value):
 
 def run_eval(cfg, out_dir):
     """Evaluate ``cfg.genotype``: NB201 benchmark table (``mode=benchmark``) or retraining (``mode=retrain``)."""
+    validate(cfg)
     run = RunDir(out_dir, cfg)
     space = build(cfg.space)
     mode = cfg.mode if cfg.mode != "auto" else ("benchmark" if space.benchmark else "retrain")

@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .benchmarks import open_benchmark
-from .config import build
+from .config import build, validate
 from .data import BENCHMARK_NAMES, build_search_stream, load_dataset
 from .diagnostics import discretised_accuracy, hessian_eigenvalue, ies_entropy, operation_magnitudes, tse_estimators
 from .engine import EpochLoop, console, seed_everything
@@ -88,6 +88,7 @@ def epoch_start(supernet, method, epoch, epochs):
 
 def run_search(cfg, out_dir):
     """Run (or resume) one search in ``out_dir`` and return its summary dict."""
+    validate(cfg)
     run = RunDir(out_dir, cfg)
     state = run.load_checkpoint()
     if state is not None and state.get("finished"):
