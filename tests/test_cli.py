@@ -287,3 +287,15 @@ def test_sweep_jobs_with_nonsense_values_fail_alone(tmp_path):
     assert proc.returncode == 1
     assert json.loads((tmp_path / "1" / "status.json").read_text())["error"] == "trainer.epochs=0: must be ≥ 1"
     assert json.loads((tmp_path / "0" / "status.json").read_text())["status"] == "finished"
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["eval", "genotype=/nonexistent/run_dir"], "genotype=/nonexistent/run_dir: no such run directory or genotype file"),
+    (["eval", "genotype=DARTS_V2", "space=nb201"], "DARTS_V2 is a DARTS-space genotype name"),
+    (["eval", "genotype=DARTS_V2", "trainer.epochs=5"], "retrain.epochs"),
+    (["search", "-m", "--cfg", "job"], "-m and --cfg cannot be combined"),
+])
+def test_messages_name_the_real_problem(tmp_path, args, needle):
+    """Issue 15 item 6: each of these said something misleading (or exited 1 with a traceback)."""
+    proc = nasrun(*args, cwd=tmp_path)
+    assert proc.returncode == 2 and needle in proc.stderr and "Traceback" not in proc.stderr, proc.stderr

@@ -124,3 +124,17 @@ def test_fixed_thread_count_makes_the_result_independent_of_the_launcher(tmp_pat
     assert make_cfg([], tiny=False).trainer.threads == 1  # the default is a number, not the machine's core count
     with pytest.raises(UserError, match="trainer.threads=0"):
         run_search(make_cfg(["trainer.threads=0"]), tmp_path / "bad")
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002])
+def test_run_files_respect_the_umask(tmp_path, umask):
+    """Issue 15 item 7: checkpoint.pt, env.json, genotype.json, summary.json get the mode any other file would
+    (shared lab directories), not mkstemp's 0600."""
+    old = os.umask(umask)
+    try:
+        run_search(make_cfg(["trainer.epochs=1"]), tmp_path / "run")
+    finally:
+        os.umask(old)
+    for name in ("checkpoint.pt", "env.json", "genotype.json", "summary.json", "config.yaml", "metrics.jsonl"):
+        mode = (tmp_path / "run" / name).stat().st_mode & 0o777
+        assert mode == 0o666 & ~umask, (name, oct(mode))

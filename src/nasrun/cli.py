@@ -102,6 +102,10 @@ def check_overrides(config_name, args):
     ``-m`` the whole config is composed once to catch unknown keys and malformed values.
     """
     multirun = any(a in ("-m", "--multirun") for a in args)
+    modes = [a for a in args if a in ("-m", "--multirun", "-c", "--cfg", "-i", "--info", "--run")]
+    if multirun and len(modes) > 1:
+        fail(f"{' and '.join(modes)} cannot be combined: -m runs a sweep, --cfg/--info only print the config "
+             "(drop one)")
     plain = []
     for arg in args:
         if arg.startswith("-") or "=" not in arg:
@@ -130,7 +134,10 @@ def check_overrides(config_name, args):
     except Exception as exc:  # noqa: BLE001 - every composition error is a user error here
         lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
         cause = str(exc.__cause__).splitlines()[0] if exc.__cause__ else ""
-        fail(" ".join(lines[:1] + ([cause] if cause and cause not in lines[0] else [])))
+        hint = ""
+        if config_name == "eval" and "'trainer." in lines[0] and "not in struct" in " ".join(lines + [cause]):
+            hint = "(nasrun eval's schedule lives under retrain.*, e.g. retrain.epochs; trainer.* is hardware only)"
+        fail(" ".join(lines[:1] + ([cause] if cause and cause not in lines[0] else []) + ([hint] if hint else [])))
     for key, close in unknown_added_keys(base, added):
         fail(f"unknown key {key} (added with +); " + (f"did you mean {', '.join(close[:3])}?" if close else
                                                       "this config has no such section"))

@@ -37,6 +37,8 @@ def read_genotype_arg(value):
             raise UserError(f"{path} is not valid JSON ({exc})") from None
     if text.endswith(".json"):
         raise UserError(f"genotype file {path} does not exist")
+    if "/" in text and not text.startswith("{") and "|" not in text and "(" not in text:  # a path, not a genotype
+        raise UserError(f"genotype={text}: no such run directory or genotype file")
     return text
 
 

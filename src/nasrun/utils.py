@@ -13,6 +13,13 @@ from pathlib import Path
 import torch
 
 
+def current_umask():
+    """The process umask (read by setting it and putting it back)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path, write_fn):
     """Write a file atomically: ``write_fn(fileobj)`` into a temp file beside ``path``, then rename."""
     path = Path(path)
@@ -23,6 +30,7 @@ def atomic_write_bytes(path, write_fn):
             write_fn(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600; give the file the mode open() would
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -231,6 +231,10 @@ class NB201Space(SearchSpace):
             raise UserError("this is a DARTS-space genotype, not an NB201 arch string; pass space=darts")
         if text.startswith("input,"):
             raise UserError("this is an NB101 cell, not an NB201 arch string; pass space=nb1shot1_s1 (or _s2, _s3)")
+        from .darts_genotypes import NAMED
+
+        if text in NAMED:
+            raise UserError(f"{text} is a DARTS-space genotype name, not an NB201 arch string; pass space=darts")
         parts = text.split("+")
         if len(parts) != MAX_NODES - 1:
             raise UserError(f"malformed NB201 genotype {text!r}: expected 3 nodes separated by '+', got {len(parts)}; "
