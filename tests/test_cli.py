@@ -299,3 +299,32 @@ def test_messages_name_the_real_problem(tmp_path, args, needle):
     """Issue 15 item 6: each of these said something misleading (or exited 1 with a traceback)."""
     proc = nasrun(*args, cwd=tmp_path)
     assert proc.returncode == 2 and needle in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_a_second_process_on_a_run_directory_is_refused(tmp_path):
+    """Issue 15 item 5: two processes on one run directory used to interleave metrics.jsonl. The second is refused
+    (who holds it, exit 2) and, once the first has stopped, the same command resumes."""
+    import os
+    import signal
+    import time
+
+    run = tmp_path / "run"
+    args = ["search", *TINY, "trainer.epochs=40", "dataset.synthetic.n_train=64", f"hydra.run.dir={run}"]
+    first = subprocess.Popen(NASRUN + args, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while not ((run / ".lock").exists() and f"PID {first.pid}" in (run / ".lock").read_text()):
+            assert first.poll() is None and time.time() < deadline, first.communicate()
+            time.sleep(0.1)
+        second = nasrun(*args)
+        assert second.returncode == 2 and f"is in use by PID {first.pid}" in second.stderr, second.stderr
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(timeout=120) == 3
+    finally:
+        if first.poll() is None:
+            os.kill(first.pid, signal.SIGKILL)
+    lines = len((run / "metrics.jsonl").read_text().splitlines())
+    third = nasrun(*args, timeout=600)
+    assert third.returncode == 0 and "resuming" in third.stderr + third.stdout, third.stderr
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == list(range(40)) and lines < 40

@@ -39,9 +39,33 @@ class RunDir:
     def __init__(self, path, cfg):
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
+        self._lock = self._acquire()
         self.config = OmegaConf.to_container(cfg, resolve=True)
         self.ckpt = self.path / "checkpoint.pt"
         self.metrics = self.path / "metrics.jsonl"
+
+    def _acquire(self):
+        """An exclusive lock on ``<run>/.lock`` for this process's life (released when the object goes, or
+        the process dies): a second process on the same run directory is refused, naming the holder."""
+        import fcntl
+        import os
+        import socket
+        import time
+
+        f = open(self.path / ".lock", "a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            f.close()
+            raise UserError(f"run directory {self.path} is in use by {holder}; wait for it to finish (or stop it), "
+                            "or give another hydra.run.dir") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"PID {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        f.flush()
+        return f
 
     def start(self):
         """Fix torch's CPU thread count (``trainer.threads``), send the console's lines to ``<task>.log`` here,
