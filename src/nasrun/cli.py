@@ -128,9 +128,10 @@ def check_overrides(config_name, args):
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             cfg = compose(config_name=config_name, overrides=plain)
-            added = [a for a in plain if a.startswith("+") and not a.startswith("++")]
-            base = compose(config_name=config_name, overrides=[a for a in plain if a not in added or
-                                                               a.lstrip("+").split("=", 1)[0] in GROUPS])
+            added = [a for a in plain if a.startswith("+") and not a.startswith("++")
+                     and a.lstrip("+").split("=", 1)[0] not in GROUPS]
+            # the config without the added keys, to tell keys that exist from new ones (only when there are any)
+            base = compose(config_name=config_name, overrides=[a for a in plain if a not in added]) if added else cfg
     except Exception as exc:  # noqa: BLE001 - every composition error is a user error here
         lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
         cause = str(exc.__cause__).splitlines()[0] if exc.__cause__ else ""

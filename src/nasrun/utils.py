@@ -104,6 +104,13 @@ def count_flops(module, input_shape):
     return total[0] / input_shape[0]
 
 
+def hydra_config():
+    """The running Hydra job's config (``HydraConfig``), or None outside a Hydra app (tests, the Python API)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.get() if HydraConfig.initialized() else None
+
+
 def job_cpus():
     """CPUs this job was given: the process's CPU affinity, capped by Slurm's ``SLURM_CPUS_PER_TASK`` and, in
     a sweep, by the launcher (``cpus_per_task``; joblib's share of the cores among ``n_jobs``)."""
@@ -113,12 +120,8 @@ def job_cpus():
         n = os.cpu_count() or 1
     if os.environ.get("SLURM_CPUS_PER_TASK", "").isdigit():
         n = min(n, int(os.environ["SLURM_CPUS_PER_TASK"]))
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        launcher = HydraConfig.get().launcher if HydraConfig.initialized() else {}
-    except ValueError:
-        launcher = {}
+    hc = hydra_config()
+    launcher = hc.launcher if hc is not None else {}
     if launcher.get("cpus_per_task"):
         n = min(n, int(launcher["cpus_per_task"]))
     jobs = launcher.get("n_jobs")
@@ -187,14 +190,9 @@ def environment(argv=None):
 
 def _command():
     """The nasrun command this run is (``nasrun search seed=3 ...``): in a sweep, one job's overrides."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        if HydraConfig.initialized():
-            hc = HydraConfig.get()
-            return " ".join(["nasrun", hc.job.name, *hc.overrides.task])
-    except ValueError:
-        pass
+    hc = hydra_config()
+    if hc is not None:
+        return " ".join(["nasrun", hc.job.name, *hc.overrides.task])
     return " ".join(["nasrun", *sys.argv[1:]]) if Path(sys.argv[0]).name == "nasrun" else None
 
 

@@ -30,13 +30,16 @@ class Darts(Method):
         relaxation: ``softmax`` (DARTS) or ``dirichlet`` (DrNAS's: every forward mixes with a reparameterised
             sample of Dir(ELU(α)+1)), so a gradient rule composes with either (TSE-DrNAS: ``method=tse_darts
             method.relaxation=dirichlet``).
+        arch_start_epoch: epochs of weights-only training before the α steps begin (P-DARTS 10, PC-DARTS 15).
+        arch_grad_clip: max norm of the α gradient before its Adam step (P-DARTS 5; null: none).
     """
 
     def __init__(self, supernet, space, name="darts", w_lr=0.025, w_lr_min=0.001, w_momentum=0.9,
                  w_nesterov=True, w_weight_decay=5e-4, grad_clip=5.0, arch_lr=3e-4, arch_betas=(0.5, 0.999),
                  arch_weight_decay=1e-3, arch_first=False, unrolled=False, fd_radius=0.01, train_arch=True,
-                 lr_offset=0, relaxation="softmax"):
+                 lr_offset=0, relaxation="softmax", arch_start_epoch=0, arch_grad_clip=None):
         super().__init__(supernet, space)
+        self.arch_enabled, self.arch_start_epoch, self.arch_grad_clip = train_arch, arch_start_epoch, arch_grad_clip
         if relaxation not in ("softmax", "dirichlet"):
             raise UserError(f"method.relaxation={relaxation!r}: choose softmax or dirichlet")
         self.lr_offset, self.relaxation = lr_offset, relaxation
@@ -52,6 +55,9 @@ class Darts(Method):
 
     def optimizers(self):
         return [self.w_opt, self.arch_opt]
+
+    def graph_key(self):
+        return (super().graph_key(), self.train_arch)  # a captured step does (or skips) the α step
 
     @property
     def graph_safe(self):
@@ -80,6 +86,7 @@ class Darts(Method):
         lr = cosine_lr(epoch + self.lr_offset, epochs, self.w_lr, self.w_lr_min)
         for g in self.w_opt.param_groups:
             g["lr"] = lr
+        self.train_arch = self.arch_enabled and epoch >= self.arch_start_epoch
 
     def lrs(self):
         return {"w_lr": self.w_opt.param_groups[0]["lr"], "arch_lr": self.arch_opt.param_groups[0]["lr"],
@@ -125,6 +132,8 @@ class Darts(Method):
         grads, loss, logits = self.arch_grad(train_batch, valid_batch)
         for a, g in zip(self.arch_parameters(), grads):
             a.grad = g
+        if self.arch_grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.arch_parameters(), self.arch_grad_clip)
         self.arch_opt.step()
         self.arch_opt.zero_grad(set_to_none=True)
         return {"valid_loss": loss.detach(), "valid_correct": (logits.argmax(1) == valid_batch[1]).sum()}

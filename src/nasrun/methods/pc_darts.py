@@ -31,12 +31,15 @@ class PcDarts(Darts):
             raise UserError(f"method=pc_darts normalises edges over a node's inputs; space {space.name} has no such "
                             "edges (use nb201 or a DARTS-family space)")
         device = next(supernet.parameters()).device
-        self.edge_normalization, self.arch_start_epoch, self.arch_enabled = edge_normalization, arch_start_epoch, train_arch
-        self.targets = torch.tensor(space.edge_targets(), device=device)
+        self.edge_normalization = edge_normalization
+        targets = space.edge_targets()  # the α rows into each node, as device index tensors made once
+        self.node_rows = [torch.tensor([e for e, t in enumerate(targets) if t == node], device=device)
+                          for node in sorted(set(targets))]
         self.betas = ({k: torch.nn.Parameter(1e-3 * torch.randn(shape[0], device=device))
                        for k, shape in space.alpha_shapes().items()} if edge_normalization else {})
         super().__init__(supernet, space, name, w_lr, w_lr_min, w_momentum, w_nesterov, w_weight_decay, grad_clip,
-                         arch_lr, arch_betas, arch_weight_decay, arch_first, False, 0.01, train_arch, lr_offset)
+                         arch_lr, arch_betas, arch_weight_decay, arch_first, False, 0.01, train_arch, lr_offset,
+                         arch_start_epoch=arch_start_epoch)
 
     def arch_parameters(self):
         return [self.alphas[k] for k in sorted(self.alphas)] + [self.betas[k] for k in sorted(self.betas)]
@@ -44,8 +47,7 @@ class PcDarts(Darts):
     def edge_norm(self, beta):
         """β̂: softmax of β over the edges into each node."""
         out = torch.empty_like(beta)
-        for node in self.targets.unique():
-            rows = (self.targets == node).nonzero().flatten()
+        for rows in self.node_rows:
             out = out.index_copy(0, rows, F.softmax(beta[rows], dim=0))
         return out
 
@@ -58,13 +60,6 @@ class PcDarts(Darts):
     def derive_weights(self):
         """softmax(α)·β̂, the score PC-DARTS ranks edges and ops by."""
         return {k: v.detach() for k, v in self.edge_weights().items()}
-
-    def on_epoch_start(self, epoch, epochs):
-        super().on_epoch_start(epoch, epochs)
-        self.train_arch = self.arch_enabled and epoch >= self.arch_start_epoch
-
-    def graph_key(self):
-        return (super().graph_key(), self.train_arch)  # the captured step does (or skips) the α step
 
     def state_dict(self):
         return {**super().state_dict(), "betas": {k: v.detach().clone() for k, v in self.betas.items()}}

@@ -59,15 +59,9 @@ class SDarts(Darts):
         for buf in self._noise.values():
             buf.copy_(torch.rand(buf.shape, dtype=buf.dtype) * 2 - 1, non_blocking=True)
 
-    def device_step(self, train_batch, valid_batch):
-        out = {}
-        if self.arch_first and self.train_arch:
-            out.update(self.arch_step(train_batch, valid_batch))
-        self._perturbed = self.perturb(train_batch)
-        out.update(self.weight_step(train_batch))
-        if not self.arch_first and self.train_arch:
-            out.update(self.arch_step(train_batch, valid_batch))
-        return out
+    def weight_step(self, batch):
+        self._perturbed = self.perturb(batch)  # after this step's α step, as the reference perturbs
+        return super().weight_step(batch)
 
     def weight_step_weights(self):
         return self._perturbed

@@ -47,6 +47,7 @@ class Sgas(Darts):
         self.selected = {k: [UNDECIDED] * shape[0] for k, shape in space.alpha_shapes().items()}
         self.history = {k: [] for k in self.alphas}
         self.decisions, self.last_decided = [], -1
+        self._fixed = {}
 
     # --- mixing weights ---------------------------------------------------------------------------------------
     def edge_weights(self, alphas=None):
@@ -54,16 +55,23 @@ class Sgas(Darts):
         out = {}
         for k, a in alphas.items():
             w = F.softmax(a, dim=-1)
+            if k in self._fixed:
+                rows, values = self._fixed[k]
+                w = w.index_copy(0, rows, values.to(w.dtype))
+            out[k] = w
+        return out
+
+    def _refresh_fixed(self):
+        """The decided rows as device tensors (one-hot, or zero when pruned), made once per decision, not per step."""
+        self._fixed = {}
+        for k, a in self.alphas.items():
             fixed = [(e, s) for e, s in enumerate(self.selected[k]) if s != UNDECIDED]
             if fixed:
-                rows = torch.tensor([e for e, _ in fixed], device=w.device)
-                values = torch.zeros(len(fixed), w.shape[-1], dtype=w.dtype, device=w.device)
+                values = torch.zeros(len(fixed), a.shape[-1], device=a.device)
                 for i, (_, s) in enumerate(fixed):
                     if s != PRUNED:
                         values[i, s] = 1.0
-                w = w.index_copy(0, rows, values)
-            out[k] = w
-        return out
+                self._fixed[k] = (torch.tensor([e for e, _ in fixed], device=a.device), values)
 
     def derive_weights(self):
         return {k: v.detach() for k, v in self.edge_weights().items()}
@@ -74,6 +82,7 @@ class Sgas(Darts):
         if epoch >= 1 and self.last_decided < epoch - 1:  # decide after the epoch that just ended, once
             self.decide(epoch - 1)
             self.last_decided = epoch - 1
+            self._refresh_fixed()
             self.reset_graphs()  # the mixing weights' fixed rows changed
 
     def scores(self, key):
@@ -137,6 +146,7 @@ class Sgas(Darts):
         self.selected = {k: list(v) for k, v in state["selected"].items()}
         self.history = {k: [h.clone() for h in v] for k, v in state["history"].items()}
         self.decisions, self.last_decided = list(state["decisions"]), state["last_decided"]
+        self._refresh_fixed()
         super().load_state_dict(state)
 
 
