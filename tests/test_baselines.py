@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from nasrun.methods.sdarts import clip_simplex
 
-from .conftest import tiny_method
+from .conftest import make_cfg, tiny_method
 
 
 def batch(seed, dtype=torch.float64, n=8):
@@ -305,6 +305,7 @@ def test_pc_darts_partial_channel_edge():
 
 
 @pytest.mark.parametrize("method, extra", [("pc_darts", ["method.arch_start_epoch=1"]), ("sdarts_adv", []),
+                                           ("gaea", ["space=darts", "method.learn_edges=true", "method.single_level=true"]),
                                            ("drnas", []), ("gdas", []), ("rsps", []), ("snas", []),
                                            ("sgas_cri2", ["space=darts", "method.warmup_dec_epoch=0",
                                                           "method.decision_freq=1"])])
@@ -339,8 +340,9 @@ def test_baselines_resume_bit_identically(tmp_path, monkeypatch, method, extra):
     states = [torch.load(tmp_path / d / "checkpoint.pt", weights_only=False)["method"] for d in ("straight", "resumed")]
     for k, v in states[0]["alphas"].items():
         assert torch.equal(v, states[1]["alphas"][k]), k
-    for k, v in states[0].get("betas", {}).items():
-        assert torch.equal(v, states[1]["betas"][k]), k
+    for key in ("betas", "edges"):
+        for k, v in states[0].get(key, {}).items():
+            assert torch.equal(v, states[1][key][k]), (key, k)
     lines = [[json.loads(x)["train_loss"] for x in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]
              for d in ("straight", "resumed")]
     assert lines[0] == lines[1]
@@ -588,3 +590,148 @@ def test_snas_searches_on_the_whole_training_set(tmp_path):
 
     *_, stream, _, _, method = build_search(make_cfg(["method=snas", "dataset.synthetic.n_train=64"]), torch.device("cpu"))
     assert method.merge_train_val and len(stream.train_idx) == 64 and stream.steps == 4
+
+
+def loss_by_finite_differences(sup, weights_of, alpha, x, y, h=1e-6):
+    """∂L/∂α by central differences of the loss in float64 (no autograd)."""
+    grad = torch.zeros_like(alpha)
+    with torch.no_grad():
+        for idx in range(alpha.numel()):
+            bumped = []
+            for sign in (1, -1):
+                a = alpha.clone().view(-1)
+                a[idx] += sign * h
+                bumped.append(F.cross_entropy(sup(x, weights_of(a.view_as(alpha))), y).item())
+            grad.view(-1)[idx] = (bumped[0] - bumped[1]) / (2 * h)
+    return grad
+
+
+def test_gaea_step_is_exponentiated_gradient_on_the_simplex():
+    """α mixes the ops as is; one α step is α ⊙ exp(−η g) renormalised per row, with g the valid-loss gradient by
+    finite differences; it satisfies the mirror-descent optimality condition log(α'/α) + η g = const per row."""
+    _, sup, m = tiny_method(["method=gaea", "method.arch_lr=0.3"], dtype=torch.float64)
+    torch.manual_seed(3)
+    alpha0 = F.softmax(torch.randn(m.alphas["normal"].shape, dtype=torch.float64), -1)
+    with torch.no_grad():
+        m.alphas["normal"].copy_(alpha0)
+    assert torch.equal(m.edge_weights()["normal"], m.alphas["normal"])  # no softmax
+    train, valid = batch(5), batch(6)
+    sup.eval()  # BN running statistics: the loss is a function of α alone
+    g = loss_by_finite_differences(sup, lambda a: {"normal": a}, alpha0, *valid)
+    m.arch_step(train, valid)
+    got = m.alphas["normal"].detach()
+    expected = alpha0 * torch.exp(-0.3 * g)
+    expected = expected / expected.sum(-1, keepdim=True)
+    assert torch.allclose(got, expected, rtol=1e-6, atol=1e-9)
+    residual = torch.log(got / alpha0) + 0.3 * g
+    assert torch.allclose(residual, residual[:, :1].expand_as(residual), atol=1e-6)
+    assert torch.allclose(got.sum(-1), torch.ones(6, dtype=torch.float64))
+
+
+def test_gaea_starts_uniform_and_clamps_at_the_floor():
+    """α starts at 1/K; where α·e^{−ηg} falls under 1e-5 the reference's floor max(·, 1e-5) applies before the row is
+    normalised (checked against that formula in float64), and an η that overflows e^{−ηg} leaves finite rows."""
+    from nasrun.config import build
+
+    cfg = make_cfg(["method=gaea"])
+    space = build(cfg.space)
+    m = build(cfg.method, supernet=space.build_supernet(4).double(), space=space)
+    assert torch.equal(m.alphas["normal"], torch.full((6, 5), 0.2))
+    with torch.no_grad():
+        m.alphas["normal"].data = m.alphas["normal"].data.double()
+    valid = batch(2)
+    (g,), *_ = m.first_order_grad(valid)
+    m.eta = 15 / g.abs().max().item()  # η·g spans [−15, 15]: 0.2·e^{−15} ≈ 6e-8 is under the floor
+    u = 0.2 * torch.exp(-m.eta * g)
+    assert (u < 1e-5).any()
+    expected = u.clamp(min=1e-5) / u.clamp(min=1e-5).sum(-1, keepdim=True)
+    m.arch_step(batch(1), valid)
+    assert torch.allclose(m.alphas["normal"].detach(), expected, rtol=1e-9)
+    m.eta = 1e6  # e^{−ηg} overflows; the update stays a distribution (the reference's would be nan)
+    for _ in range(2):
+        m.arch_step(batch(1), valid)
+        a = m.alphas["normal"].detach()
+        assert torch.isfinite(a).all() and torch.allclose(a.sum(-1), torch.ones(6, dtype=torch.float64))
+
+
+def test_gaea_learned_edges_per_node():
+    """GAEA PC-DARTS: edges start at 1/fan-in, an edge step multiplies by exp(−η g) and renormalises over each node's
+    inputs, the ops mix with α_e·edge_e, and the genotype is read from that product."""
+    _, sup, m = tiny_method(["space=darts", "method=gaea", "method.learn_edges=true", "method.edge_lr=0.5"],
+                            dtype=torch.float64)
+    fan_in = torch.tensor([2, 2, 3, 3, 3, 4, 4, 4, 4, 5, 5, 5, 5, 5], dtype=torch.float64)
+    m2 = type(m)(sup, m.space, learn_edges=True)
+    assert torch.allclose(m2.edges["normal"].double(), 1 / fan_in)
+    with torch.no_grad():
+        for k in m.alphas:
+            m.alphas[k].copy_(F.softmax(m.alphas[k], -1))
+            m.edges[k].copy_(1 / fan_in)
+    e0 = {k: v.detach().clone() for k, v in m.edges.items()}
+    a = m.alphas["normal"].detach()
+    assert torch.allclose(m.edge_weights()["normal"], a * e0["normal"][:, None])
+    grads, *_ = m.first_order_grad(batch(4))
+    g_edges = dict(zip(sorted(m.edges), grads[len(m.alphas):]))
+    m.arch_step(batch(3), batch(4))
+    for k in m.edges:
+        raw = e0[k] * torch.exp(-0.5 * g_edges[k])
+        start = 0
+        for n_in in (2, 3, 4, 5):
+            rows = slice(start, start + n_in)
+            assert torch.allclose(m.edges[k].detach()[rows], raw[rows] / raw[rows].sum(), rtol=1e-6), (k, n_in)
+            start += n_in
+    w = m.derive_weights()["normal"]
+    assert torch.allclose(w, m.alphas["normal"].detach() * m.edges["normal"].detach()[:, None])
+
+
+def test_gaea_erm_draws_both_batches_from_the_training_images():
+    from nasrun.search import build_search
+
+    from .conftest import make_cfg
+
+    *_, stream, _, _, m = build_search(make_cfg(["method=gaea", "method.single_level=true",
+                                                 "dataset.synthetic.n_train=64"]), torch.device("cpu"))
+    assert m.single_level and len(stream.train_idx) == 64 and torch.equal(stream.valid_idx, stream.train_idx)
+    *_, stream, _, _, m = build_search(make_cfg(["method=gaea", "dataset.synthetic.n_train=64"]), torch.device("cpu"))
+    train_only = stream.train_idx.clone()
+    stream.valid_from_test = True  # the NB201 CIFAR-100 split: the valid half is test images
+    stream.single_level()
+    assert torch.equal(stream.train_idx, train_only) and torch.equal(stream.valid_idx, train_only)
+
+
+def test_gaea_presets_follow_the_reference_configs():
+    from .test_presets import preset_method
+
+    for name, single, selector in (("gaea_nb201_erm", True, "argmax"), ("gaea_nb201_bilevel", False, "best_epoch")):
+        cfg, m = preset_method(name)
+        full = make_cfg([f"+experiment={name}"], tiny=False)
+        assert list(full.space.ops) == ["skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3"]
+        assert (full.space.C, full.space.N, full.space.track_running_stats) == (24, 5, True)
+        assert (full.trainer.epochs, full.trainer.batch_size, full.selector.name) == (25, 64, selector)
+        assert m.single_level is single and m.eta == 0.1 and not m.learn_edges
+        m.on_epoch_start(24, 25)  # epoch 24 of a schedule laid out over 50: (1 + cos(24π/50))/2
+        expected = 0.001 + (0.025 - 0.001) * (1 + math.cos(math.pi * 24 / 50)) / 2
+        assert m.w_opt.param_groups[0]["lr"] == pytest.approx(expected)
+        assert m.w_opt.param_groups[0]["momentum"] == 0.9 and not m.w_opt.param_groups[0]["nesterov"]
+        assert m.w_opt.param_groups[0]["weight_decay"] == 3e-4
+    full = make_cfg(["+experiment=gaea_pc_darts"], tiny=False)
+    assert (full.space.partial_channels, full.trainer.batch_size, full.trainer.epochs) == (4, 256, 50)
+    cfg, m = preset_method("gaea_pc_darts")
+    assert m.learn_edges and m.edge_lr == 0.1 and m.eta == 0.1
+    m.on_epoch_start(0, 50)
+    assert m.w_opt.param_groups[0]["lr"] == pytest.approx(0.1) and m.train_arch
+
+
+def test_best_epoch_selector_rolls_back_to_the_peak(tmp_path):
+    import json
+
+    from nasrun.search import run_search
+
+    from .conftest import make_cfg
+
+    summary = run_search(make_cfg(["method=gaea", "selector=best_epoch", "trainer.epochs=3"]), tmp_path)
+    history = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    accs = [r["valid_acc"] for r in history]
+    best = accs.index(max(accs))
+    chosen = json.loads((tmp_path / "genotype.json").read_text())
+    assert chosen["genotype"] == history[best]["genotype"] == summary["genotype"]
+    assert chosen["selector"] == f"best_epoch_valid_acc@{best}"

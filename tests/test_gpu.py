@@ -32,7 +32,7 @@ def test_augment_on_cuda_equals_cpu():
 
 # drnas and gdas are eager by design (Dirichlet sampling on the device RNG; GDAS reads its sampled ops on the host)
 GRAPH_METHODS = ["darts", "darts_2nd", "tse_darts", "amended_darts", "sp_darts", "ex_darts", "fixed_alpha", "sdarts_rs",
-                 "sdarts_adv", "rsps", "pc_darts", "sgas", "snas", "pdarts"]
+                 "sdarts_adv", "rsps", "pc_darts", "sgas", "snas", "pdarts", "gaea"]
 
 
 def cuda_batches(n, batch=16, size=16, seed=0):

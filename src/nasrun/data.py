@@ -312,6 +312,15 @@ class SearchStream:
         self.train_idx, self.valid_idx = merged, merged
         self.steps = -(-len(merged) // self.batch_size)
 
+    def single_level(self):
+        """Draw both batches of a step from the training images: the union of both halves where the valid split is
+        training data, the train split alone where it holds test images (GAEA's single-level loaders, two independent
+        draws from the dataset's training set)."""
+        if self.valid_from_test:
+            self.valid_idx = self.train_idx
+        else:
+            self.merge_train_val()
+
     def start_epoch(self, epoch):
         """Re-seed from (seed, epoch) and draw all of this epoch's random choices."""
         self.gen.manual_seed(self.seed * 100_003 + epoch)

@@ -66,6 +66,8 @@ def build_search(cfg, device):
     method = build(cfg.method, supernet=supernet, space=space)
     if getattr(method, "merge_train_val", False):  # TSE-DARTS: one dataset of both halves
         stream.merge_train_val()
+    elif getattr(method, "single_level", False):  # GAEA ERM: both batches from the training images
+        stream.single_level()
     if t.amp and device.type == "cuda":
         method.autocast = functools.partial(torch.autocast, "cuda", dtype=torch.bfloat16)
     method.use_cuda_graphs(graphs_wanted(t.get("cuda_graphs", "auto"), device))

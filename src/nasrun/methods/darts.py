@@ -32,17 +32,18 @@ class Darts(Method):
             method.relaxation=dirichlet``).
         arch_start_epoch: epochs of weights-only training before the α steps begin (P-DARTS 10, PC-DARTS 15).
         arch_grad_clip: max norm of the α gradient before its Adam step (P-DARTS 5; null: none).
+        lr_epochs: length of the cosine schedule (null: the run's epochs; GAEA anneals over 50 epochs and runs 25).
     """
 
     def __init__(self, supernet, space, name="darts", w_lr=0.025, w_lr_min=0.001, w_momentum=0.9,
                  w_nesterov=True, w_weight_decay=5e-4, grad_clip=5.0, arch_lr=3e-4, arch_betas=(0.5, 0.999),
                  arch_weight_decay=1e-3, arch_first=False, unrolled=False, fd_radius=0.01, train_arch=True,
-                 lr_offset=0, relaxation="softmax", arch_start_epoch=0, arch_grad_clip=None):
+                 lr_offset=0, relaxation="softmax", arch_start_epoch=0, arch_grad_clip=None, lr_epochs=None):
         super().__init__(supernet, space)
         self.arch_enabled, self.arch_start_epoch, self.arch_grad_clip = train_arch, arch_start_epoch, arch_grad_clip
         if relaxation not in ("softmax", "dirichlet"):
             raise UserError(f"method.relaxation={relaxation!r}: choose softmax or dirichlet")
-        self.lr_offset, self.relaxation = lr_offset, relaxation
+        self.lr_offset, self.relaxation, self.lr_epochs = lr_offset, relaxation, lr_epochs
         self.name = name
         self.w_lr, self.w_lr_min, self.grad_clip = w_lr, w_lr_min, grad_clip
         self.arch_first, self.unrolled, self.train_arch = arch_first, unrolled, train_arch
@@ -83,7 +84,7 @@ class Darts(Method):
         return {k: F.softmax(a.detach(), dim=-1) for k, a in self.alphas.items()}
 
     def on_epoch_start(self, epoch, epochs):
-        lr = cosine_lr(epoch + self.lr_offset, epochs, self.w_lr, self.w_lr_min)
+        lr = cosine_lr(epoch + self.lr_offset, self.lr_epochs or epochs, self.w_lr, self.w_lr_min)
         for g in self.w_opt.param_groups:
             g["lr"] = lr
         self.train_arch = self.arch_enabled and epoch >= self.arch_start_epoch
