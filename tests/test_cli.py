@@ -270,9 +270,21 @@ def test_rerun_one_job_of_a_sweep_in_place(tmp_path):
     (["search", "+trainer.nope=1"], "unknown key trainer.nope (added with +)"),
     (["search", "+trainer.epoch=3"], "did you mean trainer.epochs"),
     (["eval"], "nasrun eval needs genotype="),
+    (["search", "selector=selective_stop_darts"], "selector=selective_stop_darts: op 'sep_conv_5x5' is not in space nb201"),
+    (["search", "space=darts", "selector=selective_stop"], "use selector=selective_stop_darts"),
+    (["search", "space=darts", "stop=selective_stop"], "set stop.target"),
+    (["search", "selector=prune_ops"], "space nb201 has none"),
+    (["search", "selector=pdarts_final"], "space nb201 is not one"),
+    (["search", "space=nb1shot1_s1", "selector=random_ranking"], "cannot"),
+    (["search", "space=nb1shot1_s1", "selector=pt"], "selector=pt projects one op per edge"),
+    (["search", "stop=darts_es"], "add diagnostics.hessian_every=2"),
+    (["search", "selector=best_epoch", "selector.metric=hessian_eigenvalue"], "not logged by this search"),
+    (["search", "method=gdas", "selector=pt"], "sampled single paths"),
+    (["search", "method=pc_darts", "space=nb1shot1_s2"], "no such edges"),
 ])
 def test_nonsense_values_are_refused_before_a_run_directory_exists(tmp_path, args, needle):
-    """Issue 15 items 3, 4, 8: one line, exit 2, and no run directory left behind."""
+    """Issue 15 items 1, 3, 4, 8: one line, exit 2, and no run directory left behind (combinations that cannot work
+    are refused before any training)."""
     run_dir = tmp_path / "run"
     proc = nasrun(*args, f"hydra.run.dir={run_dir}")
     assert proc.returncode == 2, proc.stderr

@@ -293,3 +293,34 @@ def test_hessian_batched_rows_equal_row_by_row(monkeypatch):
         calls.clear()
         assert hessian_eigenvalue(method, batch, "exact", chunk=chunk) == pytest.approx(one_by_one, rel=1e-6, abs=1e-9)
         assert calls.count(True) == passes and len(calls) == passes + 1  # + the first-order gradient
+
+
+def test_a_selection_that_fails_after_training_leaves_a_run_select_can_use(tmp_path, monkeypatch):
+    """Issue 15 item 1: whatever happens in selection, the trained run stays usable: the error names
+    `nasrun select`, a rerun does not train again, and `nasrun select` reads the trained state."""
+    import json
+
+    import nasrun.engine as engine
+    from nasrun.errors import UserError
+    from nasrun.search import run_search
+    from nasrun.select import run_select
+    from nasrun.selectors.argmax import ArgmaxSelector
+
+    def broken(self, **_):
+        raise UserError("selection broke")
+
+    monkeypatch.setattr(ArgmaxSelector, "select", broken)
+    with pytest.raises(UserError, match=r"selection broke \(training finished and is kept in .*nasrun select run="):
+        run_search(make_cfg(["trainer.epochs=2"]), tmp_path / "run")
+    steps = {"n": 0}
+    original = engine.accumulate
+    monkeypatch.setattr(engine, "accumulate", lambda *a: (steps.__setitem__("n", steps["n"] + 1), original(*a)))
+    with pytest.raises(UserError, match="selection broke"):
+        run_search(make_cfg(["trainer.epochs=2"]), tmp_path / "run")
+    assert steps["n"] == 0  # the rerun resumed after training
+    monkeypatch.undo()
+    cfg = make_cfg([f"run={tmp_path / 'run'}", "selector=argmax", "trainer.device=cpu", "benchmark=none"],
+                   config_name="select", tiny=False)
+    summary = run_select(cfg, tmp_path / "sel")
+    history = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(history) == 2 and summary["genotype"] == history[-1]["genotype"]

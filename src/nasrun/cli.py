@@ -147,6 +147,10 @@ def check_overrides(config_name, args):
              "or a search run directory")
     try:
         validate(cfg)
+        if config_name == "search":
+            from .search import preflight
+
+            preflight(cfg)
     except UserError as exc:
         fail(str(exc))
 

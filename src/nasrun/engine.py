@@ -178,15 +178,16 @@ class EpochLoop:
         if (self.run.path / "snapshots").exists():
             shutil.rmtree(self.run.path / "snapshots")
 
-    def checkpoint(self, finished=False, summary=None, snapshot=False):
+    def checkpoint(self, finished=False, summary=None, snapshot=False, trained=False):
         """Write checkpoint.pt; with ``snapshot`` first keep the same state as ``snapshots/epoch_<e>.pt``
-        (e = the epoch just finished) for a later :meth:`rollback`."""
+        (e = the epoch just finished) for a later :meth:`rollback`. ``trained``: training is over (selection
+        may still be to come), so ``nasrun select`` can use this state whatever happens next."""
         self.run.save_checkpoint({**{n: o.state_dict() for n, o in self.stateful.items()}, "epoch": self.epoch,
                                   "step": self.step, "history": self.history, "elapsed": self.elapsed,
                                   "overhead": self.overhead,
                                   "rng": rng_state(),
                                   "sums": {k: v.cpu() for k, v in self.sums.items()}, "finished": finished,
-                                  "summary": summary, "events": self.events},
+                                  "trained": trained or finished, "summary": summary, "events": self.events},
                                  also=self.snapshot_path(self.epoch - 1) if snapshot else None)
 
     def _batch(self, step):

@@ -74,11 +74,36 @@ def build_search(cfg, device):
     return space, data, stream, protocol, supernet, method
 
 
-def check_combination(method, selector):
-    """Refuse, before any training, a selector that cannot read this method's supernet."""
+def check_combination(space, method, selector, stop, diagnostics):
+    """Refuse, before any training, a selector or stop rule that cannot work with this space, method and
+    diagnostics (each part's ``check_setup``), so no search trains for nothing (issue 15)."""
     if getattr(selector, "needs_tensor_weights", False) and not getattr(method, "tensor_weights", True):
         raise UserError(f"selector={selector.name} edits the supernet's mixing weights, but method={method.name} runs "
                         "sampled single paths; use selector=argmax (or random_ranking)")
+    keys = record_keys(space, method, diagnostics)
+    for part in (selector, stop):
+        if hasattr(part, "check_setup"):
+            part.check_setup(space=space, method=method, diagnostics=diagnostics, record_keys=keys)
+
+
+def preflight(cfg):
+    """Build a search config's space, method (on a CPU supernet), selector and stop rule and check that they work
+    together, so a refusal comes before any data is loaded or a run directory exists."""
+    space = build(cfg.space)
+    method = build(cfg.method, supernet=space.build_supernet(10), space=space)
+    check_combination(space, method, build(cfg.selector), build(cfg.stop), cfg.diagnostics)
+
+
+def record_keys(space, method, diagnostics):
+    """The numbers every epoch's metrics record will carry (what a selector may rank epochs by)."""
+    keys = {"train_loss", "train_acc", "valid_loss", "valid_acc", "seconds", "images_per_s", "ies_entropy",
+            *method.lrs(), *method.epoch_metrics(), *tse_estimators([1.0]),
+            *space.genotype_stats(space.derive(method.derive_weights()))}
+    if diagnostics.get("hessian_every"):
+        keys.add("hessian_eigenvalue")
+    if diagnostics.get("discrete_acc"):
+        keys.add("discrete_valid_acc")
+    return keys
 
 
 def epoch_start(supernet, method, epoch, epochs):
@@ -91,6 +116,7 @@ def epoch_start(supernet, method, epoch, epochs):
 def run_search(cfg, out_dir):
     """Run (or resume) one search in ``out_dir`` and return its summary dict."""
     validate(cfg)
+    preflight(cfg)
     run = RunDir(out_dir, cfg)
     state = run.load_checkpoint()
     if state is not None and state.get("finished"):
@@ -103,12 +129,7 @@ def run_search(cfg, out_dir):
     space, data, stream, protocol, supernet, method = build_search(cfg, device)
     selector = build(cfg.selector)
     stop = build(cfg.stop)
-    check_combination(method, selector)
     diag = cfg.diagnostics
-    # every f epochs (RobustDARTS), or every epoch with the epoch offsets of f (SS-DARTS's DARTS-V1-ES.py)
-    if getattr(stop, "ev_freq", None) and diag.hessian_every not in (stop.ev_freq, 1):
-        raise UserError(f"stop={stop.name} reads the Hessian eigenvalue every {stop.ev_freq} epochs; "
-                        f"add diagnostics.hessian_every={stop.ev_freq}")
     bench = open_benchmark(cfg.benchmark.name, cfg.benchmark.path, space.benchmark)
     bench_ds = cfg.benchmark.dataset or BENCHMARK_NAMES.get(data.name, "cifar10")
 
@@ -163,9 +184,14 @@ def run_search(cfg, out_dir):
              epoch_end, log_epoch, group=group, stop_fn=stop_fn, snapshot_fn=getattr(stop, "snapshot_epoch", None))
     elapsed, history = loop.elapsed, loop.history
     write_ada(run, space, loop.events)
+    loop.checkpoint(trained=True)
 
-    selections = choose(run, space, method, history, selector, stop, loop.stop_epoch, stream=stream, bench=bench,
-                        bench_dataset=bench_ds)
+    try:
+        selections = choose(run, space, method, history, selector, stop, loop.stop_epoch, stream=stream, bench=bench,
+                            bench_dataset=bench_ds)
+    except UserError as e:
+        raise UserError(f"{e} (training finished and is kept in {run.path}: select from it with `nasrun select "
+                        f"run={run.path} selector=...`)") from None
     chosen_epoch = len(history) - 1 if loop.stop_epoch is None else loop.stop_epoch
     label, genotype = write_selections(run, space, selections, epoch=chosen_epoch)
     text = space.format_genotype(genotype)

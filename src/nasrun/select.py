@@ -28,20 +28,20 @@ def run_select(cfg, out_dir):
     if not ckpt_path.exists() or not conf_path.exists():
         raise UserError(f"{source} is not a search run directory (needs config.yaml and checkpoint.pt)")
     state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-    if not state.get("finished"):
-        raise UserError(f"the search in {source} has not finished; resume it first (rerun its command)")
+    if not (state.get("finished") or state.get("trained")):
+        raise UserError(f"the search in {source} has not finished training; resume it first (rerun its command)")
     search_cfg = OmegaConf.load(conf_path)
     search_cfg.trainer.device = cfg.trainer.device
     search_cfg.trainer.progress = False
-    run = RunDir(out_dir, cfg)
-    run.start()
     device = resolve_device(cfg.trainer.device)
     space, data, stream, _, supernet, method = build_search(search_cfg, device)
     supernet.load_state_dict(state["supernet"])
     method.load_state_dict(state["method"])
-    set_rng_state(state["rng"])
     selector, stop = build(cfg.selector), build(cfg.stop)
-    check_combination(method, selector)
+    check_combination(space, method, selector, stop, search_cfg.diagnostics)  # before the output directory exists
+    run = RunDir(out_dir, cfg)
+    run.start()
+    set_rng_state(state["rng"])
     bench = open_benchmark(cfg.benchmark.name, cfg.benchmark.path, space.benchmark)
     bench_ds = cfg.benchmark.dataset or BENCHMARK_NAMES.get(data.name, "cifar10")
     history = state["history"]

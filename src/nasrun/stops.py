@@ -5,7 +5,7 @@ import math
 
 from .engine import console
 from .errors import UserError
-from .selectors.selective_stop import magnitude_history, stop_epoch
+from .selectors.selective_stop import check_targets, magnitude_history, stop_epoch
 
 
 class NoStop:
@@ -125,6 +125,12 @@ class DartsES:
                 la.append(sum(recent) / len(recent))
         return la
 
+    def check_setup(self, diagnostics, **_):
+        # every f epochs (RobustDARTS), or every epoch with the epoch offsets of f (SS-DARTS's DARTS-V1-ES.py)
+        if diagnostics.hessian_every not in (self.ev_freq, 1):
+            raise UserError(f"stop={self.name} reads the Hessian eigenvalue every {self.ev_freq} epochs; "
+                            f"add diagnostics.hessian_every={self.ev_freq}")
+
     def check(self, history, epochs):
         if all(r.get("hessian_eigenvalue") is None for r in history):
             raise UserError(f"stop={self.name} needs Hessian eigenvalues in the history; search with "
@@ -157,6 +163,9 @@ class SelectiveStopOnline:
     def __init__(self, name="selective_stop", target="nor_conv_3x3", criterion="residual", eligibility=True, patience=5):
         self.name, self.target, self.criterion = name, target, criterion
         self.eligibility, self.patience = eligibility, patience
+
+    def check_setup(self, space, method, **_):
+        check_targets(space, method, [self.target], [self.criterion], f"stop={self.name}", "set stop.target")
 
     def check(self, history, epochs):
         t = stop_epoch(magnitude_history(history), self.target, self.criterion, self.eligibility)

@@ -21,6 +21,11 @@ class BestEpoch:
             raise UserError(f"selector.mode={mode!r}: choose max or min")
         self.name, self.metric, self.mode = name, metric, mode
 
+    def check_setup(self, record_keys, **_):
+        if self.metric not in record_keys:
+            raise UserError(f"selector.metric={self.metric!r} is not logged by this search; choose one of "
+                            f"{', '.join(sorted(record_keys))}")
+
     def select(self, space, method, history, **_state):
         values = [r.get(self.metric) for r in history]
         numbers = [(v if self.mode == "max" else -v, -t) for t, v in enumerate(values) if isinstance(v, (int, float))]

@@ -26,9 +26,12 @@ class PdartsFinal:
         self.name, self.max_skips = name, max_skips
         self.decisions = []
 
-    def select(self, space, method, **_state):
+    def check_setup(self, space, **_):
         if not hasattr(space, "edge_targets") or not isinstance(space.edges[0], tuple):
             raise UserError(f"selector=pdarts_final derives DARTS cells; space {space.name} is not one")
+
+    def select(self, space, method, **_state):
+        self.check_setup(space)
         weights = {}
         for key, alpha in method.alphas.items():
             probs = F.softmax(alpha.detach().double().cpu(), dim=-1)

@@ -23,18 +23,22 @@ class PruneOps:
         self.name, self.keep = name, keep
         self.decisions = {}
 
-    def select(self, space, method, **_state):
+    def check_setup(self, space, method, **_):
         if not hasattr(space, "edge_ops"):
             raise UserError(f"selector=prune_ops prunes per-edge op lists; space {space.name} has none "
                             "(use a DARTS-family space)")
-        pruned = {}
         for key, alpha in method.alphas.items():
             if key not in ("normal", "reduce"):
                 raise UserError("selector=prune_ops needs one α per cell type (shared_alpha: true)")
+            if self.keep > alpha.shape[-1]:
+                raise UserError(f"selector.keep={self.keep} but the edges have only {alpha.shape[-1]} ops")
+
+    def select(self, space, method, **_state):
+        self.check_setup(space, method)
+        pruned = {}
+        for key, alpha in method.alphas.items():
             probs = F.softmax(alpha.detach().float().cpu(), dim=-1)
             ops = space.op_names(key)
-            if self.keep > probs.shape[-1]:
-                raise UserError(f"selector.keep={self.keep} but the edges have only {probs.shape[-1]} ops")
             lists = []
             for e, row in enumerate(probs):
                 # drop the weakest one at a time, the first of equals first (the reference's get_min_k)

@@ -16,6 +16,7 @@ import math
 import torch
 
 from ..engine import console
+from ..errors import UserError
 
 
 def pt_schedule(n_op, n_topo, proj_intv, style):
@@ -55,12 +56,17 @@ class PerturbationSelector:
     def __init__(self, name="pt", criterion="acc", proj_intv=5, tune_lr=0.0025, tune_lr_min=0.0025, momentum=0.9,
                  weight_decay=3e-4, max_valid_batches=None, augment_valid=True):
         if criterion not in ("acc", "loss"):
-            raise ValueError("selector.criterion must be acc or loss")
+            raise UserError(f"selector.criterion={criterion!r}: choose acc or loss")
         self.name, self.criterion, self.proj_intv = name, criterion, proj_intv
         self.tune_lr, self.tune_lr_min, self.momentum, self.weight_decay = tune_lr, tune_lr_min, momentum, weight_decay
         self.max_valid_batches, self.augment_valid = max_valid_batches, augment_valid
         self.decisions = []
         self._gen = torch.Generator()
+
+    def check_setup(self, space, **_):
+        if not hasattr(space, "edge_targets"):
+            raise UserError(f"selector={self.name} projects one op per edge; space {space.name} has no such edges "
+                            "(use nb201 or a DARTS-family space)")
 
     # --- evaluation -------------------------------------------------------------------------------------------
     @torch.no_grad()

@@ -8,6 +8,7 @@ split, restarted when it runs out), and the best one is kept.
 import torch
 
 from ..engine import console
+from ..errors import UserError
 
 
 class RandomRanking:
@@ -24,6 +25,11 @@ class RandomRanking:
     def __init__(self, name="random_ranking", samples=100, batch_size=512):
         self.name, self.samples, self.batch_size = name, samples, batch_size
         self.decisions = []
+
+    def check_setup(self, space, **_):
+        if not hasattr(space, "sample_architecture"):
+            raise UserError(f"selector={self.name} samples architectures uniformly; space {space.name} cannot")
+        space.sample_architecture(torch.Generator())  # a space that cannot sample says why
 
     @torch.no_grad()
     def select(self, space, method, stream, **_state):

@@ -28,6 +28,23 @@ def stop_epoch(magnitudes, target, criterion, eligibility):
     return best
 
 
+def check_targets(space, method, targets, criteria=("residual",), who="selective_stop", hint="set the targets"):
+    """Before training: the space logs operation magnitudes (its edges share one op list) and has every target op."""
+    from ..diagnostics import operation_magnitudes
+
+    bad = [c for c in criteria if c not in ("peak", "residual")]
+    if bad:
+        raise UserError(f"{who}: criterion {bad[0]!r} is neither peak nor residual")
+    ops = operation_magnitudes(method.derive_weights(), space.op_names("normal"))
+    if ops is None:
+        raise UserError(f"{who} reads operation magnitudes, which space {space.name} has no single op list for; "
+                        "use an NB201 or DARTS-family space")
+    missing = [t for t in targets if t not in ops]
+    if missing:
+        raise UserError(f"{who}: op {missing[0]!r} is not in space {space.name} (its ops: {', '.join(sorted(ops))}); "
+                        f"{hint}")
+
+
 def magnitude_history(history):
     """Per-epoch ``{op: m}`` from the metrics records; a one-line error where the space has none."""
     magnitudes = [r.get("op_magnitude") for r in history]
@@ -51,6 +68,14 @@ class SelectiveStop:
 
     def __init__(self, name="selective_stop", targets=("nor_conv_3x3",), criteria=("residual",), eligibility=True):
         self.name, self.targets, self.criteria, self.eligibility = name, list(targets), list(criteria), eligibility
+
+    def check_setup(self, space, method, **_):
+        ops = (space.op_names("normal") or [[]])[0]
+        other = next((name for name, op in (("selective_stop_darts", "sep_conv_3x3"), ("selective_stop", "nor_conv_3x3"))
+                      if op in ops and name != self.name), None)
+        check_targets(space, method, self.targets, self.criteria, f"selector={self.name}",
+                      f"use selector={other} (this space's targets) or set selector.targets" if other
+                      else "set selector.targets to ops of this space")
 
     def select(self, space, method, history, **_state):
         magnitudes = magnitude_history(history)
