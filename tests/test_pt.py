@@ -186,3 +186,56 @@ def test_pt_tunes_on_a_train_permutation_with_fresh_valid_batches(pairing, train
         assert sorted(torch.cat([t for t, _ in steps]).tolist()) == list(range(100))
         for _, v in steps:
             assert len(v) == 16 and len(set(v.tolist())) == 16 and v.min() >= 100
+
+
+@pytest.mark.parametrize("where", ["projection", "tuning"])
+def test_pt_is_checkpointed_and_resumes_mid_phase_bit_identically(tmp_path, monkeypatch, where):
+    """Issue 15 item 2: a SIGUSR1 during a projection or a tuning step writes DARTS-PT's progress next to the trained
+    state and exits (Interrupted, exit code 3); the same command resumes inside PT (no training, no projection
+    redone) and ends with the decisions, genotype and checkpoint of a straight run."""
+    import os
+    import signal
+
+    import torch
+
+    from nasrun.errors import Interrupted
+    from nasrun.methods.darts import Darts
+    from nasrun.selectors.pt import PerturbationSelector
+
+    cfg = make_cfg(["selector=pt", "selector.proj_intv=1", "selector.max_valid_batches=1", "trainer.epochs=1",
+                    "dataset.synthetic.n_train=64"])
+    run_search(cfg, tmp_path / "straight")
+    calls = {"proj": 0, "tune": 0, "in_pt": False, "fire": True}
+    project, step = PerturbationSelector._project_op, Darts.step
+
+    def counted_project(self, *args):
+        calls["in_pt"] = True
+        calls["proj"] += 1
+        if where == "projection" and calls["proj"] == 3 and calls["fire"]:
+            os.kill(os.getpid(), signal.SIGUSR1)  # handled once this projection is complete
+        return project(self, *args)
+
+    def counted_step(self, *args):
+        if calls["in_pt"]:
+            calls["tune"] += 1
+            if where == "tuning" and calls["tune"] == 2 and calls["fire"]:
+                os.kill(os.getpid(), signal.SIGUSR1)
+        return step(self, *args)
+
+    monkeypatch.setattr(PerturbationSelector, "_project_op", counted_project)
+    monkeypatch.setattr(Darts, "step", counted_step)
+    with pytest.raises(Interrupted, match="DARTS-PT's progress"):
+        run_search(cfg, tmp_path / "resumed")
+    ckpt = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=False)
+    assert ckpt["trained"] and not ckpt["finished"] and tuple(ckpt["selection"]["position"]) != (0, 0, 0)
+    done = len(ckpt["selection"]["decisions"])
+    calls.update(proj=0, tune=0, in_pt=False, fire=False)
+    run_search(cfg, tmp_path / "resumed")
+    assert calls["proj"] == 6 - done  # the projections done before the signal are not redone
+    for name in ("genotype.json", "selection.json"):
+        a, b = (json.loads((tmp_path / d / name).read_text()) for d in ("straight", "resumed"))
+        assert a == b, name
+    states = [torch.load(tmp_path / d / "checkpoint.pt", weights_only=False) for d in ("straight", "resumed")]
+    for k, v in states[0]["supernet"].items():
+        assert torch.equal(v, states[1]["supernet"][k]), k
+    assert states[1]["finished"] and states[1]["selection"] is None

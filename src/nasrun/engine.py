@@ -77,6 +77,27 @@ class StopFlag:
             previous(sig, None)
 
 
+def stop_for_signal(stop, where):
+    """After a signalled run wrote its checkpoint (``where`` says what it holds): pass the signal on to the launcher's
+    handler (submitit requeues the job) and raise :class:`Interrupted` (exit code 3)."""
+    if stop.has_next():
+        console.print(f"received {stop.signal}: {where}; passing the signal on to the launcher (submitit requeues "
+                      "the job, which resumes from this checkpoint)")
+    stop.chain()
+    raise Interrupted(f"received {stop.signal}; {where}; rerun the same command to resume")
+
+
+def cpu_copy(obj):
+    """A detached CPU copy of every tensor in a nested state (dicts, lists, tuples)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: cpu_copy(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(cpu_copy(v) for v in obj)
+    return obj
+
+
 def seed_everything(seed):
     random.seed(seed)
     np.random.seed(seed)
@@ -142,6 +163,7 @@ class EpochLoop:
         self.epoch, self.step, self.history, self.elapsed = 0, 0, [], 0.0
         self.overhead = 0.0  # seconds of per-epoch work outside the steps (diagnostics, logging, checkpoints)
         self.sums = self._zero()
+        self.frozen, self.selection = None, None  # see :meth:`freeze`; a selector's saved progress
         self.last_batch, self.stop_epoch = None, None
         self.events = []  # run-level events that survive rollbacks (DARTS-ADA), saved in the checkpoint
 
@@ -178,11 +200,18 @@ class EpochLoop:
         if (self.run.path / "snapshots").exists():
             shutil.rmtree(self.run.path / "snapshots")
 
+    def freeze(self):
+        """Keep the current (trained) states: later checkpoints write these, whatever a selector does to the live
+        objects (DARTS-PT fine-tunes the supernet), so the checkpoint always holds the trained supernet."""
+        self.frozen = {n: cpu_copy(o.state_dict()) for n, o in self.stateful.items()}
+
     def checkpoint(self, finished=False, summary=None, snapshot=False, trained=False):
         """Write checkpoint.pt; with ``snapshot`` first keep the same state as ``snapshots/epoch_<e>.pt``
         (e = the epoch just finished) for a later :meth:`rollback`. ``trained``: training is over (selection
-        may still be to come), so ``nasrun select`` can use this state whatever happens next."""
-        self.run.save_checkpoint({**{n: o.state_dict() for n, o in self.stateful.items()}, "epoch": self.epoch,
+        may still be to come), so ``nasrun select`` can use this state whatever happens next; a selector's
+        progress (:attr:`selection`) rides along until the run finishes."""
+        states = self.frozen or {n: o.state_dict() for n, o in self.stateful.items()}
+        self.run.save_checkpoint({**states, "selection": None if finished else self.selection, "epoch": self.epoch,
                                   "step": self.step, "history": self.history, "elapsed": self.elapsed,
                                   "overhead": self.overhead,
                                   "rng": rng_state(),
@@ -234,13 +263,8 @@ class EpochLoop:
                         if stop.signal:
                             self.elapsed += time.perf_counter() - tic
                             self.checkpoint()
-                            if stop.has_next():
-                                console.print(f"received {stop.signal}: checkpoint written at epoch {self.epoch} step "
-                                              f"{self.step}; passing the signal on to the launcher (submitit requeues "
-                                              "the job, which resumes from this checkpoint)")
-                            stop.chain()
-                            raise Interrupted(f"received {stop.signal}; checkpoint written at epoch {self.epoch} step "
-                                              f"{self.step} in {self.run.path}; rerun the same command to resume")
+                            stop_for_signal(stop, f"checkpoint written at epoch {self.epoch} step {self.step} in "
+                                                  f"{self.run.path}")
                     bar.remove_task(task)
                     seconds = time.perf_counter() - tic
                     self.elapsed += seconds

@@ -137,6 +137,7 @@ def run_search(cfg, out_dir):
     loop = EpochLoop(run, {"supernet": supernet, "method": method}, stream, device, t.progress, layout)
     if state is not None:
         loop.resume(state)
+        loop.selection = state.get("selection")  # a selector's progress (DARTS-PT), resumed where it stopped
     console.print(f"search: space={space.name} method={method.name} dataset={data.name} ({protocol} split, "
                   f"{stream.steps} steps/epoch) device={device} → {run.path}")
 
@@ -185,10 +186,11 @@ def run_search(cfg, out_dir):
     elapsed, history = loop.elapsed, loop.history
     write_ada(run, space, loop.events)
     loop.checkpoint(trained=True)
+    loop.freeze()  # checkpoints from here on keep the trained supernet, whatever the selector does to it
 
     try:
         selections = choose(run, space, method, history, selector, stop, loop.stop_epoch, stream=stream, bench=bench,
-                            bench_dataset=bench_ds)
+                            bench_dataset=bench_ds, progress=SelectionProgress(loop))
     except UserError as e:
         raise UserError(f"{e} (training finished and is kept in {run.path}: select from it with `nasrun select "
                         f"run={run.path} selector=...`)") from None
@@ -207,6 +209,20 @@ def run_search(cfg, out_dir):
     loop.drop_snapshots()
     print_summary(summary)
     return summary
+
+
+class SelectionProgress:
+    """How a long selector (DARTS-PT) checkpoints its progress beside the trained state and finds it again.
+
+    ``saved`` is the state the selector last saved (None on a fresh start); :meth:`save` writes a new one into
+    checkpoint.pt, next to the trained supernet; ``where`` names the run directory for messages."""
+
+    def __init__(self, loop):
+        self.loop, self.saved, self.where = loop, loop.selection, loop.run.path
+
+    def save(self, state):
+        self.loop.selection = state
+        self.loop.checkpoint(trained=True)
 
 
 def _with_dataset(result, dataset):

@@ -15,7 +15,7 @@ import math
 
 import torch
 
-from ..engine import console
+from ..engine import StopFlag, console, cpu_copy, rng_state, set_rng_state, stop_for_signal
 from ..errors import UserError
 
 
@@ -92,7 +92,10 @@ class PerturbationSelector:
         return -acc if self.criterion == "acc" else loss
 
     # --- projection -------------------------------------------------------------------------------------------
-    def select(self, space, method, history, stream, bench=None, bench_dataset="cifar10", **_state):
+    def select(self, space, method, history, stream, bench=None, bench_dataset="cifar10", progress=None, **_state):
+        """Fine-tune and project; with ``progress`` (the search loop's :class:`~nasrun.search.SelectionProgress`)
+        the state is checkpointed after every projection and tuning epoch, and a SIGTERM/SIGUSR1/SIGUSR2 writes it
+        at the next step or projection boundary and exits 3; the next run resumes there bit-identically."""
         keys = sorted(space.alpha_shapes())
         edges = {k: space.alpha_shapes()[k][0] for k in keys}
         fixed = {k: {} for k in keys}          # edge -> op index (one-hot)
@@ -127,30 +130,56 @@ class PerturbationSelector:
         tune_epochs, events = pt_schedule(n_op, n_topo, self.proj_intv, style)
         method.w_opt = torch.optim.SGD(method.supernet.parameters(), lr=self.tune_lr, momentum=self.momentum,
                                        weight_decay=self.weight_decay)
-        gen = torch.Generator().manual_seed(int(torch.randint(0, 2**31 - 1, ())))
-        self._gen.manual_seed(int(torch.randint(0, 2**31 - 1, (), generator=gen)))
+        gen = torch.Generator()
+        saved = progress.saved if progress is not None else None
+        if saved is None:
+            gen.manual_seed(int(torch.randint(0, 2**31 - 1, ())))
+            self._gen.manual_seed(int(torch.randint(0, 2**31 - 1, (), generator=gen)))
+            position = (0, 0, 0)  # (tuning epoch, projections done at it, tuning steps done in it)
+        else:
+            position = self._load(saved, method, fixed, removed, gen)
+            console.print(f"pt: resuming at tuning epoch {position[0]} ({len(self.decisions)} projections done)")
         tune = copy.copy(stream)  # darts-pt tunes on its train_queue with a fresh random valid batch per step
         tune.pairing, tune.train_draw = "darts", "epoch"
         schedule = dict(events)
         first_epoch = len(history)
+
+        def save(pos, stop=None):
+            if progress is not None:
+                progress.save(self._state(pos, method, fixed, removed, gen))
+            if stop is not None and stop.signal:
+                where = (f"DARTS-PT's progress (tuning epoch {pos[0]}) written to {progress.where}"
+                         if progress is not None else "nasrun select keeps no partial selection")
+                stop_for_signal(stop, where)
+
+        e0, k0, s0 = position
         try:
-            for e in range(tune_epochs):
-                lr = self.tune_lr_min + (self.tune_lr - self.tune_lr_min) * (1 + math.cos(math.pi * e / tune_epochs)) / 2
-                for g in method.w_opt.param_groups:
-                    g["lr"] = lr
-                if e in schedule:
-                    for k in keys:
-                        if schedule[e] == "op":
-                            self._project_op(k, method, stream, fixed, removed, edges, gen, projected)
-                        else:
-                            self._project_topology(k, method, stream, fixed, removed, space, topo_nodes, gen, projected)
-                    annotate(f"tune epoch {e}")
-                    method.reset_graphs()  # the projected weights changed
-                if e == tune_epochs - 1:
-                    break
-                tune.start_epoch(first_epoch + e)
-                for step in range(tune.steps):
-                    method.step(*tune.batch(step))
+            with StopFlag() as stop:
+                for e in range(e0, tune_epochs):
+                    lr = self.tune_lr_min + (self.tune_lr - self.tune_lr_min) * (1 + math.cos(math.pi * e / tune_epochs)) / 2
+                    for g in method.w_opt.param_groups:
+                        g["lr"] = lr
+                    if e in schedule:
+                        for i, k in enumerate(keys):
+                            if e == e0 and i < k0:
+                                continue
+                            if schedule[e] == "op":
+                                self._project_op(k, method, stream, fixed, removed, edges, gen, projected)
+                            else:
+                                self._project_topology(k, method, stream, fixed, removed, space, topo_nodes, gen,
+                                                       projected)
+                            if i == len(keys) - 1:
+                                annotate(f"tune epoch {e}")
+                                method.reset_graphs()  # the projected weights changed
+                            save((e, i + 1, 0), stop)
+                    if e == tune_epochs - 1:
+                        break
+                    tune.start_epoch(first_epoch + e)
+                    for step in range(s0 if e == e0 else 0, tune.steps):
+                        method.step(*tune.batch(step))
+                        if stop.signal:
+                            save((e, len(keys), step + 1), stop)
+                    save((e + 1, 0, 0), stop)
             # the NB201 formula leaves one projection out when proj_intv < 2: finish what remains
             for k in keys:
                 while any(x not in fixed[k] and x not in removed[k] for x in range(edges[k])):
@@ -162,6 +191,26 @@ class PerturbationSelector:
             method.edge_weights = base
         final = {k: v.detach() for k, v in projected().items()}
         return [(self.name, space.derive(final))]
+
+    def _state(self, position, method, fixed, removed, gen):
+        """Everything a resume needs: where, the decisions so far, both generators, the tuned supernet and the
+        method (α, the tuning SGD), and the global RNG."""
+        return {"position": position, "fixed": copy.deepcopy(fixed), "removed": {k: sorted(v) for k, v in removed.items()},
+                "decisions": copy.deepcopy(self.decisions), "gen": gen.get_state(), "eval_gen": self._gen.get_state(),
+                "supernet": cpu_copy(method.supernet.state_dict()), "method": cpu_copy(method.state_dict()),
+                "rng": rng_state()}
+
+    def _load(self, saved, method, fixed, removed, gen):
+        for k in fixed:
+            fixed[k].update(saved["fixed"][k])
+            removed[k].update(saved["removed"][k])
+        self.decisions = copy.deepcopy(saved["decisions"])
+        gen.set_state(saved["gen"])
+        self._gen.set_state(saved["eval_gen"])
+        method.supernet.load_state_dict(saved["supernet"])
+        method.load_state_dict(saved["method"])  # after the tuning SGD exists: its state is in there
+        set_rng_state(saved["rng"])
+        return tuple(saved["position"])
 
     def _project_op(self, key, method, stream, fixed, removed, edges, gen, projected):
         remaining = [e for e in range(edges[key]) if e not in fixed[key] and e not in removed[key]]
