@@ -321,15 +321,20 @@ def test_a_second_process_on_a_run_directory_is_refused(tmp_path):
     import time
 
     run = tmp_path / "run"
-    args = ["search", *TINY, "trainer.epochs=40", "dataset.synthetic.n_train=64", f"hydra.run.dir={run}"]
+    args = ["search", *TINY, "trainer.epochs=30", "dataset.synthetic.n_train=64", f"hydra.run.dir={run}"]
     first = subprocess.Popen(NASRUN + args, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 120
         while not ((run / ".lock").exists() and f"PID {first.pid}" in (run / ".lock").read_text()):
             assert first.poll() is None and time.time() < deadline, first.communicate()
-            time.sleep(0.1)
+            time.sleep(0.05)
+        os.kill(first.pid, signal.SIGSTOP)  # paused, still holding the lock, however slow the second start is
         second = nasrun(*args)
         assert second.returncode == 2 and f"is in use by PID {first.pid}" in second.stderr, second.stderr
+        os.kill(first.pid, signal.SIGCONT)
+        while not ((run / "metrics.jsonl").exists() and (run / "metrics.jsonl").read_text()):  # training, under
+            assert first.poll() is None and time.time() < deadline, first.communicate()  # its signal handler
+            time.sleep(0.02)
         first.send_signal(signal.SIGTERM)
         assert first.wait(timeout=120) == 3
     finally:
@@ -339,4 +344,42 @@ def test_a_second_process_on_a_run_directory_is_refused(tmp_path):
     third = nasrun(*args, timeout=600)
     assert third.returncode == 0 and "resuming" in third.stderr + third.stdout, third.stderr
     records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in records] == list(range(40)) and lines < 40
+    assert [r["epoch"] for r in records] == list(range(30)) and lines < 30
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["search", "hydra.run.dir=/sys/nasrun-test/run"], "cannot write the output directory /sys/nasrun-test/run"),
+    (["search", "-m", "seed=1,2", "hydra.sweep.dir=/sys/nasrun-test/sweep"], "hydra.sweep.dir=..."),
+])
+def test_an_output_place_that_cannot_be_written_is_one_line(tmp_path, args, needle):
+    """Issue 15 item 4: a read-only output place (sysfs refuses even root) is refused before Hydra creates it."""
+    proc = nasrun(*args, cwd=tmp_path)
+    assert_user_error(proc, needle)
+
+
+def test_a_full_disk_never_truncates_the_checkpoint(tmp_path):
+    """Issue 15 item 4: the disk fills up while epoch 2's checkpoint is written (torch.save fails with ENOSPC after
+    writing part of it): one line, exit 2, epoch 1's checkpoint intact and no temp file left; the same command then
+    resumes from epoch 1 and finishes."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(
+        "import errno, torch\n"
+        "_save, _calls = torch.save, [0]\n"
+        "def save(obj, f, *a, **k):\n"
+        "    _calls[0] += 1\n"
+        "    if _calls[0] == 2 and hasattr(f, 'write'):\n"
+        "        f.write(b'partial checkpoint bytes')\n"
+        "        raise OSError(errno.ENOSPC, 'No space left on device')\n"
+        "    return _save(obj, f, *a, **k)\n"
+        "torch.save = save\n")
+    run = tmp_path / "run"
+    args = ["search", *TINY, "trainer.epochs=3", f"hydra.run.dir={run}"]
+    full = subprocess.run(NASRUN + args, capture_output=True, text=True, timeout=300,
+                          env={**ENV, "PYTHONPATH": f"{hook}{os.pathsep}{ENV.get('PYTHONPATH', '')}"})
+    assert_user_error(full, "the disk is full", "rerun the same command to resume")
+    state = torch.load(run / "checkpoint.pt", weights_only=False)
+    assert state["epoch"] == 1 and not list(run.glob(".checkpoint.pt.*"))
+    again = nasrun(*args)
+    assert again.returncode == 0, again.stderr
+    assert "resuming" in again.stdout + again.stderr and torch.load(run / "checkpoint.pt", weights_only=False)["finished"]

@@ -1,6 +1,7 @@
 """Stop rules, selective stop and the Hessian diagnostic (methods.md §4.9-4.10, §5.3, §6.1-6.2)."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -258,7 +259,7 @@ def test_discretised_accuracy_uses_one_hot_argmax_weights():
     x, y = torch.randn(16, 3, 8, 8, generator=g), torch.randint(0, 4, (16,), generator=g)
     onehot = F.one_hot(method.alphas["normal"].argmax(-1), 5).float()
     expected = 100.0 * float((method.supernet(x, {"normal": onehot}).argmax(1) == y).float().mean())
-    assert discretised_accuracy(method, (x, y)) == pytest.approx(expected, abs=1e-3)
+    assert discretised_accuracy(method, [(x, y)]) == pytest.approx(expected, abs=1e-3)
 
 
 def test_ss_darts_presets_resolve_to_the_paper_settings():
@@ -324,3 +325,59 @@ def test_a_selection_that_fails_after_training_leaves_a_run_select_can_use(tmp_p
     summary = run_select(cfg, tmp_path / "sel")
     history = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert len(history) == 2 and summary["genotype"] == history[-1]["genotype"]
+
+
+def test_discretised_accuracy_reads_a_fixed_number_of_clean_valid_batches(tmp_path):
+    """Issue 15 item 9: the discretised accuracy is the one-hot(argmax α) supernet's accuracy over the first N valid
+    batches in index order (the same images every epoch), computed here independently; BN statistics are untouched."""
+    from nasrun.diagnostics import discretised_accuracy
+    from nasrun.search import build_search
+
+    cfg = make_cfg(["dataset.synthetic.n_train=160", "diagnostics.discrete_batches=3", "space.track_running_stats=true"])
+    space, _, stream, _, sup, method = build_search(cfg, torch.device("cpu"))
+    before = {n: b.clone() for n, b in sup.named_buffers()}
+    got = discretised_accuracy(method, stream.valid_batches(max_batches=3))
+    for n, b in sup.named_buffers():
+        assert torch.equal(b, before[n]), n
+    idx = stream.valid_idx[:3 * 16]
+    one_hot = {k: torch.nn.functional.one_hot(w.argmax(-1), w.shape[-1]).float() for k, w in method.derive_weights().items()}
+    logits = torch.cat([sup(stream.augment.normalise(stream.x[i]), one_hot) for i in idx.split(16)])
+    expected = 100.0 * (logits.argmax(1) == stream.y[idx]).float().mean().item()
+    assert got == pytest.approx(expected, abs=1e-3) and len(idx) == 48
+    record = json.loads((Path(run_search(cfg, tmp_path)["run_dir"]) / "metrics.jsonl").read_text().splitlines()[0])
+    assert record["discrete_valid_acc"] is not None
+
+
+def test_skip_count_means_skips_per_normal_cell_everywhere():
+    """Issue 15 item 9: on amended_deep (every cell its own α) skip_count is the mean over the normal cells, not the
+    total over all cells; the reduction cells (n//3, 2n//3) do not count."""
+    from nasrun.spaces import get_space
+    from nasrun.spaces.darts_genotypes import DeepGenotype
+
+    def cell(skips):
+        return tuple([("skip_connect", 0)] * skips + [("sep_conv_3x3", 1)] * (8 - skips))
+
+    deep = DeepGenotype(cells_genes=(cell(2), cell(8), cell(0), cell(8), cell(1)))  # reductions at 1 and 3
+    assert get_space("amended_deep").genotype_stats(deep)["skip_count"] == 1
+    deep = DeepGenotype(cells_genes=(cell(2), cell(8), cell(1), cell(8), cell(1)))
+    assert get_space("amended_deep").genotype_stats(deep)["skip_count"] == pytest.approx(4 / 3, abs=1e-3)
+    darts = get_space("darts")
+    g = darts.parse_genotype("Genotype(normal=[('skip_connect', 0), ('skip_connect', 1), ('sep_conv_3x3', 0), "
+                             "('sep_conv_3x3', 1), ('sep_conv_3x3', 0), ('sep_conv_3x3', 1), ('sep_conv_3x3', 0), "
+                             "('sep_conv_3x3', 1)], normal_concat=range(2, 6), reduce=[" + ", ".join(["('skip_connect', 0)"] * 8)
+                             + "], reduce_concat=range(2, 6))")
+    assert darts.genotype_stats(g)["skip_count"] == 2
+
+
+def test_a_retrain_that_would_run_at_lr_zero_warns():
+    from nasrun.retrain import Protocol
+
+    def protocol(**kw):
+        base = dict(name="x", C=8, layers=2, imagenet=False, auxiliary_weight=0.0, drop_path=0.0, cutout=0, epochs=1,
+                    batch_size=8, lr=0.025, lr_min=0.0, schedule="cosine", gamma=0.97, lr_offset=1, momentum=0.9,
+                    weight_decay=3e-4, grad_clip=5.0, label_smoothing=0.0)
+        return Protocol(**{**base, **kw})
+
+    assert protocol().lr_at(0) == 0.0 and "1 of the 1 retrain epochs run at learning rate 0" in protocol().idle_warning()
+    assert protocol(epochs=600).idle_warning() is None  # only the last epoch: the schedule as meant
+    assert protocol(lr_offset=0).idle_warning() is None and protocol(lr_min=1e-3).idle_warning() is None

@@ -13,7 +13,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 
-from .errors import Interrupted, UserError
+from .errors import Interrupted, UserError, write_error
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"
 GROUPS = ("space", "method", "selector", "stop", "dataset", "trainer", "benchmark", "retrain", "experiment")
@@ -56,6 +56,10 @@ def _guard(fn, cfg):
     except Interrupted as exc:
         print(f"nasrun: {exc}", file=sys.stderr)
         sys.exit(3)
+    except OSError as exc:
+        if write_error(exc) is None:
+            raise
+        fail(write_error(exc))
     finally:
         console.log_path = None  # later lines are not the run's
 
@@ -119,6 +123,7 @@ def check_overrides(config_name, args):
                     fail(f"unknown {group} '{v}'; choose one of: {', '.join(options)}")
         if not key.lstrip("+~").startswith("hydra"):
             plain.append(arg)
+    check_output_dir(config_name, args, multirun)
     if multirun or any(a.startswith("-") for a in args):
         return
     from hydra import compose, initialize_config_dir
@@ -153,6 +158,34 @@ def check_overrides(config_name, args):
             preflight(cfg)
     except UserError as exc:
         fail(str(exc))
+
+
+def check_output_dir(config_name, args, multirun):
+    """Refuse in one line an output place that cannot be written (read-only, no permission) before Hydra tries to
+    create the run or sweep directory there (it would end in a traceback)."""
+    import tempfile
+
+    from hydra import compose, initialize_config_dir
+
+    # only what can move the directory: hydra.* and the (first) preset, which may set it
+    wanted = [a if "," not in a else a.split(",")[0] for a in args if "=" in a and not a.startswith("-")
+              and a.lstrip("+~").split("=", 1)[0] in ("experiment", "hydra.run.dir", "hydra.sweep.dir")]
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            hc = compose(config_name=config_name, overrides=wanted, return_hydra_config=True).hydra
+    except Exception:  # noqa: BLE001 - composition errors are reported by the full check
+        return
+    target = Path(hc.sweep.dir if multirun else hc.run.dir).expanduser().absolute()
+    existing = next(p for p in [target, *target.parents] if p.exists())
+    try:
+        if not existing.is_dir():
+            raise NotADirectoryError(20, "not a directory", str(existing))
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as exc:
+        key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+        fail(f"cannot write the output directory {target} ({exc.strerror or exc} at {existing}); choose a writable "
+             f"place with {key}=...")
 
 
 def bench_main(argv):

@@ -34,7 +34,8 @@ def build(node, **runtime):
 RULES = [("trainer.epochs", int, 1), ("trainer.batch_size", int, 1), ("space.C", int, 1), ("space.N", int, 1),
          ("space.layers", int, 1), ("dataset.cutout", int, 0), ("retrain.epochs", int, 1),
          ("retrain.batch_size", int, 1), ("retrain.cutout", int, 0), ("selector.proj_intv", int, 1),
-         ("method.inner_steps", int, 1)]
+         ("method.inner_steps", int, 1), ("method.lr_epochs", int, 1), ("diagnostics.discrete_batches", int, 1),
+         ("diagnostics.hessian_every", int, 0)]
 FRACTIONS = ["dataset.train_portion"]
 
 

@@ -85,10 +85,17 @@ def hessian_eigenvalue(method, valid_batch, mode="auto", exact_max=400, iters=10
 
 
 @torch.no_grad()
-def discretised_accuracy(method, valid_batch):
-    """Accuracy (%) of the supernet with one-hot(argmax α) mixing weights on one valid batch ([SP], §6.4)
-    (NB-1Shot1: k-hot input and output choices, the derived cell)."""
-    x, y = valid_batch
+@torch.no_grad()
+def discretised_accuracy(method, batches):
+    """Accuracy (%) of the supernet with one-hot(argmax α) mixing weights ([SP], §6.4; NB-1Shot1: k-hot input and
+    output choices, the derived cell) over ``batches`` (the search uses a fixed number of valid batches, the same
+    images every epoch). The supernet's BN running statistics are left as they were."""
     weights = method.space.discretise(method.derive_weights())
-    _, logits = method.loss(x, y, weights)
-    return round(100.0 * float((logits.argmax(1) == y).float().mean()), 3)
+    buffers = {n: b.clone() for n, b in method.supernet.named_buffers()}
+    correct, n = 0, 0
+    for x, y in batches:
+        _, logits = method.loss(x, y, weights)
+        correct, n = correct + (logits.argmax(1) == y).sum(), n + len(y)
+    for name, b in method.supernet.named_buffers():
+        b.copy_(buffers[name])
+    return round(100.0 * float(correct) / n, 3) if n else None

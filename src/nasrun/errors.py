@@ -7,3 +7,22 @@ class UserError(Exception):
 
 class Interrupted(Exception):
     """The run received SIGTERM/SIGUSR1, wrote a checkpoint and stopped; rerun the command to resume."""
+
+
+WRITE_ERRNOS = {"ENOSPC": "the disk is full", "EDQUOT": "the disk quota is used up", "EROFS": "read-only file system",
+                "EACCES": "permission denied", "EPERM": "operation not permitted"}
+
+
+def write_error(exc):
+    """The one-line message for an OSError from writing run files (full disk, read-only place), else None.
+
+    Run files are written atomically, so such a failure never leaves a truncated checkpoint behind."""
+    import errno
+
+    name = errno.errorcode.get(getattr(exc, "errno", None) or 0)
+    if not isinstance(exc, OSError) or name not in WRITE_ERRNOS:
+        return None
+    where = f" {exc.filename}" if exc.filename else ""
+    return (f"cannot write{where}: {WRITE_ERRNOS[name]} ({exc.strerror or name}); files already written, the last "
+            "checkpoint included, are intact: free space or choose a writable place (hydra.run.dir=...) and rerun "
+            "the same command to resume")

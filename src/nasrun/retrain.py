@@ -43,6 +43,16 @@ class Protocol:
             raise UserError(f"retrain.schedule must be cosine or exponential, not {schedule!r}")
         self.__dict__.update({k: v for k, v in locals().items() if k != "self"})
 
+    def idle_warning(self):
+        """A warning when at least half the epochs would run at learning rate 0 (a short cosine to lr_min=0 with
+        quark0's one-epoch lead: ``retrain.epochs=1`` learns nothing), else None."""
+        idle = [e for e in range(self.epochs) if self.lr_at(e) <= 0]
+        if not idle or 2 * len(idle) < self.epochs:
+            return None
+        return (f"warning: {len(idle)} of the {self.epochs} retrain epochs run at learning rate 0 (retrain.lr_offset="
+                f"{self.lr_offset} runs epoch e at lr(e + {self.lr_offset}) of a cosine that ends at lr_min={self.lr_min:g}); "
+                "use more epochs, retrain.lr_offset=0 or retrain.lr_min > 0")
+
     def lr_at(self, epoch):
         e = epoch + self.lr_offset
         if self.schedule == "exponential":
@@ -118,6 +128,8 @@ class Retrainer:
 def run_retrain(cfg, run, state, space, genotype, device):
     """Retrain ``genotype`` on the full training set, evaluating on the test set every epoch."""
     p = Protocol(**cfg.retrain)
+    if p.idle_warning():
+        console.print(f"[yellow]{p.idle_warning()}[/yellow]")
     t = cfg.trainer
     seed_everything(cfg.seed)
     d = dict(cfg.dataset)

@@ -157,8 +157,8 @@ def run_search(cfg, out_dir):
                 "ies_entropy": ies_entropy(method.derive_weights()),
                 "op_magnitude": operation_magnitudes(method.derive_weights(), space.op_names("normal")),
                 "hessian_eigenvalue": hessian(epoch),
-                "discrete_valid_acc": (discretised_accuracy(method, loop.last_batch[1]) if diag.discrete_acc
-                                       and loop.last_batch and loop.last_batch[1] is not None else None),
+                "discrete_valid_acc": (discretised_accuracy(method, stream.valid_batches(max_batches=diag.get("discrete_batches", 8)))
+                                       if diag.discrete_acc and stream.valid_idx is not None else None),
                 **tse_estimators([r["train_loss"] for r in loop.history] + [m["train_loss"]]),
                 **method.epoch_metrics(),
                 "benchmark": _with_dataset(bench.query(genotype, bench_ds) if bench is not None else None, bench_ds)}

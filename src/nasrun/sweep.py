@@ -10,6 +10,7 @@ themselves (a result file, else ``squeue``), so a job that dies without a result
 waited on forever when ``sacct`` is unavailable.
 """
 
+import contextlib
 import json
 import os
 import re
@@ -25,7 +26,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import OmegaConf, open_dict
 
 from .engine import console
-from .errors import UserError
+from .errors import UserError, write_error
 from .utils import write_json
 
 STATUS = "status.json"
@@ -83,6 +84,10 @@ def guarded_job(fn, cfg, run_dir, job):
         record_job(run_dir, job, "interrupted", str(exc))
         return None
     except Exception as exc:  # noqa: BLE001 - a bug in one job must not sink the sweep
+        if write_error(exc):  # full disk, read-only place: one line (the disk may be too full for more)
+            with contextlib.suppress(OSError):
+                record_job(run_dir, job, "failed", write_error(exc))
+            return None
         (Path(run_dir) / "error.txt").write_text(traceback.format_exc())
         record_job(run_dir, job, "failed", f"{type(exc).__name__}: {exc} (traceback in error.txt)")
         return None

@@ -493,9 +493,17 @@ class DartsSpace(SearchSpace):
         return prod(self._cell_count(self.op_names(k)) for k in dict.fromkeys(self.alpha_keys()))
 
     def genotype_stats(self, genotype):
+        """``skip_count``: skip connections per normal cell (the mean over the normal cells where every cell has its
+        own α, ``amended_deep``), the same quantity in every space; ``depth``: the deepest cell."""
         g = self._coerce(genotype)
-        cells = [g.normal] if isinstance(g, DartsGenotype) else list(g.cells_genes)
-        return {"skip_count": sum(op == "skip_connect" for genes in cells for op, _ in genes),
+        if isinstance(g, DartsGenotype):
+            normal, cells = [g.normal], [g.normal]
+        else:
+            n = len(g.cells_genes)
+            cells = list(g.cells_genes)
+            normal = [genes for i, genes in enumerate(cells) if i not in (n // 3, 2 * n // 3)]
+        skips = sum(op == "skip_connect" for genes in normal for op, _ in genes) / len(normal)
+        return {"skip_count": int(skips) if skips == int(skips) else round(skips, 3),
                 "depth": max(cell_depth(genes) for genes in cells)}
 
 
