@@ -306,6 +306,8 @@ def test_sweep_jobs_with_nonsense_values_fail_alone(tmp_path):
     (["eval", "genotype=DARTS_V2", "space=nb201"], "DARTS_V2 is a DARTS-space genotype name"),
     (["eval", "genotype=DARTS_V2", "trainer.epochs=5"], "retrain.epochs"),
     (["search", "-m", "--cfg", "job"], "-m and --cfg cannot be combined"),
+    (["eval", "space=darts", "genotype=DARTS_V2", "dataset=digits", "retrain.epochs=1", "retrain.C=8", "retrain.layers=3",
+      "trainer.device=cpu"], "set retrain.auxiliary_weight=0 for this dataset"),
 ])
 def test_messages_name_the_real_problem(tmp_path, args, needle):
     """Issue 15 item 6: each of these said something misleading (or exited 1 with a traceback)."""

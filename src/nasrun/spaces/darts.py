@@ -209,13 +209,17 @@ class DartsSupernet(nn.Module):
         for i, (cell, key) in enumerate(zip(self.cells, self.keys)):
             s0, s1 = s1, cell(s0, s1, weights[key], drop)
             if i == self.aux_index and self.auxiliary_head is not None and self.training:
-                if min(s1.shape[-2:]) < 5:
-                    raise UserError(f"space.search_auxiliary: the tower needs at least 5×5 features after the second "
-                                    f"reduction but gets {tuple(s1.shape[-2:])} (inputs of at least 20 px); "
-                                    "turn it off for this dataset")
+                check_aux_input(s1, "space.search_auxiliary", "turn it off for this dataset")
                 logits_aux = self.auxiliary_head(s1)
         logits = self.classifier(self.global_pooling(s1).flatten(1))
         return (logits, logits_aux) if logits_aux is not None else logits
+
+
+def check_aux_input(features, key, fix):
+    """The auxiliary tower pools 5×5: refuse, in one line, features after the second reduction smaller than that."""
+    if min(features.shape[-2:]) < 5:
+        raise UserError(f"{key}: the auxiliary tower needs at least 5×5 features after the second reduction but gets "
+                        f"{tuple(features.shape[-2:])} (inputs of at least 20 px); {fix}")
 
 
 class EvalCell(nn.Module):
@@ -304,6 +308,7 @@ class DartsNetwork(nn.Module):
         for i, cell in enumerate(self.cells):
             s0, s1 = s1, cell(s0, s1, self.drop_path_prob)
             if i == self.aux_index and self.auxiliary_head is not None and self.training:
+                check_aux_input(s1, "retrain.auxiliary_weight", "set retrain.auxiliary_weight=0 for this dataset")
                 logits_aux = self.auxiliary_head(s1)
         return self.classifier(self.global_pooling(s1).flatten(1)), logits_aux
 
