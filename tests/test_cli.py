@@ -307,7 +307,10 @@ def test_sweep_jobs_with_nonsense_values_fail_alone(tmp_path):
     (["eval", "genotype=DARTS_V2", "trainer.epochs=5"], "retrain.epochs"),
     (["search", "-m", "--cfg", "job"], "-m and --cfg cannot be combined"),
     (["eval", "space=darts", "genotype=DARTS_V2", "dataset=digits", "retrain.epochs=1", "retrain.C=8", "retrain.layers=3",
-      "trainer.device=cpu"], "set retrain.auxiliary_weight=0 for this dataset"),
+      "retrain.cutout=0", "trainer.device=cpu"], "set retrain.auxiliary_weight=0 for this dataset"),
+    (["eval", "space=darts", "genotype=DARTS_V2", "dataset=digits", "retrain.cutout=8", "retrain.auxiliary_weight=0",
+      "trainer.device=cpu"], "retrain.cutout=8 blanks whole 8×8 images"),
+    (["search", *TINY, "dataset.cutout=16", "dataset.synthetic.image_size=16"], "dataset.cutout=16 blanks whole 16×16"),
 ])
 def test_messages_name_the_real_problem(tmp_path, args, needle):
     """Issue 15 item 6: each of these said something misleading (or exited 1 with a traceback)."""

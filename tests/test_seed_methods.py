@@ -230,3 +230,16 @@ def test_every_method_runs_one_epoch_on_every_space(method, tmp_path):
         record = json.loads((tmp_path / space / "metrics.jsonl").read_text())
         losses = [x for x in (record["train_loss"], record["valid_loss"]) if x is not None]
         assert record["train_loss"] is not None and all(math.isfinite(x) for x in losses), (method, space, losses)
+
+
+def test_selectors_that_read_alpha_warn_when_it_is_never_trained(tmp_path, monkeypatch):
+    """Issue 15 item 3: fixed_alpha / RSPS with argmax used to return the argmax of the initial α without a word."""
+    import nasrun.search as search
+
+    printed = []
+    monkeypatch.setattr(search.console, "print", lambda *a, **k: printed.append(" ".join(map(str, a))))
+    run_search(make_cfg(["method=fixed_alpha", "trainer.epochs=1"]), tmp_path / "a")
+    assert any("method=fixed_alpha never trains α, so selector=argmax reads its initial values" in p for p in printed)
+    printed.clear()
+    run_search(make_cfg(["method=darts", "trainer.epochs=1"]), tmp_path / "b")
+    assert not any("never trains" in p for p in printed)

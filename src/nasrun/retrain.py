@@ -134,6 +134,9 @@ def run_retrain(cfg, run, state, space, genotype, device):
     seed_everything(cfg.seed)
     d = dict(cfg.dataset)
     data = load_dataset(d["name"], d["root"], d["download"], d.get("synthetic"))
+    from .search import check_cutout
+
+    check_cutout("retrain.cutout", p.cutout, data.train_x.shape[-1])
     mean, std = d["mean"], d["std"]
     if mean is None or std is None:
         mean, std = NORMALISATION.get((data.name, "darts"), ([0.5] * 3, [0.25] * 3))

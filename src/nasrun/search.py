@@ -28,12 +28,20 @@ def build_data(cfg, space, device):
     d = dict(cfg.dataset)
     name, root, download, synthetic = d.pop("name"), d.pop("root"), d.pop("download"), d.pop("synthetic", None)
     data = load_dataset(name, root, download, synthetic)
+    check_cutout("dataset.cutout", d.get("cutout", 0), data.train_x.shape[-1])
     try:
         stream, protocol = build_search_stream(data, space_split=space.default_split, batch_size=cfg.trainer.batch_size,
                                                seed=cfg.seed, device=device, **d)
     except TypeError as exc:
         raise UserError(f"bad dataset config: {exc}") from None
     return data, stream, protocol
+
+
+def check_cutout(key, length, size):
+    """Refuse a cutout square as large as the images (every image blanked: training at chance)."""
+    if length and length >= size:
+        raise UserError(f"{key}={length} blanks whole {size}×{size} images (training at chance); use at most "
+                        f"{size // 2} (DARTS: 16 on 32 px) or 0 to turn it off")
 
 
 def peak_memory_mb(device):
@@ -129,6 +137,9 @@ def run_search(cfg, out_dir):
     space, data, stream, protocol, supernet, method = build_search(cfg, device)
     selector = build(cfg.selector)
     stop = build(cfg.stop)
+    if getattr(selector, "reads_alpha", False) and not getattr(method, "learns_alpha", True):
+        console.print(f"[yellow]warning: method={method.name} never trains α, so selector={selector.name} reads its "
+                      "initial values; selector=pt (DARTS-PT) or random_ranking select on the trained supernet[/yellow]")
     diag = cfg.diagnostics
     bench = open_benchmark(cfg.benchmark.name, cfg.benchmark.path, space.benchmark)
     bench_ds = cfg.benchmark.dataset or BENCHMARK_NAMES.get(data.name, "cifar10")
@@ -147,6 +158,11 @@ def run_search(cfg, out_dir):
             return None
         return hessian_eigenvalue(method, valid, diag.hessian_mode, chunk=diag.get("hessian_chunk", 32))
 
+    def discrete_acc():
+        if not diag.discrete_acc or stream.valid_idx is None:
+            return None
+        return discretised_accuracy(method, stream.valid_batches(max_batches=diag.get("discrete_batches", 8)))
+
     def epoch_end(epoch, m, seconds):
         genotype = space.derive(method.derive_weights())
         return {"epoch": epoch, **method.lrs(), **{k: v for k, v in m.items() if k != "train_n"},
@@ -157,8 +173,7 @@ def run_search(cfg, out_dir):
                 "ies_entropy": ies_entropy(method.derive_weights()),
                 "op_magnitude": operation_magnitudes(method.derive_weights(), space.op_names("normal")),
                 "hessian_eigenvalue": hessian(epoch),
-                "discrete_valid_acc": (discretised_accuracy(method, stream.valid_batches(max_batches=diag.get("discrete_batches", 8)))
-                                       if diag.discrete_acc and stream.valid_idx is not None else None),
+                "discrete_valid_acc": discrete_acc(),
                 **tse_estimators([r["train_loss"] for r in loop.history] + [m["train_loss"]]),
                 **method.epoch_metrics(),
                 "benchmark": _with_dataset(bench.query(genotype, bench_ds) if bench is not None else None, bench_ds)}

@@ -54,6 +54,11 @@ class Darts(Method):
         self.arch_opt = torch.optim.Adam(self.arch_parameters(), lr=arch_lr, betas=tuple(arch_betas),
                                          weight_decay=arch_weight_decay)
 
+    @property
+    def learns_alpha(self):
+        """Whether α is ever trained (False: fixed_alpha, RSPS); selectors that read α warn otherwise."""
+        return self.arch_enabled
+
     def optimizers(self):
         return [self.w_opt, self.arch_opt]
 

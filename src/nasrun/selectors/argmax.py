@@ -8,6 +8,8 @@ class ArgmaxSelector:
         name: selector name recorded in ``genotype.json``.
     """
 
+    reads_alpha = True  # the genotype comes from α (meaningless where α is never trained)
+
     def __init__(self, name="argmax"):
         self.name = name
 

@@ -14,6 +14,8 @@ class BestEpoch:
         mode: ``max`` or ``min``.
     """
 
+    reads_alpha = True  # the genotype comes from α (meaningless where α is never trained)
+
     history_only = True  # reads the metrics history only (not the supernet)
 
     def __init__(self, name="best_epoch", metric="valid_acc", mode="max"):

@@ -20,6 +20,8 @@ class PdartsFinal:
         max_skips: M (2 in the paper).
     """
 
+    reads_alpha = True  # the genotype comes from α (meaningless where α is never trained)
+
     history_only = False
 
     def __init__(self, name="pdarts_final", max_skips=2):

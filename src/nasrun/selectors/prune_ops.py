@@ -17,6 +17,8 @@ class PruneOps:
         keep: ops per edge for the next stage (P-DARTS: 5 after stage 1, 3 after stage 2).
     """
 
+    reads_alpha = True  # the genotype comes from α (meaningless where α is never trained)
+
     history_only = False
 
     def __init__(self, name="prune_ops", keep=5):

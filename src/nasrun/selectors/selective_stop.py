@@ -64,6 +64,8 @@ class SelectiveStop:
         eligibility: the NB201 code's eligibility rule (the DARTS-space script uses none).
     """
 
+    reads_alpha = True  # the genotype comes from α (meaningless where α is never trained)
+
     history_only = True  # reads the metrics history only (not the supernet)
 
     def __init__(self, name="selective_stop", targets=("nor_conv_3x3",), criteria=("residual",), eligibility=True):
