@@ -88,10 +88,10 @@ def check_combination(space, method, selector, stop, diagnostics):
     if getattr(selector, "needs_tensor_weights", False) and not getattr(method, "tensor_weights", True):
         raise UserError(f"selector={selector.name} edits the supernet's mixing weights, but method={method.name} runs "
                         "sampled single paths; use selector=argmax (or random_ranking)")
-    keys = record_keys(space, method, diagnostics)
     for part in (selector, stop):
         if hasattr(part, "check_setup"):
-            part.check_setup(space=space, method=method, diagnostics=diagnostics, record_keys=keys)
+            part.check_setup(space=space, method=method, diagnostics=diagnostics,
+                             record_keys=lambda: record_keys(space, method, diagnostics))
 
 
 def preflight(cfg):

@@ -109,7 +109,7 @@ class SpDarts(Darts):
         return {k: F.softmax(a.detach(), dim=-1) for k, a in self.alphas.items()}
 
     def epoch_metrics(self):
-        s = self._epoch_stats
+        s = self._epoch_stats or {"steps": 0, "mon_n": 0}  # before the first epoch: no statistics yet
         return {"mix_probability": self.p, "sparse_fraction": (s["sparse"] / s["steps"]).item() if s["steps"] else None,
                 "monitor_acc": (100 * s["mon_correct"] / s["mon_n"]).item() if s["mon_n"] else None,
                 "warmup": self.warm}

@@ -24,9 +24,10 @@ class BestEpoch:
         self.name, self.metric, self.mode = name, metric, mode
 
     def check_setup(self, record_keys, **_):
-        if self.metric not in record_keys:
+        keys = record_keys()
+        if self.metric not in keys:
             raise UserError(f"selector.metric={self.metric!r} is not logged by this search; choose one of "
-                            f"{', '.join(sorted(record_keys))}")
+                            f"{', '.join(sorted(keys))}")
 
     def select(self, space, method, history, **_state):
         values = [r.get(self.metric) for r in history]
