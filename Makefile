@@ -7,10 +7,10 @@ PINS    := torch==2.13.0 torchvision==0.28.0 hydra-core==1.3.8 "omegaconf>=2.3,<
            hydra-submitit-launcher==1.2.0 hydra-joblib-launcher==1.2.0 matplotlib
 STAMP   := $(VENV)/.installed
 
-.PHONY: help install test test-slurm test-all test-gpu demo lint bench clean
+.PHONY: help install test test-slow test-slurm test-all test-gpu demo lint bench clean
 
 help:
-	@echo "make install | test | test-slurm | test-all | test-gpu | demo | lint | bench | clean"
+	@echo "make install | test | test-slow | test-slurm | test-all | test-gpu | demo | lint | bench | clean"
 
 $(STAMP): setup.cfg pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -28,6 +28,10 @@ test: $(STAMP)
 # A real single-node Slurm (installed with apt-get when missing, started and stopped by the test).
 test-slurm: $(STAMP)
 	NASRUN_REQUIRE_SLURM=1 $(BIN)/python -m pytest -q -m slurm $(PYTEST_ARGS)
+
+# The exhaustive matrices (every preset, every method × space, every sweep launcher): CI runs them after `make test`.
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m "slow and not gpu and not slurm" $(PYTEST_ARGS)
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)

@@ -173,7 +173,8 @@ def test_select_command(tmp_path):
                       "not a search run directory")
 
 
-@pytest.mark.parametrize("launcher", ["basic", "parallel", "local"])
+@pytest.mark.parametrize("launcher", ["basic", pytest.param("parallel", marks=pytest.mark.slow),
+                                      pytest.param("local", marks=pytest.mark.slow)])
 def test_a_failed_job_does_not_sink_the_sweep(tmp_path, launcher):
     """Job 1 fails (a bad split); job 0 and job 2 still run to their end, every job gets a line and a row in the
     final table, its status.json says how it ended, and the exit code is 1. A rerun skips what finished."""

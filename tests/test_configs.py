@@ -38,6 +38,7 @@ def test_primary_configs_compose(config_name):
     assert cfg.task_name == config_name
 
 
+@pytest.mark.slow  # about 3 minutes for every preset: `make test-slow` (in CI)
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_experiment_runs_a_tiny_step(experiment, tmp_path):
     full = make_cfg([f"+experiment={experiment}"], tiny=False)

@@ -210,11 +210,21 @@ UNSUPPORTED = {("rsps", "nb1shot1"): "cannot sample architectures uniformly",
                ("sgas", "nb1shot1"): "decides edges of a cell", ("sgas_cri2", "nb1shot1"): "decides edges of a cell"}
 
 
+@pytest.mark.slow  # the whole method × space matrix, about 2.5 minutes: `make test-slow` (in CI)
 @pytest.mark.parametrize("method", METHODS)
 def test_every_method_runs_one_epoch_on_every_space(method, tmp_path):
+    run_every_space(method, tmp_path, available_spaces())
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_runs_one_epoch_on_nb201(method, tmp_path):
+    run_every_space(method, tmp_path, ["nb201"])
+
+
+def run_every_space(method, tmp_path, spaces):
     from nasrun.errors import UserError
 
-    for space in available_spaces():
+    for space in spaces:
         overrides = [f"method={method}", f"space={space}", "trainer.epochs=1", "dataset.synthetic.n_train=32"]
         if method == "tse_darts":
             overrides.append("method.inner_steps=2")
