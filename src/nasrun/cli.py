@@ -123,7 +123,9 @@ def check_overrides(config_name, args):
                     fail(f"unknown {group} '{v}'; choose one of: {', '.join(options)}")
         if not key.lstrip("+~").startswith("hydra"):
             plain.append(arg)
-    check_output_dir(config_name, args, multirun)
+    if not any(a in ("-h", "--help", "--hydra-help", "-c", "--cfg", "-i", "--info", "--shell-completion", "-sc")
+               for a in args):  # these only print: no output directory
+        check_output_dir(config_name, args, multirun)
     if multirun or any(a.startswith("-") for a in args):
         return
     from hydra import compose, initialize_config_dir
