@@ -16,6 +16,24 @@ def cosine_lr(epoch, epochs, lr_max, lr_min):
     return lr_min + (lr_max - lr_min) * (1 + math.cos(math.pi * epoch / epochs)) / 2
 
 
+class NodeSoftmax:
+    """Softmax over the α rows that feed the same node (PC-DARTS's edge normalisation, GAEA's edge weights), for a
+    space with ``edge_targets``; the index table is made once, on the device, and the softmax is a few whole-vector
+    ops (no per-node loop)."""
+
+    def __init__(self, space, device):
+        targets = space.edge_targets()
+        nodes = sorted(set(targets))
+        self.rows_node = torch.tensor([nodes.index(t) for t in targets], device=device)
+        self.n_nodes = len(nodes)
+
+    def __call__(self, scores):
+        node = self.rows_node
+        peak = scores.new_full((self.n_nodes,), -math.inf).scatter_reduce(0, node, scores.detach(), "amax")
+        u = torch.exp(scores - peak[node])  # the peak only keeps exp in range: the softmax does not depend on it
+        return u / u.new_zeros(self.n_nodes).index_add(0, node, u)[node]
+
+
 class Method(abc.ABC):
     """Base class of search methods.
 

@@ -18,6 +18,7 @@ import math
 import torch
 
 from ..errors import UserError
+from .base import Method, NodeSoftmax
 from .darts import Darts
 
 
@@ -54,12 +55,9 @@ class Gaea(Darts):
                          arch_start_epoch=arch_start_epoch, arch_grad_clip=arch_grad_clip, lr_epochs=lr_epochs)
         if learn_edges:
             device = next(supernet.parameters()).device
-            targets = space.edge_targets()
-            nodes = sorted(set(targets))
-            self.node_of_row = torch.tensor([nodes.index(t) for t in targets], device=device)  # made once
-            fan_in = torch.tensor([targets.count(t) for t in targets], dtype=torch.float32, device=device)
-            self.edges = {k: torch.nn.Parameter(1.0 / fan_in) for k in self.alphas}  # each node's inputs sum to 1
-            self.n_nodes = len(nodes)
+            self.node_softmax = NodeSoftmax(space, device)
+            uniform = self.node_softmax(torch.zeros(len(space.edge_targets()), device=device))  # 1/fan-in
+            self.edges = {k: torch.nn.Parameter(uniform.clone()) for k in self.alphas}
 
     def init_alphas(self, scale=None):
         """α uniform on each row's simplex, 1/K (deterministic, as the reference)."""
@@ -81,8 +79,7 @@ class Gaea(Darts):
         alphas = self.alphas if alphas is None else alphas
         return {k: a * self.edges[k][:, None] if k in self.edges else a for k, a in alphas.items()}
 
-    def derive_weights(self):
-        return {k: v.detach() for k, v in self.edge_weights().items()}
+    derive_weights = Method.derive_weights  # the mixing weights themselves (Darts reads softmax(α))
 
     def first_order_grad(self, valid_batch):
         x, y = valid_batch
@@ -95,9 +92,14 @@ class Gaea(Darts):
         """One exponentiated-gradient step on α (and the edges) with ∇ of the valid loss (the train loss when
         ``single_level``: the search then hands over a training batch as the second batch)."""
         grads, loss, logits = self.first_order_grad(valid_batch)
+        params = self.arch_parameters()
+        for p, g in zip(params, grads):
+            p.grad = g
         if self.arch_grad_clip:
-            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
-            grads = [g * (self.arch_grad_clip / (norm + 1e-6)).clamp(max=1.0) for g in grads]
+            torch.nn.utils.clip_grad_norm_(params, self.arch_grad_clip)
+        grads = [p.grad for p in params]
+        for p in params:
+            p.grad = None
         n_alpha = len(self.alphas)
         floor = math.log(1e-5)
         with torch.no_grad():
@@ -105,11 +107,8 @@ class Gaea(Darts):
             # form that cannot overflow for large η·g
             for a, g in zip(self.arch_parameters()[:n_alpha], grads[:n_alpha]):
                 a.copy_(torch.softmax((torch.log(a) - self.eta * g).clamp_(min=floor), dim=-1))
-            for e, g in zip(self.arch_parameters()[n_alpha:], grads[n_alpha:]):  # a softmax over each node's inputs
-                score, node = torch.log(e) - self.edge_lr * g, self.node_of_row
-                peak = e.new_full((self.n_nodes,), -math.inf).scatter_reduce(0, node, score, "amax")
-                u = torch.exp(score - peak[node])
-                e.copy_(u / e.new_zeros(self.n_nodes).index_add_(0, node, u)[node])
+            for e, g in zip(self.arch_parameters()[n_alpha:], grads[n_alpha:]):  # e·e^{−ηg} normalised per node
+                e.copy_(self.node_softmax(torch.log(e) - self.edge_lr * g))
         return {"valid_loss": loss.detach(), "valid_correct": (logits.argmax(1) == valid_batch[1]).sum()}
 
     def state_dict(self):

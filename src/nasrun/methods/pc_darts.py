@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import UserError
+from .base import Method, NodeSoftmax
 from .darts import Darts
 
 
@@ -32,9 +33,7 @@ class PcDarts(Darts):
                             "edges (use nb201 or a DARTS-family space)")
         device = next(supernet.parameters()).device
         self.edge_normalization = edge_normalization
-        targets = space.edge_targets()  # the α rows into each node, as device index tensors made once
-        self.node_rows = [torch.tensor([e for e, t in enumerate(targets) if t == node], device=device)
-                          for node in sorted(set(targets))]
+        self.edge_norm = NodeSoftmax(space, device)  # β̂: softmax of β over the edges into each node
         self.betas = ({k: torch.nn.Parameter(1e-3 * torch.randn(shape[0], device=device))
                        for k, shape in space.alpha_shapes().items()} if edge_normalization else {})
         super().__init__(supernet, space, name, w_lr, w_lr_min, w_momentum, w_nesterov, w_weight_decay, grad_clip,
@@ -44,22 +43,13 @@ class PcDarts(Darts):
     def arch_parameters(self):
         return [self.alphas[k] for k in sorted(self.alphas)] + [self.betas[k] for k in sorted(self.betas)]
 
-    def edge_norm(self, beta):
-        """β̂: softmax of β over the edges into each node."""
-        out = torch.empty_like(beta)
-        for rows in self.node_rows:
-            out = out.index_copy(0, rows, F.softmax(beta[rows], dim=0))
-        return out
-
     def edge_weights(self, alphas=None):
         alphas = self.alphas if alphas is None else alphas
         if not self.edge_normalization:
             return {k: F.softmax(a, dim=-1) for k, a in alphas.items()}
         return {k: F.softmax(a, dim=-1) * self.edge_norm(self.betas[k])[:, None] for k, a in alphas.items()}
 
-    def derive_weights(self):
-        """softmax(α)·β̂, the score PC-DARTS ranks edges and ops by."""
-        return {k: v.detach() for k, v in self.edge_weights().items()}
+    derive_weights = Method.derive_weights  # softmax(α)·β̂, the score PC-DARTS ranks edges and ops by
 
     def state_dict(self):
         return {**super().state_dict(), "betas": {k: v.detach().clone() for k, v in self.betas.items()}}
