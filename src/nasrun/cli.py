@@ -57,9 +57,10 @@ def _guard(fn, cfg):
         print(f"nasrun: {exc}", file=sys.stderr)
         sys.exit(3)
     except OSError as exc:
-        if write_error(exc) is None:
+        message = write_error(exc)
+        if message is None:
             raise
-        fail(write_error(exc))
+        fail(message)
     finally:
         console.log_path = None  # later lines are not the run's
 
@@ -182,8 +183,7 @@ def check_output_dir(config_name, args, multirun):
     try:
         if not existing.is_dir():
             raise NotADirectoryError(20, "not a directory", str(existing))
-        with tempfile.TemporaryFile(dir=existing):
-            pass
+        tempfile.TemporaryFile(dir=existing).close()  # can a file be created there?
     except OSError as exc:
         key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
         fail(f"cannot write the output directory {target} ({exc.strerror or exc} at {existing}); choose a writable "

@@ -272,6 +272,13 @@ class Augment:
         return x
 
 
+def check_cutout(key, length, size):
+    """Refuse a cutout square as large as the images (every image blanked: training at chance)."""
+    if length and length >= size:
+        raise UserError(f"{key}={length} blanks whole {size}×{size} images (training at chance); use at most "
+                        f"{size // 2} (DARTS: 16 on 32 px) or 0 to turn it off")
+
+
 class SearchStream:
     """Search batches ``((x_tr, y_tr), (x_val, y_val))`` drawn on the device.
 

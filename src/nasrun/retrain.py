@@ -12,7 +12,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .data import Augment, NORMALISATION, SearchStream, load_dataset
+from .data import NORMALISATION, Augment, SearchStream, check_cutout, load_dataset
 from .engine import EpochLoop, console, seed_everything
 from .errors import UserError
 from .graphs import GraphSet, graphs_wanted, optimizer_key
@@ -128,14 +128,13 @@ class Retrainer:
 def run_retrain(cfg, run, state, space, genotype, device):
     """Retrain ``genotype`` on the full training set, evaluating on the test set every epoch."""
     p = Protocol(**cfg.retrain)
-    if p.idle_warning():
-        console.print(f"[yellow]{p.idle_warning()}[/yellow]")
+    warning = p.idle_warning()
+    if warning:
+        console.print(f"[yellow]{warning}[/yellow]")
     t = cfg.trainer
     seed_everything(cfg.seed)
     d = dict(cfg.dataset)
     data = load_dataset(d["name"], d["root"], d["download"], d.get("synthetic"))
-    from .search import check_cutout
-
     check_cutout("retrain.cutout", p.cutout, data.train_x.shape[-1])
     mean, std = d["mean"], d["std"]
     if mean is None or std is None:

@@ -14,7 +14,7 @@ from rich.table import Table
 
 from .benchmarks import open_benchmark
 from .config import build, validate
-from .data import BENCHMARK_NAMES, build_search_stream, load_dataset
+from .data import BENCHMARK_NAMES, build_search_stream, check_cutout, load_dataset
 from .diagnostics import discretised_accuracy, hessian_eigenvalue, ies_entropy, operation_magnitudes, tse_estimators
 from .engine import EpochLoop, console, seed_everything
 from .errors import UserError
@@ -35,13 +35,6 @@ def build_data(cfg, space, device):
     except TypeError as exc:
         raise UserError(f"bad dataset config: {exc}") from None
     return data, stream, protocol
-
-
-def check_cutout(key, length, size):
-    """Refuse a cutout square as large as the images (every image blanked: training at chance)."""
-    if length and length >= size:
-        raise UserError(f"{key}={length} blanks whole {size}×{size} images (training at chance); use at most "
-                        f"{size // 2} (DARTS: 16 on 32 px) or 0 to turn it off")
 
 
 def peak_memory_mb(device):

@@ -84,9 +84,10 @@ def guarded_job(fn, cfg, run_dir, job):
         record_job(run_dir, job, "interrupted", str(exc))
         return None
     except Exception as exc:  # noqa: BLE001 - a bug in one job must not sink the sweep
-        if write_error(exc):  # full disk, read-only place: one line (the disk may be too full for more)
+        message = write_error(exc)
+        if message:  # full disk, read-only place: one line (the disk may be too full for more)
             with contextlib.suppress(OSError):
-                record_job(run_dir, job, "failed", write_error(exc))
+                record_job(run_dir, job, "failed", message)
             return None
         (Path(run_dir) / "error.txt").write_text(traceback.format_exc())
         record_job(run_dir, job, "failed", f"{type(exc).__name__}: {exc} (traceback in error.txt)")
