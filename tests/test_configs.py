@@ -1,5 +1,6 @@
 """Every file under conf/ composes and builds; every experiment preset runs one tiny step (timm-style matrix)."""
 
+import math
 from pathlib import Path
 
 import pytest
@@ -45,7 +46,12 @@ def test_every_experiment_runs_a_tiny_step(experiment, tmp_path):
     small_pt = ["selector.proj_intv=1", "selector.max_valid_batches=1"] if full.selector.name == "pt" else []
     if full.space.get("search_auxiliary"):  # the tower pools 5×5 after two reductions: 32-px images
         small_pt.append("dataset.synthetic.image_size=32")
-    cfg = make_cfg([f"+experiment={experiment}", "trainer.epochs=1", "trainer.batch_size=16", *tiny_space(full.space.name),
+    size = tiny_space(full.space.name)
+    if full.method.get("stage_epochs"):  # progressive (DrNAS): one epoch per stage, a width every K divides
+        n = len(full.method.stage_epochs)
+        size = [*size, f"space.C={math.lcm(4, *full.method.stage_partial_channels)}", f"trainer.epochs={n}",
+                f"method.stage_epochs=[{','.join(['1'] * n)}]"]
+    cfg = make_cfg([f"+experiment={experiment}", "trainer.epochs=1", "trainer.batch_size=16", *size,
                     "dataset=synthetic", "trainer.device=cpu", "trainer.progress=false", "benchmark=none", *small_pt],
                    tiny=False)
     summary = run_search(cfg, tmp_path)

@@ -92,6 +92,8 @@ def preflight(cfg):
     together, so a refusal comes before any data is loaded or a run directory exists."""
     space = build(cfg.space)
     method = build(cfg.method, supernet=space.build_supernet(10), space=space)
+    if hasattr(method, "check_epochs"):
+        method.check_epochs(cfg.trainer.epochs)
     check_combination(space, method, build(cfg.selector), build(cfg.stop), cfg.diagnostics)
 
 

@@ -1,5 +1,7 @@
 """DARTS, first and second order (Liu et al., ICLR 2019; methods.md §4.1-4.2)."""
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch.distributions import Dirichlet
@@ -33,12 +35,21 @@ class Darts(Method):
         arch_start_epoch: epochs of weights-only training before the α steps begin (P-DARTS 10, PC-DARTS 15).
         arch_grad_clip: max norm of the α gradient before its Adam step (P-DARTS 5; null: none).
         lr_epochs: length of the cosine schedule (null: the run's epochs; GAEA anneals over 50 epochs and runs 25).
+        stage_epochs, stage_partial_channels, stage_keep: DrNAS's progressive search (one entry per stage; null:
+            one stage). Before each later stage every edge keeps its ``stage_keep`` ops of largest α (the others
+            are masked out of the mixing weights, renormalised, and no longer computed) and the supernet is
+            widened to ``stage_partial_channels`` (:mod:`nasrun.spaces.progressive`); the SGD momentum is
+            widened with it; α steps start ``arch_start_epoch`` epochs into every stage.
+        stage_lr_restart: False: the cosine schedule runs on across the stages; True: as the DrNAS reference
+            under PyTorch ≥ 1.4, whose re-created SGD restarts the recursive cosine from ``w_lr``, so a stage
+            starting at s runs at η_min + (η0 − η_min)(1 + cos πe/T)/(1 + cos πs/T).
     """
 
     def __init__(self, supernet, space, name="darts", w_lr=0.025, w_lr_min=0.001, w_momentum=0.9,
                  w_nesterov=True, w_weight_decay=5e-4, grad_clip=5.0, arch_lr=3e-4, arch_betas=(0.5, 0.999),
                  arch_weight_decay=1e-3, arch_first=False, unrolled=False, fd_radius=0.01, train_arch=True,
-                 lr_offset=0, relaxation="softmax", arch_start_epoch=0, arch_grad_clip=None, lr_epochs=None):
+                 lr_offset=0, relaxation="softmax", arch_start_epoch=0, arch_grad_clip=None, lr_epochs=None,
+                 stage_epochs=None, stage_partial_channels=None, stage_keep=None, stage_lr_restart=False):
         super().__init__(supernet, space)
         self.arch_enabled, self.arch_start_epoch, self.arch_grad_clip = train_arch, arch_start_epoch, arch_grad_clip
         if relaxation not in ("softmax", "dirichlet"):
@@ -53,6 +64,80 @@ class Darts(Method):
                                      nesterov=w_nesterov and w_momentum > 0, weight_decay=w_weight_decay)
         self.arch_opt = torch.optim.Adam(self.arch_parameters(), lr=arch_lr, betas=tuple(arch_betas),
                                          weight_decay=arch_weight_decay)
+        self.stages = self._check_stages(stage_epochs, stage_partial_channels, stage_keep)
+        self.stage_total = sum(stage_epochs or [])
+        self.stage, self.op_mask, self.stage_lr_restart = 0, None, stage_lr_restart
+
+    def _check_stages(self, epochs, partial, keep):
+        """``[(first epoch, partial channels, ops kept)]`` of the progressive stages ([] without them)."""
+        if not epochs:
+            return []
+        n = len(epochs)
+        partial, keep = list(partial or [1] * n), list(keep or [None] * n)
+        if len(partial) != n or len(keep) != n:
+            raise UserError(f"method.stage_epochs, stage_partial_channels and stage_keep need one entry per stage "
+                            f"({n}, {len(partial)} and {len(keep)} given)")
+        if not hasattr(self.supernet, "set_partial"):
+            raise UserError(f"method.stage_epochs: progressive search prunes and widens edge ops, which space "
+                            f"{self.space.name} does not have; use nb201 or a DARTS-family space")
+        ops = {shape[1] for shape in self.space.alpha_shapes().values()}.pop()
+        keep = [ops if k is None else k for k in keep]
+        if int(self.supernet.partial_channels) != partial[0]:
+            raise UserError(f"method.stage_partial_channels starts at {partial[0]} but space.partial_channels="
+                            f"{int(self.supernet.partial_channels)}; set space.partial_channels={partial[0]}")
+        if keep[0] != ops or any(not 1 <= b <= a for a, b in zip(keep, keep[1:])):
+            raise UserError(f"method.stage_keep={keep}: the first stage searches all {ops} ops and every later stage "
+                            "keeps at least one and no more than the stage before")
+        widths = {cell.init_args["C"] for _, cell, _ in self.supernet.search_cells()}
+        bad = [k for k in partial if k < 1 or any(c % k for c in widths)]
+        if bad or any(e < 1 for e in epochs):
+            raise UserError(f"method.stage_epochs={list(epochs)}, stage_partial_channels={partial}: epochs must be ≥ 1 "
+                            f"and every K must divide the cell widths {sorted(widths)}")
+        starts = [sum(epochs[:i]) for i in range(n)]
+        return list(zip(starts, partial, keep))
+
+    def check_epochs(self, epochs):
+        """The stages must cover the run (``trainer.epochs``)."""
+        if self.stages and self.stage_total != epochs:
+            raise UserError(f"method.stage_epochs sum to {self.stage_total} but trainer.epochs={epochs}; make them equal")
+
+    def enter_stage(self, index):
+        """DrNAS's stage change: keep each edge's ``keep`` ops of largest α (``prune``), widen the partial channels
+        (``model.wider``) carrying the SGD momentum along (``configure_optimizer``)."""
+        start, partial, keep = self.stages[index]
+        masks = {}
+        with torch.no_grad():
+            for k, a in self.alphas.items():
+                scores = a.detach().clone()
+                if self.op_mask is not None:
+                    scores[~self.op_mask[k]] = -math.inf
+                masks[k] = torch.zeros_like(scores, dtype=torch.bool).scatter_(1, scores.topk(keep, -1).indices, True)
+        self.op_mask = masks
+        if partial != int(self.supernet.partial_channels):
+            remap = self.supernet.set_partial(partial)
+            opt = self.w_opt
+            moved = {}
+            for p, state in opt.state.items():
+                new, resize = remap.get(p, (p, None))
+                moved[new] = {k: resize(v) if resize and torch.is_tensor(v) and v.shape == p.shape else v
+                              for k, v in state.items()}
+            opt.state.clear()
+            opt.state.update(moved)
+            for g in opt.param_groups:
+                g["params"] = [remap.get(p, (p,))[0] for p in g["params"]]
+        self.supernet.set_active_ops(masks)
+        self.stage = index
+        self.reset_graphs()
+        from ..engine import console
+
+        console.print(f"{self.name}: stage {index + 1}/{len(self.stages)} from epoch {start}: {keep} ops per edge, "
+                      f"partial channels K={partial}")
+
+    def pruned(self, weights):
+        """Mixing weights with the pruned ops zeroed and every row renormalised (DrNAS ``process_step_vector``)."""
+        if self.op_mask is None:
+            return weights
+        return {k: w * self.op_mask[k] / (w * self.op_mask[k]).sum(-1, keepdim=True) for k, w in weights.items()}
 
     @property
     def learns_alpha(self):
@@ -77,22 +162,33 @@ class Darts(Method):
     def edge_weights(self, alphas=None):
         alphas = self.alphas if alphas is None else alphas
         if self.relaxation == "dirichlet":
-            return {k: Dirichlet(self.concentration(a)).rsample() for k, a in alphas.items()}
-        return {k: F.softmax(a, dim=-1) for k, a in alphas.items()}
+            return self.pruned({k: Dirichlet(self.concentration(a)).rsample() for k, a in alphas.items()})
+        return self.pruned({k: F.softmax(a, dim=-1) for k, a in alphas.items()})
 
     def hessian_weights(self):
         if self.relaxation == "dirichlet":  # the Dirichlet mean β/Σβ: the sampler has no second derivative
-            return {k: self.concentration(a) / self.concentration(a).sum(-1, keepdim=True) for k, a in self.alphas.items()}
+            return self.pruned({k: self.concentration(a) / self.concentration(a).sum(-1, keepdim=True)
+                                for k, a in self.alphas.items()})
         return self.edge_weights()
 
     def derive_weights(self):
-        return {k: F.softmax(a.detach(), dim=-1) for k, a in self.alphas.items()}
+        return self.pruned({k: F.softmax(a.detach(), dim=-1) for k, a in self.alphas.items()})
 
     def on_epoch_start(self, epoch, epochs):
-        lr = cosine_lr(epoch + self.lr_offset, self.lr_epochs or epochs, self.w_lr, self.w_lr_min)
+        start = 0
+        if self.stages:
+            index = max(i for i, s in enumerate(self.stages) if s[0] <= epoch)
+            while self.stage < index:
+                self.enter_stage(self.stage + 1)
+            start = self.stages[self.stage][0]
+        T = self.lr_epochs or epochs
+        lr = cosine_lr(epoch + self.lr_offset, T, self.w_lr, self.w_lr_min)
+        if self.stage_lr_restart and start:
+            lr = self.w_lr_min + (self.w_lr - self.w_lr_min) * ((1 + math.cos(math.pi * (epoch + self.lr_offset) / T))
+                                                                 / (1 + math.cos(math.pi * (start + self.lr_offset) / T)))
         for g in self.w_opt.param_groups:
             g["lr"] = lr
-        self.train_arch = self.arch_enabled and epoch >= self.arch_start_epoch
+        self.train_arch = self.arch_enabled and epoch - start >= self.arch_start_epoch
 
     def lrs(self):
         return {"w_lr": self.w_opt.param_groups[0]["lr"], "arch_lr": self.arch_opt.param_groups[0]["lr"],
@@ -202,9 +298,17 @@ class Darts(Method):
         return hyper, loss_val, logits
 
     def state_dict(self):
-        return {**super().state_dict(), "w_opt": self.w_opt.state_dict(), "arch_opt": self.arch_opt.state_dict()}
+        stages = {"stage": self.stage, "op_mask": self.op_mask and {k: m.cpu() for k, m in self.op_mask.items()}}
+        return {**super().state_dict(), "w_opt": self.w_opt.state_dict(), "arch_opt": self.arch_opt.state_dict(),
+                **(stages if self.stages else {})}
 
     def load_state_dict(self, state):
+        if self.stages:  # the supernet was loaded first, at the checkpoint's width: the SGD follows its parameters
+            self.w_opt.param_groups[0]["params"] = list(self.supernet.parameters())
+            self.stage = state.get("stage", 0)
+            device = next(iter(self.alphas.values())).device
+            self.op_mask = state.get("op_mask") and {k: m.to(device) for k, m in state["op_mask"].items()}
+            self.supernet.set_active_ops(self.op_mask)
         self.w_opt.load_state_dict(state["w_opt"])
         self.arch_opt.load_state_dict(state["arch_opt"])
         super().load_state_dict(state)

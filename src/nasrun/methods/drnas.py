@@ -6,6 +6,10 @@ mixes the ops with a fresh sample w ~ Dir(β) drawn by reparameterisation, so �
 sample (the pathwise gradient of the Gamma draws). The anchor regulariser keeps β near the uniform prior:
 ``l2`` is Adam weight decay ``reg_scale`` on α (the reference default), ``kl`` adds reg_scale·KL(Dir(β) ‖
 Dir(1)) to the α step's loss. The genotype is read from softmax(α) (argmax α).
+
+The progressive variant (``stage_*`` arguments of :class:`~nasrun.methods.darts.Darts`; reference
+``train_search_progressive.py``) searches a partial-channel supernet in two stages, pruning each edge to its
+strongest ops and widening the partial channels between them.
 """
 
 import torch
@@ -26,12 +30,15 @@ class DrNas(Darts):
 
     def __init__(self, supernet, space, name="drnas", w_lr=0.025, w_lr_min=0.001, w_momentum=0.9, w_nesterov=False,
                  w_weight_decay=3e-4, grad_clip=5.0, arch_lr=3e-4, arch_betas=(0.5, 0.999), arch_first=True,
-                 train_arch=True, lr_offset=0, reg_type="l2", reg_scale=1e-3):
+                 train_arch=True, lr_offset=0, reg_type="l2", reg_scale=1e-3, arch_start_epoch=0, stage_epochs=None,
+                 stage_partial_channels=None, stage_keep=None, stage_lr_restart=False):
         if reg_type not in ("l2", "kl"):
             raise UserError(f"method.reg_type={reg_type!r}: choose l2 or kl")
         super().__init__(supernet, space, name, w_lr, w_lr_min, w_momentum, w_nesterov, w_weight_decay, grad_clip,
                          arch_lr, arch_betas, reg_scale if reg_type == "l2" else 0.0, arch_first, False, 0.01, train_arch,
-                         lr_offset, relaxation="dirichlet")
+                         lr_offset, relaxation="dirichlet", arch_start_epoch=arch_start_epoch, stage_epochs=stage_epochs,
+                         stage_partial_channels=stage_partial_channels, stage_keep=stage_keep,
+                         stage_lr_restart=stage_lr_restart)
         self.reg_type, self.reg_scale = reg_type, reg_scale
 
     def kl_reg(self):

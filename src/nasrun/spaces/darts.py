@@ -16,7 +16,8 @@ from ..errors import UserError
 from .base import SearchSpace
 from .darts_genotypes import NAMED, DartsGenotype, DeepGenotype, parse_darts_text
 from .fused import CellPlans, FusedCellMixin, SourcePlan
-from .ops import DARTS_OPS, FactorizedReduce, HardPath, Identity, Noise, ReLUConvBN, mixed, mixed_hard
+from .progressive import ProgressiveSupernet
+from .ops import DARTS_OPS, FactorizedReduce, HardPath, Identity, Noise, ReLUConvBN, channel_shuffle, mixed, mixed_hard
 
 STEPS = 4
 CONCAT = tuple(range(2, 2 + STEPS))
@@ -31,9 +32,9 @@ def topology_edges(topology):
     raise UserError(f"unknown topology '{topology}'; choose full or fixed")
 
 
-def search_op(name, C, stride):
+def search_op(name, C, stride, pool_bn=True):
     op = DARTS_OPS[name](C, stride, False)
-    if "pool" in name:  # search-time pools get a non-affine BN (quark0 MixedOp)
+    if "pool" in name and pool_bn:  # search-time pools get a non-affine BN (quark0 MixedOp; not DrNAS)
         op = nn.Sequential(op, nn.BatchNorm2d(C, affine=False))
     return op
 
@@ -52,12 +53,6 @@ def read_edge_ops(path):
                         "of the previous P-DARTS stage") from None
 
 
-def channel_shuffle(x, groups):
-    """Interleave ``groups`` channel groups (ShuffleNet; PC-DARTS after its partial-channel concat)."""
-    n, c, h, w = x.shape
-    return x.view(n, groups, c // groups, h, w).transpose(1, 2).reshape(n, c, h, w)
-
-
 def drop_path(x, p):
     """Zero whole samples with probability p (a float or a 0-d tensor) and rescale the rest (quark0 ``drop_path``)."""
     keep = 1.0 - p
@@ -72,16 +67,19 @@ class SearchCell(FusedCellMixin, nn.Module):
     with fused mixed ops (:mod:`nasrun.spaces.fused`), per input state.
     """
 
-    def __init__(self, C_pp, C_p, C, reduction, reduction_prev, edges, edge_ops, partial=1):
+    def __init__(self, C_pp, C_p, C, reduction, reduction_prev, edges, edge_ops, partial=1, pool_bn=True):
         super().__init__()
+        self.init_args = dict(C_pp=C_pp, C_p=C_p, C=C, reduction=reduction, reduction_prev=reduction_prev, edges=edges,
+                              edge_ops=edge_ops, partial=partial, pool_bn=pool_bn)  # to rebuild at another width
         self.reduction, self.partial = reduction, partial
+        self.active = None  # per edge, the indices of the ops still searched (None: all; DrNAS's pruning sets it)
         if C % partial:
             raise UserError(f"space.partial_channels={partial} must divide the cell width {C}")
         self.preprocess0 = (FactorizedReduce(C_pp, C, affine=False) if reduction_prev
                             else ReLUConvBN(C_pp, C, 1, 1, 0, affine=False, bias=False))
         self.preprocess1 = ReLUConvBN(C_p, C, 1, 1, 0, affine=False, bias=False)
         self.by_node = [[(e, j) for e, (n, j) in enumerate(edges) if n == i] for i in range(STEPS)]
-        self.ops = nn.ModuleList(nn.ModuleList(search_op(o, C // partial, 2 if reduction and j < 2 else 1)
+        self.ops = nn.ModuleList(nn.ModuleList(search_op(o, C // partial, 2 if reduction and j < 2 else 1, pool_bn)
                                                for o in edge_ops[e]) for e, (_, j) in enumerate(edges))
         self.bypass_pool = nn.MaxPool2d(2, 2) if partial > 1 and reduction else None
         self.skip_dropout = None  # P-DARTS: dropout rate on skip-connection outputs (set per epoch by the supernet)
@@ -96,7 +94,8 @@ class SearchCell(FusedCellMixin, nn.Module):
     def forward(self, s0, s1, w, drop_prob=None):
         if isinstance(w, HardPath):
             return self.forward_hard(s0, s1, w)
-        if (drop_prob is not None and self.training) or self.partial > 1 or self.skip_dropout is not None:
+        if ((drop_prob is not None and self.training) or self.partial > 1 or self.skip_dropout is not None
+                or self.active is not None):
             # per-edge work: the per-op cell
             return self.forward_reference(s0, s1, w, drop_prob)
         return self.forward_fused(s0, s1, w) if self.fused else self.forward_reference(s0, s1, w)
@@ -105,13 +104,13 @@ class SearchCell(FusedCellMixin, nn.Module):
         """One edge: the mixed op (GDAS: only op ``index``); with partial channels (PC-DARTS) only the first
         C/K channels go through it, the rest bypass (max-pooled in a reduction) scaled by the edge's weight
         sum (its edge normalisation β when the method folds β into w), then the channels are shuffled."""
-        k = self.partial
+        k, active = self.partial, None if self.active is None else self.active[e]
         part = x[:, :x.shape[1] // k] if k > 1 else x
         if self.skip_dropout is not None and index is None:
-            out = sum(wo * (F.dropout(op(part), self.skip_dropout, self.training) if isinstance(op, Identity) else op(part))
-                      for wo, op in zip(w, self.ops[e]))
+            out = sum(w[o] * (F.dropout(op(part), self.skip_dropout, self.training) if isinstance(op, Identity) else op(part))
+                      for o, op in enumerate(self.ops[e]) if active is None or o in active)
         else:
-            out = mixed(self.ops[e], part, w) if index is None else mixed_hard(self.ops[e], part, w, index)
+            out = mixed(self.ops[e], part, w, active) if index is None else mixed_hard(self.ops[e], part, w, index)
         if k == 1:
             return out
         rest = x[:, x.shape[1] // k:]
@@ -155,7 +154,7 @@ class SearchCell(FusedCellMixin, nn.Module):
         return {e: torch.randn_like(like) for e in self.noise_rows}
 
 
-class DartsSupernet(nn.Module):
+class DartsSupernet(ProgressiveSupernet, nn.Module):
     """quark0 ``model_search.Network``: ``forward(x, weights)`` with weights per α key.
 
     Optional search-time regularisation ([AMD] §4.1.2, off by default): an auxiliary tower after the second
@@ -166,7 +165,7 @@ class DartsSupernet(nn.Module):
 
     def __init__(self, C, num_classes, layers, edges, cell_ops, keys, in_channels=3, stem_multiplier=3,
                  auxiliary=False, aux_weight=0.4, drop_path=0.0, partial=1, skip_dropout=0.0, skip_dropout_warmup=10,
-                 drop_path_ramp=True):
+                 drop_path_ramp=True, pool_bn=True):
         super().__init__()
         C_curr = stem_multiplier * C
         self.stem = nn.Sequential(nn.Conv2d(in_channels, C_curr, 3, padding=1, bias=False), nn.BatchNorm2d(C_curr))
@@ -177,7 +176,7 @@ class DartsSupernet(nn.Module):
             reduction = i in (layers // 3, 2 * layers // 3)
             C_curr = C_curr * 2 if reduction else C_curr
             self.cells.append(SearchCell(C_pp, C_p, C_curr, reduction, reduction_prev, edges, cell_ops(i, reduction),
-                                         partial))
+                                         partial, pool_bn))
             reduction_prev = reduction
             C_pp, C_p = C_p, STEPS * C_curr
             if i == self.aux_index:
@@ -191,6 +190,10 @@ class DartsSupernet(nn.Module):
         self.drop_path_ramp = drop_path_ramp
         for cell in self.cells:
             cell.skip_dropout = 0.0 if skip_dropout > 0 else None
+        self._init_progressive(partial)
+
+    def search_cells(self):
+        return [(i, c, k) for i, (c, k) in enumerate(zip(self.cells, self.keys))]
 
     def on_epoch_start(self, epoch, epochs):
         """Drop-path probability of the epoch: ``drop_path``·epoch/epochs; P-DARTS's skip dropout
@@ -333,6 +336,7 @@ class DartsSpace(SearchSpace):
             stage's pruned ops, written by ``selector=prune_ops``).
         skip_dropout, skip_dropout_warmup: P-DARTS's dropout p on skip-connection outputs in search, p·(E−e−1)/E
             for the first ``skip_dropout_warmup`` epochs, then p·exp(−0.2·(e − warmup)) (per-op cells when > 0).
+        search_pool_bn: a non-affine BN after the pools of the search cells (quark0, PC-DARTS; not DrNAS).
     """
 
     default_split = "darts"
@@ -341,10 +345,10 @@ class DartsSpace(SearchSpace):
     def __init__(self, name="darts", ops=None, edge_ops=None, topology="full", shared_alpha=True, C=16, layers=8,
                  eval_C=36, eval_layers=20, auxiliary=True, search_auxiliary=False, search_aux_weight=0.4,
                  search_drop_path=0.0, partial_channels=1, edge_ops_file=None, skip_dropout=0.0,
-                 skip_dropout_warmup=10, search_drop_path_ramp=True):
+                 skip_dropout_warmup=10, search_drop_path_ramp=True, search_pool_bn=True):
         self.name, self.topology, self.shared_alpha = name, topology, shared_alpha
         self.skip_dropout, self.skip_dropout_warmup = skip_dropout, skip_dropout_warmup
-        self.search_drop_path_ramp = search_drop_path_ramp
+        self.search_drop_path_ramp, self.search_pool_bn = search_drop_path_ramp, search_pool_bn
         if edge_ops_file:
             edge_ops = read_edge_ops(edge_ops_file)
         self.search_auxiliary, self.search_aux_weight, self.search_drop_path = (search_auxiliary, search_aux_weight,
@@ -395,7 +399,7 @@ class DartsSpace(SearchSpace):
                              auxiliary=self.search_auxiliary, aux_weight=self.search_aux_weight,
                              drop_path=self.search_drop_path, partial=self.partial_channels,
                              skip_dropout=self.skip_dropout, skip_dropout_warmup=self.skip_dropout_warmup,
-                             drop_path_ramp=self.search_drop_path_ramp)
+                             drop_path_ramp=self.search_drop_path_ramp, pool_bn=self.search_pool_bn)
 
     def build_network(self, genotype, num_classes, C=None, layers=None, auxiliary=None, imagenet=False, in_channels=3):
         g = self._coerce(genotype)

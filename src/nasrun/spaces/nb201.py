@@ -14,7 +14,8 @@ from torch import nn
 from ..errors import UserError
 from .base import SearchSpace, genotype_json
 from .fused import CellPlans, FusedCellMixin, SourcePlan
-from .ops import HardPath, Identity, Pooling, ReLUConvBN, Zero, mixed, mixed_hard
+from .ops import HardPath, Identity, Pooling, ReLUConvBN, Zero, channel_shuffle, mixed, mixed_hard
+from .progressive import ProgressiveSupernet
 
 NB201_OPS = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
 MAX_NODES = 4
@@ -67,13 +68,19 @@ class SearchCell(FusedCellMixin, nn.Module):
     """Mixed-op cell: every edge holds all candidate ops.
 
     :meth:`forward_reference` is the per-op definition; the default forward computes the same function
-    with fused mixed ops (:mod:`nasrun.spaces.fused`), per source node.
+    with fused mixed ops (:mod:`nasrun.spaces.fused`), per source node. With ``partial`` K > 1 (PC-DARTS's
+    partial channels, DrNAS ``NAS201SearchCell_PartialChannel``) only the first C/K channels of an edge's input
+    go through its ops; the rest bypass them, then the channels are shuffled.
     """
 
-    def __init__(self, C, ops, affine, track_running_stats):
+    def __init__(self, C, ops, affine, track_running_stats, partial=1):
         super().__init__()
+        if C % partial:
+            raise UserError(f"space.partial_channels={partial} must divide every stage's width (C={C})")
+        self.init_args = dict(C=C, ops=ops, affine=affine, track_running_stats=track_running_stats, partial=partial)
+        self.partial, self.active = partial, None  # active: per edge, the ops still searched (DrNAS pruning)
         self.edges = nn.ModuleDict(
-            {e: nn.ModuleList(make_op(o, C, affine, track_running_stats) for o in ops) for e in EDGES})
+            {e: nn.ModuleList(make_op(o, C // partial, affine, track_running_stats) for o in ops) for e in EDGES})
         modules = {r: list(self.edges[e]) for r, e in enumerate(EDGES)}
         self.sources = CellPlans([
             SourcePlan([r for r, e in enumerate(EDGES) if e.endswith(f"<-{j}")],
@@ -83,12 +90,21 @@ class SearchCell(FusedCellMixin, nn.Module):
     def forward(self, x, w):
         if isinstance(w, HardPath):
             return self.forward_hard(x, w)
-        return self.forward_fused(x, w) if self.fused else self.forward_reference(x, w)
+        per_edge = self.partial > 1 or self.active is not None  # per-edge work: the per-op cell
+        return self.forward_fused(x, w) if self.fused and not per_edge else self.forward_reference(x, w)
+
+    def _edge(self, r, x, w):
+        """Edge ``r``: the mixed op, on the first C/K input channels when partial; the bypassed channels are
+        scaled by the edge's weight sum (1, or PC-DARTS's β̂ when folded into w) and shuffled back in."""
+        k, active = self.partial, None if self.active is None else self.active[r]
+        out = mixed(self.edges[EDGES[r]], x[:, :x.shape[1] // k] if k > 1 else x, w, active)
+        return out if k == 1 else channel_shuffle(torch.cat([out, w.sum() * x[:, x.shape[1] // k:]], dim=1), k)
 
     def forward_reference(self, x, w):
         nodes = [x]
         for i in range(1, MAX_NODES):
-            nodes.append(sum(mixed(self.edges[f"{i}<-{j}"], nodes[j], w[EDGES.index(f"{i}<-{j}")]) for j in range(i)))
+            nodes.append(sum(self._edge(EDGES.index(f"{i}<-{j}"), nodes[j], w[EDGES.index(f"{i}<-{j}")])
+                             for j in range(i)))
         return nodes[-1]
 
     def forward_hard(self, x, path):
@@ -142,8 +158,15 @@ class TinyNetwork(nn.Module):
         return self.classifier(self.global_pooling(self.lastact(x)).flatten(1))
 
 
-class NB201Supernet(TinyNetwork):
+class NB201Supernet(ProgressiveSupernet, TinyNetwork):
     """TinyNetworkDarts: ``forward(x, weights)`` with ``weights["normal"]`` of shape [6, K]."""
+
+    def __init__(self, C, N, num_classes, make_cell, in_channels=3, partial=1):
+        super().__init__(C, N, num_classes, make_cell, in_channels)
+        self._init_progressive(partial)
+
+    def search_cells(self):
+        return [(i, c, "normal") for i, c in enumerate(self.cells) if isinstance(c, SearchCell)]
 
     def forward(self, x, weights):
         w = weights["normal"]
@@ -173,18 +196,21 @@ class NB201Space(SearchSpace):
         C: channels of the first stage.
         N: cells per stage.
         affine: affine BN inside search cells (False in every reference).
-        track_running_stats: BN running statistics in search cells (AutoDL False, darts-pt True).
+        track_running_stats: BN running statistics in search cells (AutoDL False, darts-pt and DrNAS True).
+        partial_channels: K of partial channels (PC-DARTS; DrNAS's progressive search): 1/K of each edge's input
+            goes through its mixed op (1: all).
     """
 
     benchmark = "nb201"
     default_split = "nb201"
 
-    def __init__(self, name="nb201", ops=NB201_OPS, C=16, N=5, affine=False, track_running_stats=False):
+    def __init__(self, name="nb201", ops=NB201_OPS, C=16, N=5, affine=False, track_running_stats=False,
+                 partial_channels=1):
         unknown = [o for o in ops if o not in NB201_OPS]
         if unknown:
             raise UserError(f"space {name}: unknown op(s) {unknown}; NB201 ops are {list(NB201_OPS)}")
         self.name, self.ops, self.C, self.N = name, tuple(ops), C, N
-        self.affine, self.track_running_stats = affine, track_running_stats
+        self.affine, self.track_running_stats, self.partial_channels = affine, track_running_stats, partial_channels
         self.edges = EDGES
 
     def alpha_shapes(self):
@@ -196,7 +222,8 @@ class NB201Space(SearchSpace):
 
     def build_supernet(self, num_classes, in_channels=3):
         return NB201Supernet(self.C, self.N, num_classes,
-                             lambda c: SearchCell(c, self.ops, self.affine, self.track_running_stats), in_channels)
+                             lambda c: SearchCell(c, self.ops, self.affine, self.track_running_stats, self.partial_channels),
+                             in_channels, self.partial_channels)
 
     def build_network(self, genotype, num_classes, C=None, N=None, in_channels=3):
         g = self._coerce(genotype)

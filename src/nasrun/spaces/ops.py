@@ -68,15 +68,20 @@ def mixed_hard(ops, x, w, k):
     return ops[k](x) * w[k] + (w.sum() - w[k])
 
 
-def mixed(ops, x, w):
-    """Σ_o w_o · o(x): the DARTS mixed operation for one edge."""
+def mixed(ops, x, w, active=None):
+    """Σ_o w_o · o(x): the DARTS mixed operation for one edge; ``active`` lists the op indices to run (the others
+    were pruned and have weight 0: DrNAS's progressive search does not compute them)."""
     out = None
-    for k, op in enumerate(ops):
-        y = op(x) * w[k]
+    for k in range(len(ops)) if active is None else active:
+        y = ops[k](x) * w[k]
         out = y if out is None else out + y
     return out
 
 
+def channel_shuffle(x, groups):
+    """Interleave ``groups`` channel groups (ShuffleNet; PC-DARTS after its partial-channel concat)."""
+    n, c, h, w = x.shape
+    return x.view(n, groups, c // groups, h, w).transpose(1, 2).reshape(n, c, h, w)
 
 
 
