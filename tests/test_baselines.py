@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from nasrun.errors import UserError
 from nasrun.methods.sdarts import clip_simplex
 
 from .conftest import make_cfg, tiny_method
@@ -310,6 +311,7 @@ def test_pc_darts_partial_channel_edge():
                                            *[("drnas", ["space.partial_channels=4", f"method.stage_epochs={e}",
                                                         "method.stage_partial_channels=[4,2]", "method.stage_keep=[5,3]"])
                                              for e in ("[1,2]", "[2,1]")],  # interrupted after / before widening
+                                           ("snas", ["method.resource=policy_gradient", "method.resource_log=true"]),
                                            ("sgas_cri2", ["space=darts", "method.warmup_dec_epoch=0",
                                                           "method.decision_freq=1"])])
 def test_baselines_resume_bit_identically(tmp_path, monkeypatch, method, extra):
@@ -738,3 +740,160 @@ def test_best_epoch_selector_rolls_back_to_the_peak(tmp_path):
     chosen = json.loads((tmp_path / "genotype.json").read_text())
     assert chosen["genotype"] == history[best]["genotype"] == summary["genotype"]
     assert chosen["selector"] == f"best_epoch_valid_acc@{best}"
+
+
+def snas_resource(overrides, dtype=torch.float64):
+    from nasrun.config import build
+
+    torch.manual_seed(0)
+    cfg = make_cfg(["method=snas", "space=darts", "space.layers=3", *overrides])
+    space = build(cfg.space)
+    sup = space.build_supernet(4).to(dtype)
+    m = build(cfg.method, supernet=sup, space=space)
+    with torch.no_grad():
+        for a in m.arch_parameters():
+            a.data = a.data.to(dtype).normal_(0, 1)
+    m.costs = m.measure_costs(torch.randn(1, 3, 8, 8, dtype=dtype))
+    return space, sup, m
+
+
+def test_snas_op_costs_follow_the_reference_formulas():
+    """Parameter count, FLOPs and MAC of the ops by SNAS operations.py, written out by hand for a 3-cell DARTS
+    supernet at C=4 on 8×8 inputs (cell 0 normal, C=4, 8×8; cell 1 reduction, C=8: stride-2 edges read 8×8, the
+    others 4×4) and an NB201 conv; the measuring forward leaves the RNG and BN statistics as they were."""
+    space, sup, m = snas_resource(["method.resource=discrete"])
+    size, flops, mac = m.costs["normal"][:, 0]  # [E, K] of cell 0
+    red = m.costs["reduce"][:, 0]  # cell 1
+    ops = space.op_names("normal")[0]
+    o = {name: ops.index(name) for name in ops}
+    assert (size[0, o["sep_conv_3x3"]], flops[0, o["sep_conv_3x3"]], mac[0, o["sep_conv_3x3"]]) == (104, 104 * 64, 2152)
+    assert (size[0, o["dil_conv_5x5"]], mac[0, o["dil_conv_5x5"]]) == (116, 64 * 16 + 116)
+    assert (size[0, o["skip_connect"]], flops[0, o["skip_connect"]], mac[0, o["skip_connect"]]) == (0, 0, 512)
+    assert (flops[0, o["max_pool_3x3"]], mac[0, o["max_pool_3x3"]]) == (2304, 512)
+    assert (size[:, o["none"]] == 0).all() and (mac[:, o["none"]] == 0).all()
+    assert (red[0][0, o["sep_conv_3x3"]], red[1][0, o["sep_conv_3x3"]], red[2][0, o["sep_conv_3x3"]]) == (272, 272 * 16, 1680)
+    assert (red[0][0, o["skip_connect"]], red[1][0, o["skip_connect"]], red[2][0, o["skip_connect"]]) == (64, 1024, 1216)
+    node_edge = space.edges.index((1, 2))  # node 1 ← node 0: 4×4, stride 1
+    assert red[2][node_edge, o["sep_conv_3x3"]] == 16 * 64 + 272
+    assert (red[2][node_edge, o["max_pool_3x3"]], red[2][0, o["max_pool_3x3"]]) == (2 * 16 * 8, 5 * 16 * 8)
+    from nasrun.methods.snas import op_cost
+    from nasrun.spaces.nb201 import make_op
+
+    assert op_cost(make_op("nor_conv_3x3", 4, False, False), 8, 4) == (144, 144 * 64, 64 * 8 + 144)
+    x = torch.randn(1, 3, 8, 8, dtype=torch.float64)
+    state, bn = torch.get_rng_state(), {k: v.clone() for k, v in sup.state_dict().items()}
+    m.measure_costs(x)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert all(torch.equal(v, sup.state_dict()[k]) for k, v in bn.items())
+
+
+def reference_penalty(m, weights, estimator, separation, log):
+    """SNAS model_search.py's per-cell loop restated: Σ over cells of Σ over edges of the edge penalty, the normal
+    cells' sum divided by their count, the reduction cells' by theirs times the ratio, times λ."""
+    def clean_log(r):
+        return torch.log(torch.where(r.abs() < 1, torch.ones_like(r), r).abs())
+
+    total = 0
+    for key, cost in m.costs.items():
+        alpha = m.alphas[key]
+        w = F.softmax(alpha, -1) if estimator == "discrete" else weights[key]
+        cells = []
+        for c in range(cost.shape[1]):
+            size, flops, mac = ((cost[i, c] * (w.detach() if estimator == "policy_gradient" else w)).sum(-1)
+                                for i in range(3))
+            if separation == "all":
+                pen = (clean_log(size) + clean_log(flops) + clean_log(mac)) / 3 if log else \
+                    (size * 2 + flops / 4000 + mac / 100) * 0.43
+            else:
+                r = {"size": size, "flops": flops, "mac": mac}[separation]
+                pen = clean_log(r) if log else r
+            if estimator == "policy_gradient":
+                n, tau = alpha.shape[-1], m._temp
+                wt = w.clamp_min(1e-4)
+                logp = (math.lgamma(n) + (n - 1) * torch.log(tau) + alpha.sum(-1) - (tau + 1) * wt.log().sum(-1)
+                        - n * (wt ** (-tau) * alpha.exp()).clamp_min(1e-4).sum(-1).log())
+                pen = logp * pen.detach()
+            cells.append(pen.sum())
+        mean = sum(cells) / len(cells)
+        total = total + (m.resource_ratio * mean if key == "reduce" else mean)
+    return m.resource_lambda * total
+
+
+@pytest.mark.parametrize("estimator, separation, log", [("reparametrization", "all", True), ("reparametrization", "mac", False),
+                                                        ("discrete", "size", False), ("discrete", "all", True),
+                                                        ("policy_gradient", "flops", True), ("policy_gradient", "all", False)])
+def test_snas_resource_penalty_and_its_gradient(estimator, separation, log):
+    """The penalty equals the reference's per-cell loop; its α gradient matches central finite differences (the
+    Gumbel noise held fixed); discrete on a linear cost has the closed-form gradient p_j(c_j − Σ p c)."""
+    _, _, m = snas_resource([f"method.resource={estimator}", f"method.resource_separation={separation}",
+                             f"method.resource_log={str(log).lower()}", "method.resource_ratio=0.5"])
+    m.prepare_step()
+    penalty = m.resource_penalty(m.edge_weights())
+    assert penalty.item() == pytest.approx(reference_penalty(m, m.edge_weights(), estimator, separation, log).item(),
+                                           rel=1e-10)
+    alphas = m.arch_parameters()
+    grads = torch.autograd.grad(penalty, alphas)
+    if estimator != "policy_gradient":  # (its R is held constant, so finite differences would see a different function)
+        for a, g in zip(alphas, grads):
+            fd = torch.zeros_like(a)
+            for idx in range(0, a.numel(), 7):
+                vals = []
+                for sign in (1, -1):
+                    with torch.no_grad():
+                        a.view(-1)[idx] += sign * 1e-6
+                    vals.append(m.resource_penalty(m.edge_weights()).item())
+                    with torch.no_grad():
+                        a.view(-1)[idx] -= sign * 1e-6
+                fd.view(-1)[idx] = (vals[0] - vals[1]) / 2e-6
+                assert g.view(-1)[idx].item() == pytest.approx(fd.view(-1)[idx].item(), rel=1e-5, abs=1e-9), idx
+    else:  # ∇ of λ·Σ logp(α, w)·R with R constant: the autograd gradient of the loop with R detached
+        ref = torch.autograd.grad(reference_penalty(m, m.edge_weights(), estimator, separation, log), alphas)
+        assert all(torch.allclose(g, r) for g, r in zip(grads, ref))
+    if estimator == "discrete" and not log:
+        p = F.softmax(m.alphas["normal"].detach(), -1)
+        c = m.costs["normal"][0]  # size, [cells, E, K]
+        closed = m.resource_lambda * (p * (c - (p * c).sum(-1, keepdim=True))).sum(0) / c.shape[0]
+        assert torch.allclose(grads[sorted(m.alphas).index("normal")], closed)
+
+
+def test_snas_concrete_log_density_is_torchs_relaxed_one_hot():
+    """SNAS ``logp`` is the log-density of the Concrete distribution: torch's RelaxedOneHotCategorical log_prob."""
+    from torch.distributions import RelaxedOneHotCategorical
+
+    from nasrun.methods.snas import concrete_log_prob
+
+    torch.manual_seed(3)
+    alpha, tau = torch.randn(6, 8, dtype=torch.float64), torch.tensor(0.7, dtype=torch.float64)
+    dist = RelaxedOneHotCategorical(tau, logits=alpha)
+    w = dist.sample()
+    w = w.clamp_min(1e-3) / w.clamp_min(1e-3).sum(-1, keepdim=True)  # inside the 1e-4 floors
+    assert torch.allclose(concrete_log_prob(alpha, w, tau), dist.log_prob(w), rtol=1e-9)
+
+
+def test_snas_resource_constraint_moves_alpha_to_cheaper_ops_and_is_refused_without_costs(tmp_path):
+    from nasrun.search import run_search
+
+    _, _, m = snas_resource(["method.resource=discrete", "method.resource_separation=size", "method.resource_lambda=1.0"])
+    m.arch_opt = torch.optim.Adam(m.arch_parameters(), lr=0.05)
+    m.w_opt = torch.optim.SGD(m.supernet.parameters(), lr=0.0)
+
+    def expected_size():
+        return sum((F.softmax(m.alphas[k].detach(), -1) * c[0]).sum().item() for k, c in m.costs.items())
+
+    x, y = torch.randn(4, 3, 8, 8, dtype=torch.float64), torch.randint(0, 4, (4,))
+    before = expected_size()
+    for _ in range(20):
+        m.step((x, y), None)
+    assert expected_size() < 0.5 * before
+    for extra, message in ((["space=nb1shot1_s1", "method.resource=discrete"], "no per-op cost model"),
+                           (["method.resource=exact"], "choose null")):
+        with pytest.raises(UserError, match=message):
+            run_search(make_cfg(["method=snas", *extra]), tmp_path / "run")
+
+
+def test_snas_resource_preset_follows_the_readme_command():
+    full = make_cfg(["+experiment=snas_darts_resource"], tiny=False)
+    assert (full.method.resource, full.method.resource_separation, full.method.resource_log) == ("reparametrization", "all", True)
+    assert (full.method.resource_lambda, full.trainer.epochs, full.seed) == (1.5e-3, 150, 6)
+    assert (full.space.layers, full.space.C) == (8, 16)
+    assert full.space.search_drop_path == 0.3 and full.method.temp_min == 0.03
