@@ -742,18 +742,10 @@ def test_best_epoch_selector_rolls_back_to_the_peak(tmp_path):
     assert chosen["selector"] == f"best_epoch_valid_acc@{best}"
 
 
-def snas_resource(overrides, dtype=torch.float64):
-    from nasrun.config import build
-
-    torch.manual_seed(0)
-    cfg = make_cfg(["method=snas", "space=darts", "space.layers=3", *overrides])
-    space = build(cfg.space)
-    sup = space.build_supernet(4).to(dtype)
-    m = build(cfg.method, supernet=sup, space=space)
-    with torch.no_grad():
-        for a in m.arch_parameters():
-            a.data = a.data.to(dtype).normal_(0, 1)
-    m.costs = m.measure_costs(torch.randn(1, 3, 8, 8, dtype=dtype))
+def snas_resource(overrides):
+    """SNAS on a float64 3-cell DARTS supernet with its op costs measured on 8×8 inputs."""
+    space, sup, m = tiny_method(["method=snas", "space=darts", "space.layers=3", *overrides], dtype=torch.float64)
+    m.costs = m.measure_costs(torch.randn(1, 3, 8, 8, dtype=torch.float64))
     return space, sup, m
 
 

@@ -10,24 +10,17 @@ import torch.nn.functional as F
 from nasrun.config import build
 from nasrun.errors import UserError
 
-from .conftest import make_cfg
+from .conftest import make_cfg, tiny_method
 
 STAGES = ["method.stage_epochs=[2,2]", "method.stage_partial_channels=[4,2]", "method.stage_keep=[5,3]",
           "space.partial_channels=4", "trainer.epochs=4"]
 
 
-def progressive(overrides=(), dtype=torch.float64, C=8):
-    torch.manual_seed(0)
+def progressive(overrides=(), C=8):
+    """A two-stage DrNAS (K 4 → 2, 5 → 3 ops) on a float64 supernet of width C, α away from uniform."""
     nb201 = not any(o.startswith("space=darts") for o in overrides)
-    cfg = make_cfg(["method=drnas", *STAGES, f"space.C={C}", *(["space.track_running_stats=true"] if nb201 else []),
-                    *overrides])
-    space = build(cfg.space)
-    sup = space.build_supernet(4).to(dtype)
-    m = build(cfg.method, supernet=sup, space=space)
-    with torch.no_grad():
-        for a in m.arch_parameters():
-            a.data = a.data.to(dtype).normal_(0, 1)
-    return space, sup, m
+    return tiny_method(["method=drnas", *STAGES, f"space.C={C}", *(["space.track_running_stats=true"] if nb201 else []),
+                        *overrides], dtype=torch.float64)
 
 
 def test_nb201_partial_channel_edge():

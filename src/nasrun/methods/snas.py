@@ -181,6 +181,7 @@ class Snas(Darts):
         with torch.no_grad(), torch.random.fork_rng(devices=[x.device] if x.is_cuda else []):
             net(x, {k: torch.full_like(a, 1.0 / a.shape[-1]) for k, a in self.alphas.items()})
         costs = {}
+        self.reduce_keys = {key for _, cell, key in cells if getattr(cell, "reduction", False)}
         for i, cell, key in cells:
             edges = cell.ops if hasattr(cell, "ops") else cell.edges.values()
             table = [[op_cost(op, sides[i, e, o][-1], sides[i, e, o][0]) for o, op in enumerate(ops)]
@@ -207,7 +208,7 @@ class Snas(Darts):
             else:
                 pen = combine(*(cost * w).sum(-1), self.resource_separation, self.resource_log)
             mean = pen.sum() / pen.shape[0]  # per cell of the type
-            total = total + (self.resource_ratio * mean if key == "reduce" or key.startswith("reduce") else mean)
+            total = total + (self.resource_ratio * mean if key in self.reduce_keys else mean)
         return self.resource_lambda * total
 
     def device_step(self, train_batch, valid_batch):
