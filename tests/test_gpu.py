@@ -32,7 +32,12 @@ def test_augment_on_cuda_equals_cpu():
 
 # drnas and gdas are eager by design (Dirichlet sampling on the device RNG; GDAS reads its sampled ops on the host)
 GRAPH_METHODS = ["darts", "darts_2nd", "tse_darts", "amended_darts", "sp_darts", "ex_darts", "fixed_alpha", "sdarts_rs",
-                 "sdarts_adv", "rsps", "pc_darts", "sgas", "snas", "pdarts", "gaea"]
+                 "sdarts_adv", "rsps", "pc_darts", "sgas", "snas", "pdarts", "gaea", "darts+stages", "snas+resource"]
+# variants: a progressive search whose second stage (epoch 2) prunes and widens K 2 → 1 (the step is recaptured on the
+# rebuilt cells), and SNAS with its resource penalty in the captured step
+VARIANTS = {"darts+stages": ["space.partial_channels=2", "method.stage_epochs=[2,8]", "method.stage_partial_channels=[2,1]",
+                             "method.stage_keep=[5,3]"],
+            "snas+resource": ["method.resource=reparametrization", "method.resource_log=true"]}
 
 
 def cuda_batches(n, batch=16, size=16, seed=0):
@@ -47,8 +52,8 @@ def graph_vs_eager_state(name, graphs, space="nb201", steps=20):
 
     torch.manual_seed(0)
     sizes = ["space.C=8", "space.N=1"] if space.startswith("nb201") else ["space.C=8", "space.layers=3"]
-    extra = ["method.inner_steps=5"] if name == "tse_darts" else []
-    cfg = make_cfg([f"method={name}", f"space={space}", *sizes, *extra])
+    extra = ["method.inner_steps=5"] if name == "tse_darts" else VARIANTS.get(name, [])
+    cfg = make_cfg([f"method={name.split('+')[0]}", f"space={space}", *sizes, *extra])
     sp = build(cfg.space)
     sup = sp.build_supernet(10).cuda()
     method = build(cfg.method, supernet=sup, space=sp)
