@@ -202,14 +202,7 @@ def test_progressive_search_end_to_end_and_selection_from_its_checkpoint(tmp_pat
     state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
     assert state["method"]["stage"] == 1 and int(state["supernet"]["partial_channels"]) == 2
     mask = state["method"]["op_mask"]
-    space = build(cfg.space)
-    g = space.parse_genotype(summary["genotype"])
-    for key, genes in (("normal", g.normal), ("reduce", g.reduce)):
-        kept = [{space.op_names(key)[e][o] for o in row.nonzero().flatten().tolist()} for e, row in enumerate(mask[key])]
-        edges = space.edges
-        for k, (op, j) in enumerate(genes):
-            e = edges.index((k // 2, j))
-            assert op in kept[e], (key, k, op)
+    assert genotype_ops_kept(build(cfg.space), summary["genotype"], mask)
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["w_lr"] > 0 for r in lines] == [True] * 4
     out = run_select(make_cfg([f"run={tmp_path / 'run'}", "selector=argmax", "trainer.device=cpu"], config_name="select",
@@ -221,3 +214,41 @@ def run_search(cfg, path):
     from nasrun.search import run_search as run
 
     return run(cfg, path)
+
+
+def genotype_ops_kept(space, genotype, mask):
+    """Whether every op of a DARTS genotype is one its edge kept."""
+    g = space.parse_genotype(genotype)
+    for key, genes in (("normal", g.normal), ("reduce", g.reduce)):
+        for k, (op, j) in enumerate(genes):
+            e = space.edges.index((k // 2, j))
+            if not mask[key][e, space.op_names(key)[e].index(op)]:
+                return False
+    return True
+
+
+def test_argmax_and_pdarts_final_derive_among_the_kept_ops_whatever_alpha_of_the_pruned():
+    from nasrun.selectors.pdarts_final import PdartsFinal
+
+    space, _, m = progressive(["space=darts", "space.layers=3", "method.stage_keep=[8,3]"])
+    m.enter_stage(1)
+    with torch.no_grad():
+        for k, a in m.alphas.items():
+            a[~m.op_mask[k]] += 100.0  # the pruned ops now have the largest α
+    mask = {k: v.cpu() for k, v in m.op_mask.items()}
+    assert genotype_ops_kept(space, str(space.derive(m.derive_weights())), mask)
+    [(_, g)] = PdartsFinal().select(space=space, method=m)
+    assert genotype_ops_kept(space, str(g), mask)
+
+
+def test_pt_projects_only_ops_the_progressive_search_kept(tmp_path):
+    """DARTS-PT projects among the ops each edge kept (a pruned op was not trained in the last stage and is not
+    computed); random sampling over all ops is refused."""
+    # darts_7op, as darts-pt: with `none` a projection onto it leaves the DARTS rule an edge of zero weights
+    cfg = make_cfg(["method=drnas", *STAGES, "space=darts_7op", "space.layers=3", "method.stage_keep=[7,2]",
+                    "selector=pt", "selector.proj_intv=1", "selector.max_valid_batches=1"])
+    summary = run_search(cfg, tmp_path / "run")
+    mask = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["method"]["op_mask"]
+    assert genotype_ops_kept(build(cfg.space), summary["genotype"], mask)
+    with pytest.raises(UserError, match="prunes ops"):
+        run_search(make_cfg(["method=drnas", *STAGES, "selector=random_ranking"]), tmp_path / "random")

@@ -218,12 +218,14 @@ class PerturbationSelector:
             return
         e = remaining[int(torch.randint(len(remaining), (1,), generator=gen))]
         ops = method.space.op_names(key)[e]
+        mask = getattr(method, "op_mask", None)  # a progressive search's pruned ops are no candidates
+        candidates = [o for o in range(len(ops)) if mask is None or bool(mask[key][e, o])]
         scores = {}
-        for o, name in enumerate(ops):
+        for o in candidates:
             w = {k: v.detach().clone() for k, v in projected().items()}
             w[key][e, o] = 0.0
-            scores[name] = self.evaluate(method, stream, w)
-        best = max(range(len(ops)), key=lambda o: (self._worse(scores[ops[o]]), -o))
+            scores[ops[o]] = self.evaluate(method, stream, w)
+        best = max(candidates, key=lambda o: (self._worse(scores[ops[o]]), -o))
         fixed[key][e] = best
         self.decisions.append({"kind": "op", "cell": key, "edge": e, "chosen": ops[best],
                                "scores": {k: {"acc": a, "loss": l} for k, (a, l) in scores.items()}})

@@ -26,7 +26,10 @@ class RandomRanking:
         self.name, self.samples, self.batch_size = name, samples, batch_size
         self.decisions = []
 
-    def check_setup(self, space, **_):
+    def check_setup(self, space, method=None, **_):
+        if getattr(method, "stages", None):
+            raise UserError(f"selector={self.name} samples every op of the space, but method.stage_keep prunes ops "
+                            "during the search (their weights are not trained); use selector=argmax or pt")
         if not hasattr(space, "sample_architecture"):
             raise UserError(f"selector={self.name} samples architectures uniformly; space {space.name} cannot")
         space.sample_architecture(torch.Generator())  # a space that cannot sample says why
