@@ -38,6 +38,8 @@ def test_nb201_partial_channel_edge():
         joined = torch.cat([sum(wo * op(x[:, :4]) for wo, op in zip(w, ops)), x[:, 4:]], dim=1)
         index = torch.tensor([(c % 2) * 4 + c // 2 for c in range(8)])
         assert torch.allclose(cell._edge(0, x, w), joined[:, index])
+        hard = torch.cat([ops[3](x[:, :4]) * w[3] + (w.sum() - w[3]), x[:, 4:]], dim=1)  # GDAS: op 3 alone
+        assert torch.allclose(cell._edge(0, x, w, index=3), hard[:, index])
         full = get_space("nb201", C=8, N=1).build_supernet(4).double()
         img = torch.randn(2, 3, 8, 8, dtype=torch.float64)
         assert full(img, {"normal": w.expand(6, 5)}).shape == sup(img, {"normal": w.expand(6, 5)}).shape == (2, 4)
@@ -252,3 +254,27 @@ def test_pt_projects_only_ops_the_progressive_search_kept(tmp_path):
     assert genotype_ops_kept(build(cfg.space), summary["genotype"], mask)
     with pytest.raises(UserError, match="prunes ops"):
         run_search(make_cfg(["method=drnas", *STAGES, "selector=random_ranking"]), tmp_path / "random")
+
+
+def test_rolling_back_across_a_stage_change_restores_the_narrow_supernet():
+    """A rollback (DARTS-ADA) to a state saved in stage 1 rebuilds the supernet at K=4 with all ops, from the saved
+    values, and the stage change happens again at its epoch."""
+    from nasrun.engine import cpu_copy
+
+    _, sup, m = progressive()
+    m.on_epoch_start(1, 4)
+    saved = cpu_copy({"supernet": sup.state_dict(), "method": m.state_dict()})
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    with torch.no_grad():
+        before = sup(x, m.derive_weights())
+    m.on_epoch_start(2, 4)
+    assert m.stage == 1 and int(sup.partial_channels) == 2
+    sup.load_state_dict(saved["supernet"])
+    m.load_state_dict(saved["method"])
+    assert m.stage == 0 and m.op_mask is None and int(sup.partial_channels) == 4
+    assert all(c.active is None for _, c, _ in sup.search_cells())
+    assert [id(p) for p in m.w_opt.param_groups[0]["params"]] == [id(p) for p in sup.parameters()]
+    with torch.no_grad():
+        assert torch.equal(sup(x, m.derive_weights()), before)
+    m.on_epoch_start(2, 4)
+    assert m.stage == 1 and int(sup.partial_channels) == 2

@@ -16,8 +16,8 @@ from ..errors import UserError
 from .base import SearchSpace
 from .darts_genotypes import NAMED, DartsGenotype, DeepGenotype, parse_darts_text
 from .fused import CellPlans, FusedCellMixin, SourcePlan
-from .progressive import ProgressiveSupernet
 from .ops import DARTS_OPS, FactorizedReduce, HardPath, Identity, Noise, ReLUConvBN, channel_shuffle, mixed, mixed_hard
+from .progressive import ProgressiveSupernet
 
 STEPS = 4
 CONCAT = tuple(range(2, 2 + STEPS))

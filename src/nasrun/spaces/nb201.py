@@ -93,11 +93,14 @@ class SearchCell(FusedCellMixin, nn.Module):
         per_edge = self.partial > 1 or self.active is not None  # per-edge work: the per-op cell
         return self.forward_fused(x, w) if self.fused and not per_edge else self.forward_reference(x, w)
 
-    def _edge(self, r, x, w):
-        """Edge ``r``: the mixed op, on the first C/K input channels when partial; the bypassed channels are
-        scaled by the edge's weight sum (1, or PC-DARTS's β̂ when folded into w) and shuffled back in."""
-        k, active = self.partial, None if self.active is None else self.active[r]
-        out = mixed(self.edges[EDGES[r]], x[:, :x.shape[1] // k] if k > 1 else x, w, active)
+    def _edge(self, r, x, w, index=None):
+        """Edge ``r``: the mixed op (GDAS: only op ``index``), on the first C/K input channels when partial; the
+        bypassed channels are scaled by the edge's weight sum (1, or PC-DARTS's β̂ when folded into w) and
+        shuffled back in."""
+        k, ops = self.partial, self.edges[EDGES[r]]
+        part = x[:, :x.shape[1] // k] if k > 1 else x
+        out = (mixed(ops, part, w, None if self.active is None else self.active[r]) if index is None
+               else mixed_hard(ops, part, w, index))
         return out if k == 1 else channel_shuffle(torch.cat([out, w.sum() * x[:, x.shape[1] // k:]], dim=1), k)
 
     def forward_reference(self, x, w):
@@ -112,8 +115,7 @@ class SearchCell(FusedCellMixin, nn.Module):
         nodes = [x]
         for i in range(1, MAX_NODES):
             rows = [EDGES.index(f"{i}<-{j}") for j in range(i)]
-            nodes.append(sum(mixed_hard(self.edges[EDGES[r]], nodes[j], path.weights[r], path.index[r])
-                             for j, r in enumerate(rows)))
+            nodes.append(sum(self._edge(r, nodes[j], path.weights[r], path.index[r]) for j, r in enumerate(rows)))
         return nodes[-1]
 
     def forward_fused(self, x, w):
