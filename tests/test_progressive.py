@@ -172,6 +172,16 @@ def test_stage_schedule_follows_the_reference(restart):
     assert arch == [False, False, True, False, False, True]
 
 
+def test_second_order_darts_runs_progressively(tmp_path):
+    """The unrolled step differentiates through every weight, the pruned ops' included (their gradient is zero)."""
+    from nasrun.search import run_search
+
+    summary = run_search(make_cfg(["method=darts", "method.unrolled=true", *STAGES]), tmp_path / "run")
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+    assert state["method"]["stage"] == 1 and summary["genotype"]
+    assert all(torch.isfinite(a).all() for a in state["method"]["alphas"].values())
+
+
 def test_stage_settings_are_checked_before_training(tmp_path):
     from nasrun.search import run_search
 

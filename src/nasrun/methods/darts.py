@@ -273,7 +273,7 @@ class Darts(Method):
         # Virtual step w' = w − ξ(μ·m + ∇_w L_tr + λ·w), α held fixed (one multi-tensor op per term).
         fixed = {k: v.detach() for k, v in self.edge_weights().items()}
         loss_tr, _ = self.loss(*train_batch, fixed, params={**dict(zip(names, params)), **buffers})
-        g_w = torch.autograd.grad(loss_tr, params)
+        g_w = torch.autograd.grad(loss_tr, params, materialize_grads=True)  # zero for ops a progressive stage pruned
         with torch.no_grad():
             step = torch._foreach_add(list(g_w), list(params), alpha=wd) if wd else list(g_w)
             bufs = [self.w_opt.state.get(p, {}).get("momentum_buffer") for p in params]
@@ -284,7 +284,7 @@ class Darts(Method):
             virtual = torch._foreach_sub(list(params), torch._foreach_mul(step, xi))
         w_virtual = {n: w.requires_grad_() for n, w in zip(names, virtual)}
         loss_val, logits = self.loss(*valid_batch, self.edge_weights(), params={**w_virtual, **buffers})
-        grads = torch.autograd.grad(loss_val, list(alphas) + [w_virtual[n] for n in names])
+        grads = torch.autograd.grad(loss_val, list(alphas) + [w_virtual[n] for n in names], materialize_grads=True)
         d_alpha, v = grads[: len(alphas)], list(grads[len(alphas):])
         # ε = r/‖v‖ (r = 0.01 in the references): central differences of ∇_α L_tr at w ± ε·v approximate ∇²_{α,w} L_tr · v.
         eps = self.fd_radius / torch.linalg.vector_norm(torch.stack(torch._foreach_norm(v)))
