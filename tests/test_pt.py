@@ -44,6 +44,8 @@ class Decisive(nn.Module):
 
 
 class FakeMethod:
+    op_mask = None  # the method seam's pruned-op mask (none pruned)
+
     def __init__(self, space, supernet):
         self.space, self.supernet = space, supernet
         self.alphas = {k: torch.zeros(*s) for k, s in space.alpha_shapes().items()}

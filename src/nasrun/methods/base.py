@@ -43,6 +43,7 @@ class Method(abc.ABC):
     """
 
     name = "method"
+    op_mask = None  # {cell_type: bool [E, K]}: the ops a progressive search still searches (None: all)
 
     def __init__(self, supernet, space):
         self.supernet = supernet

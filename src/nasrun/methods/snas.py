@@ -158,9 +158,9 @@ class Snas(Darts):
         return {k: F.softmax(a, dim=-1) for k, a in self.alphas.items()}
 
     def step(self, train_batch, valid_batch):
-        if self.resource and self.costs is None:
-            self.costs = self.measure_costs(train_batch[0][:1])
         if self.resource:
+            if self.costs is None:
+                self.costs = self.measure_costs(train_batch[0][:1])
             self._penalty_steps += 1
         return super().step(train_batch, valid_batch)
 
@@ -174,7 +174,7 @@ class Snas(Darts):
         net, sides = set_fused(copy.deepcopy(self.supernet).eval(), False), {}  # the per-op forward calls every op
         cells = net.search_cells()
         for i, cell, _ in cells:
-            for e, ops in enumerate(cell.ops if hasattr(cell, "ops") else cell.edges.values()):
+            for e, ops in enumerate(cell.ops):
                 for o, op in enumerate(ops):
                     op.register_forward_pre_hook(lambda m, a, key=(i, e, o): sides.__setitem__(key, a[0].shape[1:]))
             cell.active = None
@@ -183,9 +183,8 @@ class Snas(Darts):
         costs = {}
         self.reduce_keys = {key for _, cell, key in cells if getattr(cell, "reduction", False)}
         for i, cell, key in cells:
-            edges = cell.ops if hasattr(cell, "ops") else cell.edges.values()
             table = [[op_cost(op, sides[i, e, o][-1], sides[i, e, o][0]) for o, op in enumerate(ops)]
-                     for e, ops in enumerate(edges)]
+                     for e, ops in enumerate(cell.ops)]
             costs.setdefault(key, []).append(torch.tensor(table, dtype=torch.float32).permute(2, 0, 1))
         device = next(iter(self.alphas.values())).device
         return {k: torch.stack(v, 1).to(device) for k, v in costs.items()}  # [3, cells, E, K]

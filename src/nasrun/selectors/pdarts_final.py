@@ -37,7 +37,7 @@ class PdartsFinal:
         weights = {}
         for key, alpha in method.alphas.items():
             probs = F.softmax(alpha.detach().double().cpu(), dim=-1)
-            if getattr(method, "op_mask", None) is not None:  # a progressive search's pruned ops are out
+            if method.op_mask is not None:  # a progressive search's pruned ops are out
                 probs = probs * method.op_mask[key].cpu()
             ops = space.op_names(key)
             for e in range(len(probs)):

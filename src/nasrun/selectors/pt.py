@@ -218,7 +218,7 @@ class PerturbationSelector:
             return
         e = remaining[int(torch.randint(len(remaining), (1,), generator=gen))]
         ops = method.space.op_names(key)[e]
-        mask = getattr(method, "op_mask", None)  # a progressive search's pruned ops are no candidates
+        mask = method.op_mask  # a progressive search's pruned ops are no candidates
         candidates = [o for o in range(len(ops)) if mask is None or bool(mask[key][e, o])]
         scores = {}
         for o in candidates:

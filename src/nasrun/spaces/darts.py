@@ -16,7 +16,7 @@ from ..errors import UserError
 from .base import SearchSpace
 from .darts_genotypes import NAMED, DartsGenotype, DeepGenotype, parse_darts_text
 from .fused import CellPlans, FusedCellMixin, SourcePlan
-from .ops import DARTS_OPS, FactorizedReduce, HardPath, Identity, Noise, ReLUConvBN, channel_shuffle, mixed, mixed_hard
+from .ops import DARTS_OPS, FactorizedReduce, HardPath, Identity, Noise, ReLUConvBN, mixed, mixed_hard, partial_edge
 from .progressive import ProgressiveSupernet
 
 STEPS = 4
@@ -104,19 +104,15 @@ class SearchCell(FusedCellMixin, nn.Module):
         """One edge: the mixed op (GDAS: only op ``index``); with partial channels (PC-DARTS) only the first
         C/K channels go through it, the rest bypass (max-pooled in a reduction) scaled by the edge's weight
         sum (its edge normalisation β when the method folds β into w), then the channels are shuffled."""
-        k, active = self.partial, None if self.active is None else self.active[e]
-        part = x[:, :x.shape[1] // k] if k > 1 else x
-        if self.skip_dropout is not None and index is None:
-            out = sum(w[o] * (F.dropout(op(part), self.skip_dropout, self.training) if isinstance(op, Identity) else op(part))
-                      for o, op in enumerate(self.ops[e]) if active is None or o in active)
-        else:
-            out = mixed(self.ops[e], part, w, active) if index is None else mixed_hard(self.ops[e], part, w, index)
-        if k == 1:
-            return out
-        rest = x[:, x.shape[1] // k:]
-        if out.shape[-1] != x.shape[-1]:
-            rest = self.bypass_pool(rest)
-        return channel_shuffle(torch.cat([out, w.sum() * rest], dim=1), k)
+        ops, active = self.ops[e], None if self.active is None else self.active[e]
+
+        def mix(part):
+            if self.skip_dropout is not None and index is None:
+                return sum(w[o] * (F.dropout(op(part), self.skip_dropout, self.training) if isinstance(op, Identity)
+                                   else op(part)) for o, op in enumerate(ops) if active is None or o in active)
+            return mixed(ops, part, w, active) if index is None else mixed_hard(ops, part, w, index)
+
+        return partial_edge(x, self.partial, mix, w, self.bypass_pool)
 
     def forward_reference(self, s0, s1, w, drop_prob=None):
         """The per-op cell; ``drop_prob`` drops each mixed edge's output per sample (training only), as the

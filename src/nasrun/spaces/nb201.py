@@ -14,7 +14,7 @@ from torch import nn
 from ..errors import UserError
 from .base import SearchSpace, genotype_json
 from .fused import CellPlans, FusedCellMixin, SourcePlan
-from .ops import HardPath, Identity, Pooling, ReLUConvBN, Zero, channel_shuffle, mixed, mixed_hard
+from .ops import HardPath, Identity, Pooling, ReLUConvBN, Zero, mixed, mixed_hard, partial_edge
 from .progressive import ProgressiveSupernet
 
 NB201_OPS = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
@@ -97,11 +97,14 @@ class SearchCell(FusedCellMixin, nn.Module):
         """Edge ``r``: the mixed op (GDAS: only op ``index``), on the first C/K input channels when partial; the
         bypassed channels are scaled by the edge's weight sum (1, or PC-DARTS's β̂ when folded into w) and
         shuffled back in."""
-        k, ops = self.partial, self.edges[EDGES[r]]
-        part = x[:, :x.shape[1] // k] if k > 1 else x
-        out = (mixed(ops, part, w, None if self.active is None else self.active[r]) if index is None
-               else mixed_hard(ops, part, w, index))
-        return out if k == 1 else channel_shuffle(torch.cat([out, w.sum() * x[:, x.shape[1] // k:]], dim=1), k)
+        ops, active = self.edges[EDGES[r]], None if self.active is None else self.active[r]
+        return partial_edge(x, self.partial, lambda part: mixed(ops, part, w, active) if index is None
+                            else mixed_hard(ops, part, w, index), w)
+
+    @property
+    def ops(self):
+        """The candidate ops of every edge, in α-row order (as the DARTS cell's ``ops``)."""
+        return [self.edges[e] for e in EDGES]
 
     def forward_reference(self, x, w):
         nodes = [x]

@@ -78,6 +78,18 @@ def mixed(ops, x, w, active=None):
     return out
 
 
+def partial_edge(x, k, mix, w, pool=None):
+    """PC-DARTS's partial channels (K = ``k``): ``mix`` runs on the first C/K channels of x, the rest bypass it
+    (through ``pool`` when the mixed op halves the resolution), scaled by the edge's weight sum (1, or PC-DARTS's
+    β̂ when folded into w), and the channels are shuffled; K = 1 is the plain mixed op."""
+    if k == 1:
+        return mix(x)
+    out, rest = mix(x[:, :x.shape[1] // k]), x[:, x.shape[1] // k:]
+    if out.shape[-1] != x.shape[-1]:
+        rest = pool(rest)
+    return channel_shuffle(torch.cat([out, w.sum() * rest], dim=1), k)
+
+
 def channel_shuffle(x, groups):
     """Interleave ``groups`` channel groups (ShuffleNet; PC-DARTS after its partial-channel concat)."""
     n, c, h, w = x.shape

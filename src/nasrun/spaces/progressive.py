@@ -20,14 +20,15 @@ from .ops import FactorizedReduce
 
 class ProgressiveSupernet:
     """Mixin of the supernets: the current partial-channel K is a buffer of the state, so a checkpoint written
-    after widening loads into a supernet built at the initial width (it is rebuilt first)."""
+    after widening loads into a supernet built at the initial width (it is rebuilt first).
+
+    A supernet using it keeps its cells in ``self.cells`` and defines ``search_cells()``: ``[(index in
+    self.cells, cell, α key)]`` of its mixed-op cells, each with ``init_args``, ``partial``, ``active`` and ``ops``
+    (the candidate ops of every edge in α-row order).
+    """
 
     def _init_progressive(self, partial):
         self.register_buffer("partial_channels", torch.tensor(int(partial)))
-
-    def search_cells(self):
-        """``[(index in self.cells, cell, α key)]`` of the mixed-op cells."""
-        raise NotImplementedError
 
     def set_active_ops(self, masks):
         """Compute only the ops with ``masks[key][e, o]`` True on edge e (None: all ops)."""
