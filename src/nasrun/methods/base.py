@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from ..graphs import GraphSet, optimizer_key, set_capturable
+from ..graphs import GraphSet, GraphState, optimizer_key, set_capturable
 
 
 def cosine_lr(epoch, epochs, lr_max, lr_min):
@@ -59,21 +59,34 @@ class Method(abc.ABC):
 
     graph_safe = True  # False: the step draws from the device RNG in a way not checked under capture (eager)
 
-    def use_cuda_graphs(self, enabled):
-        """Run :meth:`device_step` (and other capturable units) from CUDA graphs; Adam becomes capturable.
-        A method that is not :attr:`graph_safe` stays eager and says so once."""
-        if enabled and not self.graph_safe:
+    def use_cuda_graphs(self, backend, verify=True):
+        """Run :meth:`device_step` (and other capturable units) from captured graphs (``backend``: a
+        :class:`~nasrun.graphs.CudaBackend`, the CPU emulation, True for CUDA, or None/False: eager); Adam becomes
+        capturable. ``verify``: the self-check at every capture. A method that is not :attr:`graph_safe` stays eager
+        and says so once."""
+        if backend and not self.graph_safe:
             from ..engine import console
 
             console.print(f"{self.name}: CUDA graphs off (its step samples from the device RNG; it runs eagerly)")
-            enabled = False
-        self.graphs = GraphSet(enabled)
+            backend = None
+        self.graphs = GraphSet(backend, self.graph_state, verify)
         for opt in self.optimizers():
-            set_capturable(opt, enabled)
+            set_capturable(opt, self.graphs.enabled)
+
+    def graph_state(self):
+        """What a captured step keeps between calls (:class:`~nasrun.graphs.GraphState`): the supernet, the
+        optimisers, α and :meth:`graph_tensors`."""
+        return GraphState([self.supernet], self.optimizers(), [*self.arch_parameters(), *self.graph_tensors()])
+
+    def graph_tensors(self):
+        """Other tensors a captured step writes and a later one reads (device accumulators, schedules)."""
+        return []
 
     def graph_key(self):
-        """Python values a captured step bakes in: the optimisers (identity and hyper-parameters)."""
-        return optimizer_key(self.optimizers())
+        """Python values a captured step bakes in: the optimisers (identity and hyper-parameters) and the
+        supernet's (:meth:`graph_key` of the space's supernet: drop rates, active ops)."""
+        supernet_key = getattr(self.supernet, "graph_key", None)
+        return optimizer_key(self.optimizers()), supernet_key() if supernet_key else None
 
     def reset_graphs(self):
         """Drop captured graphs (after state they point to was replaced, e.g. by a checkpoint load)."""
