@@ -83,14 +83,14 @@ class _Recorder(TorchDispatchMode):
         if any(aliasing) and not any(a.alias_info is not None and a.alias_info.is_write for a in func._schema.arguments):
             self.ops.append((func, args, kwargs, None))  # a view: it stays a view of the captured tensors
             return out
-        outs = out if isinstance(out, (tuple, list)) else (out,)
-        refresh = []
-        for fresh, o in zip(aliasing, outs):
-            for t in tree_flatten(o)[0] if not fresh else []:
-                if isinstance(t, torch.Tensor):
-                    refresh.append(t)
-                    if t.untyped_storage().nbytes():
-                        self.created.add(self._key(t))
+        returns = _returns(func, out)
+        refresh = []  # per output leaf: the captured tensor a replay refreshes (None: an alias of an input)
+        for alias, o in zip(aliasing, returns):
+            for t in tree_flatten(o)[0]:
+                fresh = isinstance(t, torch.Tensor) and not alias
+                refresh.append(t if fresh else None)
+                if fresh and t.untyped_storage().nbytes():
+                    self.created.add(self._key(t))
         self.ops.append((func, args, kwargs, refresh))
         return out
 
@@ -114,6 +114,12 @@ class _Recorder(TorchDispatchMode):
         return written
 
 
+def _returns(func, out):
+    """An op's result as one entry per schema return."""
+    n = len(func._schema.returns)
+    return () if n == 0 else (out,) if n == 1 else tuple(out)
+
+
 def _bytes(storage):
     return torch.empty(0, dtype=torch.uint8, device=storage.device).set_(storage)
 
@@ -130,9 +136,9 @@ class EmulatedGraph:
                 if refresh is None:
                     continue  # views alias the captured storages, which the other ops refresh in place
                 out = func(*args, **kwargs)
-                fresh = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
-                for dst, src in zip(refresh, fresh):
-                    if dst is not src:
+                returns = _returns(func, out)
+                for dst, src in zip(refresh, tree_flatten(list(returns))[0]):
+                    if dst is not None and dst is not src:
                         dst.copy_(src)
 
     def pool(self):

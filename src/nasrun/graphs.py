@@ -136,8 +136,12 @@ class StepGraph:
         warmup: eager calls before the first capture; ``rewarm``: before every later one.
     """
 
-    def __init__(self, fn, key=lambda: None, name="step", owner=None, warmup=3, rewarm=1):
-        self.fn, self.key, self.name, self.warmup, self.rewarm = fn, key, name, warmup, rewarm
+    WARMUP, REWARM = 3, 1
+
+    def __init__(self, fn, key=lambda: None, name="step", owner=None, warmup=None, rewarm=None):
+        self.fn, self.key, self.name = fn, key, name
+        self.warmup = self.WARMUP if warmup is None else warmup
+        self.rewarm = self.REWARM if rewarm is None else rewarm
         self.owner = owner if owner is not None else GraphSet(None)
         self.failed = None
         self.captures = self.verified = 0
@@ -245,6 +249,9 @@ class StepGraph:
         graphed = [t.detach() for _, t in named] + [t.detach() for t in tree_flatten(self.static_out)[0] if torch.is_tensor(t)]
         names = [n for n, _ in named] + [f"output{i}" for i in range(len(graphed) - len(named))]
         worst = max(((_mismatch(a, b, backend.exact), n) for n, a, b in zip(names, eager, graphed)), default=(0.0, None))
+        import os
+        if os.environ.get("NASRUN_DEBUG_VERIFY"):
+            print("VERIFY", self.name, [(n, _mismatch(a, b, backend.exact)) for n, a, b in zip(names, eager, graphed) if _mismatch(a, b, backend.exact)][:8])
         self._restore(named, snap, backend, rng)
         self.verified += 1
         if worst[0] > 0:

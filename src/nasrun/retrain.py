@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from .data import NORMALISATION, Augment, SearchStream, check_cutout, load_dataset
 from .engine import EpochLoop, console, seed_everything
 from .errors import UserError
-from .graphs import GraphSet, graphs_wanted, optimizer_key
+from .graphs import GraphSet, GraphState, graphs_wanted, optimizer_key
 from .utils import count_flops, count_parameters
 
 
@@ -63,11 +63,11 @@ class Protocol:
 class Retrainer:
     """Network + SGD with the protocol's per-step logic; checkpointable like a search method."""
 
-    def __init__(self, net, protocol, autocast, cuda_graphs=False):
+    def __init__(self, net, protocol, autocast, cuda_graphs=False, verify=True):
         self.net, self.p, self.autocast = net, protocol, autocast
         self.opt = torch.optim.SGD(net.parameters(), lr=protocol.lr, momentum=protocol.momentum,
                                    weight_decay=protocol.weight_decay)
-        self.graphs = GraphSet(cuda_graphs)
+        self.graphs = GraphSet(cuda_graphs, lambda: GraphState([self.net], [self.opt]), verify)
 
     def graph_key(self):
         """Python values a captured step bakes in: the optimiser (learning rate of the epoch) and drop-path probability."""
@@ -153,7 +153,8 @@ def run_retrain(cfg, run, state, space, genotype, device):
     net = net.to(memory_format=layout)
     autocast = (functools.partial(torch.autocast, "cuda", dtype=torch.bfloat16) if t.amp and device.type == "cuda"
                 else contextlib.nullcontext)
-    trainer = Retrainer(net, p, autocast, graphs_wanted(t.get("cuda_graphs", "auto"), device))
+    trainer = Retrainer(net, p, autocast, graphs_wanted(t.get("cuda_graphs", "auto"), device),
+                        verify=t.get("cuda_graphs_verify", True))
     loop = EpochLoop(run, {"retrainer": trainer}, stream, device, t.progress, layout)
     if state is not None:
         loop.resume(state)

@@ -71,7 +71,7 @@ def build_search(cfg, device):
         stream.single_level()
     if t.amp and device.type == "cuda":
         method.autocast = functools.partial(torch.autocast, "cuda", dtype=torch.bfloat16)
-    method.use_cuda_graphs(graphs_wanted(t.get("cuda_graphs", "auto"), device))
+    method.use_cuda_graphs(graphs_wanted(t.get("cuda_graphs", "auto"), device), verify=t.get("cuda_graphs_verify", True))
     return space, data, stream, protocol, supernet, method
 
 
