@@ -249,9 +249,6 @@ class StepGraph:
         graphed = [t.detach() for _, t in named] + [t.detach() for t in tree_flatten(self.static_out)[0] if torch.is_tensor(t)]
         names = [n for n, _ in named] + [f"output{i}" for i in range(len(graphed) - len(named))]
         worst = max(((_mismatch(a, b, backend.exact), n) for n, a, b in zip(names, eager, graphed)), default=(0.0, None))
-        import os
-        if os.environ.get("NASRUN_DEBUG_VERIFY"):
-            print("VERIFY", self.name, [(n, _mismatch(a, b, backend.exact)) for n, a, b in zip(names, eager, graphed) if _mismatch(a, b, backend.exact)][:8])
         self._restore(named, snap, backend, rng)
         self.verified += 1
         if worst[0] > 0:

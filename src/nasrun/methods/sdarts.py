@@ -20,7 +20,8 @@ def clip_simplex(w, before):
     """Clamp rows to [0, 1], put 1 at the argmax of ``before`` in rows that became all zero, renormalise."""
     w = w.clamp(0, 1)
     dead = w.sum(-1, keepdim=True) == 0
-    w = torch.where(dead, F.one_hot(before.argmax(-1), w.shape[-1]).to(w.dtype), w)
+    top = torch.zeros_like(w).scatter_(-1, before.argmax(-1, keepdim=True), 1.0)  # one-hot without F.one_hot's host check
+    w = torch.where(dead, top, w)
     return w / w.sum(-1, keepdim=True)
 
 
@@ -48,6 +49,9 @@ class SDarts(Darts):
         self._epsilon = torch.tensor(epsilon_min, device=device)  # filled in place: a captured step reads it
         self._noise = {k: torch.zeros_like(a) for k, a in self.alphas.items()}
         self.epsilon = epsilon_min
+
+    def graph_tensors(self):
+        return [self._epsilon, *self._noise.values()]
 
     def on_epoch_start(self, epoch, epochs):
         super().on_epoch_start(epoch, epochs)

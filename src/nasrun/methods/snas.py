@@ -137,6 +137,9 @@ class Snas(Darts):
         self._penalty_sum = torch.zeros((), device=device, dtype=torch.float64)
         self._penalty_steps = 0
 
+    def graph_tensors(self):
+        return [self._temp, *self._gumbel.values(), self._penalty_sum]
+
     def on_epoch_start(self, epoch, epochs):
         super().on_epoch_start(epoch, epochs)
         self.temp = max((1 - epoch / self.temp_epochs) * (self.temp0 - self.temp_min) + self.temp_min, self.temp_min)

@@ -52,6 +52,16 @@ class SpDarts(Darts):
         self._temperature = torch.tensor(t_sp, dtype=torch.float64, device=next(supernet.parameters()).device)
         self._epoch_stats = None
 
+    def graph_tensors(self):
+        return [self._temperature, *(self._epoch_stats or {}).values()]
+
+    def graph_key(self):
+        return super().graph_key(), self.monitor()  # the monitor temperature is a Python number in the step
+
+    def monitor(self):
+        """The monitoring temperature (None: no monitor)."""
+        return self.monitor_factor * self.t_sp if self.monitor_factor else self.monitor_temperature
+
     def mix_probability(self, epoch, epochs):
         """p_e (Eq. 20; ``schedule_offset=1`` reproduces the code's one-epoch lead), capped at p_up."""
         if self.late_epoch is not None and epoch >= self.late_epoch:
@@ -87,7 +97,7 @@ class SpDarts(Darts):
 
     def device_step(self, train_batch, valid_batch):
         out = super().device_step(train_batch, valid_batch)
-        monitor = self.monitor_factor * self.t_sp if self.monitor_factor else self.monitor_temperature
+        monitor = self.monitor()
         if monitor and valid_batch is not None:
             with torch.no_grad():
                 w = {k: F.softmax(a / monitor, dim=-1) for k, a in self.alphas.items()}

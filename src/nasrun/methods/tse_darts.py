@@ -32,6 +32,14 @@ class TseDarts(Darts):
                          arch_lr, arch_betas, arch_weight_decay, False, False, 0.01, train_arch, lr_offset, relaxation)
         self.group_size, self.merge_train_val = inner_steps, merge_train_val
 
+    def graph_state(self):
+        state = super().graph_state()
+        if getattr(self, "_shadow_net", None) is not None:  # the rollout's copy of w, its SGD and the α-gradient sum
+            state.modules.append(self._shadow_net)
+            state.optimizers.append(self._shadow_opt)
+            state.tensors.extend(self._tse_grad)
+        return state
+
     def step(self, train_batch, valid_batch):
         return self.step_group([(train_batch, valid_batch)])
 

@@ -30,6 +30,12 @@ class ProgressiveSupernet:
     def _init_progressive(self, partial):
         self.register_buffer("partial_channels", torch.tensor(int(partial)))
 
+    def graph_key(self):
+        """The Python values of the cells that a captured step bakes in: partial-channel K, the ops computed and
+        P-DARTS's skip-dropout rate (a change re-captures the step)."""
+        return tuple((int(cell.partial), repr(cell.active), getattr(cell, "skip_dropout", None))
+                     for _, cell, _ in self.search_cells())
+
     def set_active_ops(self, masks):
         """Compute only the ops with ``masks[key][e, o]`` True on edge e (None: all ops)."""
         for _, cell, key in self.search_cells():
