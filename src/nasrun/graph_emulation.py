@@ -57,7 +57,7 @@ class _Recorder(TorchDispatchMode):
         return t.untyped_storage().data_ptr()
 
     def _refuse(self, func, why):
-        raise CaptureRefused(f"{func.__name__}: {why}")
+        raise CaptureRefused(f"{func.__name__}: {why}{_where()}")
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -112,6 +112,18 @@ class _Recorder(TorchDispatchMode):
                 storage.copy_(copy)
         self.saved = {}
         return written
+
+
+def _where():
+    """`` at file:line`` of the innermost nasrun frame outside the graph code (where the step did it)."""
+    import os
+    import traceback
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    for frame in reversed(traceback.extract_stack()):
+        if frame.filename.startswith(here) and os.path.basename(frame.filename) not in ("graph_emulation.py", "graphs.py"):
+            return f" at {os.path.relpath(frame.filename, os.path.dirname(here))}:{frame.lineno}"
+    return ""
 
 
 def _returns(func, out):
@@ -179,7 +191,7 @@ class _HostGuard:
     @staticmethod
     def _refuser(name):
         def refuse(self, *a, **k):
-            raise CaptureRefused(f"Tensor.{name}: host synchronisation inside the step (not capturable)")
+            raise CaptureRefused(f"Tensor.{name}: host synchronisation inside the step (not capturable){_where()}")
 
         return refuse
 

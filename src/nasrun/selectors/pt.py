@@ -102,16 +102,24 @@ class PerturbationSelector:
         removed = {k: set() for k in keys}     # edges dropped by topology projection
         base = method.edge_weights
 
+        tables = {}  # projection state → (keep [E, 1], one-hot [E, K]) on the device
+
         def projected(alphas=None):
+            """The mixing weights with projected edges one-hot and removed edges zero: w·keep + one-hot, so a captured
+            step reads no host data (the tables are made once per projection state, by an eager call: the first
+            call after a projection is a graph warm-up)."""
             out = {}
             for k, w in base(alphas).items():
-                w = w.clone()
-                for e, o in fixed[k].items():
-                    w[e] = 0.0
-                    w[e, o] = 1.0
-                for e in removed[k]:
-                    w[e] = 0.0
-                out[k] = w
+                state = (k, tuple(sorted(fixed[k].items())), tuple(sorted(removed[k])), w.dtype)
+                if state not in tables:
+                    keep, onehot = torch.ones(w.shape[0], 1, dtype=w.dtype), torch.zeros(w.shape, dtype=w.dtype)
+                    for e, o in fixed[k].items():
+                        keep[e], onehot[e, o] = 0.0, 1.0
+                    for e in removed[k]:
+                        keep[e], onehot[e] = 0.0, 0.0
+                    tables[state] = keep.to(w.device), onehot.to(w.device)
+                keep, onehot = tables[state]
+                out[k] = w * keep + onehot
             return out
 
         def annotate(when):
