@@ -13,6 +13,10 @@ CUDA-graph capture).
     python scripts/bench_search.py                       # sizes by device: paper sizes on CUDA, small on CPU
     python scripts/bench_search.py --device cuda --json bench.json
     python scripts/bench_search.py --rows nb201:darts darts:darts retrain --steps 30
+    python scripts/bench_search.py --count-ops           # aten ops per step, per-op cells vs fused (any device)
+
+Each nasrun row on CUDA also reports the seconds its graphs spent capturing and in the self-check
+(``trainer.cuda_graphs_verify``), the per-capture cost a run pays once per learning-rate change.
 """
 
 import argparse
@@ -22,6 +26,7 @@ import statistics
 import time
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from nasrun.config import build
 from nasrun.retrain import Protocol, Retrainer
@@ -75,6 +80,7 @@ def build_search_row(space_name, method_name, sizes, device, fused, graphs, amp=
         extra = [*extra, "method.inner_steps=10"]
     method = build(compose_method(method_name, extra), supernet=sup, space=space)
     method.use_cuda_graphs(graphs)
+    step_graphs = method.graphs
     if amp and device.type == "cuda":
         method.autocast = lambda: torch.autocast("cuda", dtype=torch.bfloat16)
     method.on_epoch_start(1, 50)  # past SP-DARTS's warm-up: the batch-mixed step is timed
@@ -85,6 +91,7 @@ def build_search_row(space_name, method_name, sizes, device, fused, graphs, amp=
             return method.step_group(batches)
         return method.step(*batches[0])
 
+    step.graphs = step_graphs
     return step, group
 
 
@@ -102,7 +109,64 @@ def build_retrain_row(sizes, device, graphs, amp=False):
     def step(batches):
         return trainer.step(batches[0][0])
 
+    step.graphs = trainer.graphs
     return step, 1
+
+
+class OpCounter(TorchDispatchMode):
+    """Counts the aten ops below autograd that compute (what a CUDA graph launches, about one kernel each): views,
+    allocations (``empty*``) and profiler annotations excluded; a foreach op counts once."""
+
+    def __init__(self):
+        super().__init__()
+        self.counts = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        schema = func._schema
+        name = schema.name.split("::")[-1]
+        view = any(r.alias_info is not None for r in schema.returns) and not any(
+            a.alias_info is not None and a.alias_info.is_write for a in schema.arguments)
+        if not (view or name.startswith(("empty", "new_empty", "_record_function")) or name in ("detach", "alias")):
+            self.counts[name] = self.counts.get(name, 0) + 1
+        return func(*args, **(kwargs or {}))
+
+
+def count_ops(rows, device):
+    """Ops of one step (after two warm-up steps) with the per-op reference cells and with nasrun's fused cells.
+
+    Optimisers and gradient clipping run their multi-tensor (foreach) forms, as they do on CUDA, so a CPU count
+    is the count of a GPU step."""
+    import functools
+
+    torch.nn.utils.clip_grad_norm_ = functools.partial(torch.nn.utils.clip_grad_norm_, foreach=True)
+    for cls in (torch.optim.SGD, torch.optim.Adam):
+        cls.__init__ = functools.partialmethod(cls.__init__, foreach=True)
+    print(f"{'workload':22s} {'per-op':>8s} {'fused':>8s} {'fewer':>6s}   fused: largest kinds")
+    results = []
+    for row in rows:
+        space_name, _, method_name = row.partition(":")
+        sizes, batch, size = SIZES["cuda"][space_name]  # the papers' sizes: op counts do not depend on the device
+        batches = make_batches(3, min(batch, 8), size, device)
+        counts = {}
+        for label, fast in (("per-op", False), ("fused", True)):
+            if space_name == "retrain":
+                step, group = build_retrain_row(sizes, device, False)
+            else:
+                step, group = build_search_row(space_name, method_name, sizes, device, fast, False)
+            for b in batches[:2]:
+                step([b] * group)
+            counter = OpCounter()
+            with counter:
+                step([batches[2]] * group)
+            counts[label] = counter.counts
+        total = {k: sum(v.values()) // (group if space_name != "retrain" else 1) for k, v in counts.items()}
+        top = sorted(counts["fused"].items(), key=lambda kv: -kv[1])[:5]
+        rec = {"workload": row, "per_op_ops": total["per-op"], "fused_ops": total["fused"],
+               "ratio": round(total["per-op"] / total["fused"], 2), "fused_top": dict(top)}
+        results.append(rec)
+        print(f"{row:22s} {total['per-op']:8d} {total['fused']:8d} {rec['ratio']:5.2f}×   "
+              + ", ".join(f"{k} {v}" for k, v in top), flush=True)
+    return results
 
 
 def time_row(step, group, batches, steps, warmup, repeats, device, reference):
@@ -139,8 +203,15 @@ def main():
     p.add_argument("--amp", action="store_true", help="bf16 autocast on nasrun's path (trainer.amp)")
     p.add_argument("--compile", action="store_true", help="per-cell torch.compile on nasrun's path (trainer.compile)")
     p.add_argument("--no-graphs", action="store_true", help="nasrun's path without CUDA graphs (fused ops only)")
+    p.add_argument("--count-ops", action="store_true", help="count aten ops per step (per-op vs fused) and exit")
     args = p.parse_args()
     device = resolve_device(args.device)
+    if args.count_ops:
+        results = count_ops([r for r in args.rows if r != "retrain"], device)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"torch": torch.__version__, "rows": results}, f, indent=1)
+        return
     kind = "cuda" if device.type == "cuda" else "cpu"
     steps = args.steps or (30 if kind == "cuda" else 4)
     warmup = args.warmup or (8 if kind == "cuda" else 2)
@@ -151,7 +222,7 @@ def main():
           f"nasrun path: fused ops{'' if args.no_graphs or kind == 'cpu' else ', CUDA graphs'}"
           f"{', bf16' if args.amp else ''}{', compiled cells' if args.compile else ''}")
     header = (f"{'workload':22s} {'batch':>5s} {'ref ms':>9s} {'nasrun ms':>10s} {'speed-up':>8s} {'img/s':>9s} "
-              f"{'ref MB':>8s} {'nasrun MB':>9s} {'mem':>5s}")
+              f"{'ref MB':>8s} {'nasrun MB':>9s} {'mem':>5s} {'capture s':>9s} {'verify s':>8s}")
     print(header)
     results = []
     for row in args.rows:
@@ -167,6 +238,8 @@ def main():
                 step, group = build_search_row(space_name, method_name, sizes, device, fast, graphs, fast and args.amp,
                                                fast and args.compile)
             timing[label] = time_row(step, group, batches, steps, warmup, args.repeats, device, not fast)
+            if fast:
+                graph_seconds = dict(step.graphs.seconds)
             del step
             if kind == "cuda":
                 torch.cuda.empty_cache()
@@ -174,11 +247,12 @@ def main():
         rec = {"workload": row, "batch": batch, "sizes": sizes, "ref_ms": round(ref_ms, 2), "nasrun_ms": round(ms, 2),
                "speedup": round(ref_ms / ms, 2), "images_per_s": round(batch / ms * 1000, 1),
                "ref_peak_mb": ref_mb and round(ref_mb), "nasrun_peak_mb": mb and round(mb),
-               "memory_ratio": round(mb / ref_mb, 2) if mb and ref_mb else None}
+               "memory_ratio": round(mb / ref_mb, 2) if mb and ref_mb else None,
+               "capture_s": round(graph_seconds["capture"], 3), "verify_s": round(graph_seconds["verify"], 3)}
         results.append(rec)
         mem = f"{rec['memory_ratio']:5.2f}" if rec["memory_ratio"] else f"{'-':>5s}"
         print(f"{row:22s} {batch:5d} {ref_ms:9.1f} {ms:10.1f} {ref_ms / ms:7.2f}× {rec['images_per_s']:9.1f} "
-              f"{ref_mb or 0:8.0f} {mb or 0:9.0f} {mem}", flush=True)
+              f"{ref_mb or 0:8.0f} {mb or 0:9.0f} {mem} {rec['capture_s']:9.2f} {rec['verify_s']:8.2f}", flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": name, "torch": torch.__version__, "steps": steps, "repeats": args.repeats,

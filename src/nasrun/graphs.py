@@ -17,6 +17,7 @@ The capture itself is a backend: :class:`CudaBackend` (``torch.cuda.graph``) or
 and replays the aten ops so the same logic is proven without a GPU.
 """
 
+import time
 import warnings
 from dataclasses import dataclass, field
 
@@ -183,6 +184,14 @@ class StepGraph:
 
     def _capture(self, backend, flat, spec, shapes, key):
         """Capture; False if the call must run eagerly instead (state was created inside it, or the capture failed)."""
+        tic = time.perf_counter()
+        try:
+            return self._capture_checked(backend, flat, spec, shapes, key)
+        finally:
+            backend.synchronize()
+            self.owner.seconds["capture"] += time.perf_counter() - tic
+
+    def _capture_checked(self, backend, flat, spec, shapes, key):
         owner, state = self.owner, self.owner.state()
         identity, entries = state.identity(), state.optimizer_entries()
         old = self.graph  # kept until the new one is captured, so a shared pool stays alive meanwhile
@@ -218,7 +227,10 @@ class StepGraph:
         self.captures += 1
         del old
         if owner.verify:
+            tic = time.perf_counter()
             self._verify(backend, state, spec)
+            backend.synchronize()
+            owner.seconds["verify"] += time.perf_counter() - tic
         return True
 
     @staticmethod
@@ -301,6 +313,16 @@ class GraphSet:
         self.enabled = self.backend is not None
         self.state, self.verify = state or GraphState, verify
         self.graphs, self.pool, self.disabled = {}, None, None
+        self.seconds = {"capture": 0.0, "verify": 0.0}  # warm-up excluded; the self-check's share apart
+
+    def take_seconds(self):
+        """``{graph_capture_seconds, graph_verify_seconds}`` since the last call (per epoch in metrics.jsonl; the
+        capture figure includes the self-check), or {} when the graphs are off."""
+        if self.backend is None:
+            return {}
+        out = {f"graph_{k}_seconds": round(v, 3) for k, v in self.seconds.items()}
+        self.seconds = {"capture": 0.0, "verify": 0.0}
+        return out
 
     def run(self, name, fn, key, *args):
         """``fn(*args)``, through its graph when enabled."""
@@ -327,6 +349,14 @@ class GraphSet:
             g.reset()
         for opt in self.state().optimizers:
             set_capturable(opt, False)
+
+
+def copy_from_host(dst, src):
+    """``dst.copy_(src)`` for a tensor drawn on the host before a step: through pinned memory when ``dst`` is on a GPU,
+    so the copy is asynchronous (a pageable source makes a non-blocking copy synchronous)."""
+    if dst.device.type == "cuda" and not src.is_pinned():
+        src = src.pin_memory()
+    dst.copy_(src, non_blocking=True)
 
 
 def optimizer_key(optimizers):

@@ -170,7 +170,7 @@ def run_search(cfg, out_dir):
                 "hessian_eigenvalue": hessian(epoch),
                 "discrete_valid_acc": discrete_acc(),
                 **tse_estimators([r["train_loss"] for r in loop.history] + [m["train_loss"]]),
-                **method.epoch_metrics(),
+                **method.epoch_metrics(), **method.graphs.take_seconds(),
                 "benchmark": _with_dataset(bench.query(genotype, bench_ds) if bench is not None else None, bench_ds)}
 
     def stop_fn(history):

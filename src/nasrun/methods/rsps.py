@@ -9,6 +9,7 @@ architecture is then chosen by ranking random architectures on the shared weight
 
 import torch
 
+from ..graphs import copy_from_host
 from .darts import Darts
 
 
@@ -30,7 +31,7 @@ class Rsps(Darts):
     def prepare_step(self):
         """This step's architecture, drawn on the CPU generator and copied into the device buffers in place."""
         for k, w in self.space.sample_architecture(None).items():
-            self._sampled[k].copy_(w, non_blocking=True)
+            copy_from_host(self._sampled[k], w)
 
     def weight_step_weights(self):
         return self._sampled

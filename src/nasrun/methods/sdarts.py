@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import UserError
+from ..graphs import copy_from_host
 from .darts import Darts
 
 
@@ -61,7 +62,7 @@ class SDarts(Darts):
     def prepare_step(self):
         """δ's uniform draw in [−1, 1] (RS: the perturbation; ADV: the random start) from the CPU generator."""
         for buf in self._noise.values():
-            buf.copy_(torch.rand(buf.shape, dtype=buf.dtype) * 2 - 1, non_blocking=True)
+            copy_from_host(buf, torch.rand(buf.shape, dtype=buf.dtype) * 2 - 1)
 
     def weight_step(self, batch):
         self._perturbed = self.perturb(batch)  # after this step's α step, as the reference perturbs

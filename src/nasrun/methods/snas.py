@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UserError
+from ..graphs import copy_from_host
 from ..spaces.ops import DilConv, FactorizedReduce, Identity, Noise, Pooling, ReLUConvBN, SepConv, Zero
 from .darts import Darts
 
@@ -151,7 +152,7 @@ class Snas(Darts):
         """The step's Gumbel noise −log(−log u), drawn on the CPU generator."""
         for buf in self._gumbel.values():
             u = torch.rand(buf.shape, dtype=buf.dtype).clamp_min(torch.finfo(buf.dtype).tiny)
-            buf.copy_(-(-u.log()).log(), non_blocking=True)
+            copy_from_host(buf, -(-u.log()).log())
 
     def edge_weights(self, alphas=None):
         alphas = self.alphas if alphas is None else alphas
