@@ -1,4 +1,5 @@
-"""Which presets run the fast path (issue 21 item 6): the fused cells and a captured step, or why not.
+"""Which presets run the fast path (issue 21 item 6): the fused cells and a captured step, or why not (at their
+first epoch: a DrNAS stage that prunes ops runs the per-op cells from then on).
 
 The table below is what the code does today, checked by running one step of each preset at tiny width and counting
 which cell forward ran; a change of coverage must update it (and the README's list)."""
@@ -17,8 +18,6 @@ from .conftest import make_cfg, tiny_space
 
 PER_OP = {  # preset → why its cells run the per-op forward
     "amended_darts_s1": "search drop-path", "snas_darts": "search drop-path", "snas_darts_resource": "search drop-path",
-    "drnas_progressive_nb201": "partial channels", "drnas_darts": "partial channels",
-    "gaea_pc_darts": "partial channels", "pc_darts_darts": "partial channels",
     "pdarts_stage1": "skip dropout", "pdarts_stage2": "skip dropout", "pdarts_stage3": "skip dropout",
     "gdas_nb201": "hard single-path forward (one sampled op per edge)",
 }

@@ -16,7 +16,8 @@ SPACES = [("nb201", {"C": 4, "N": 1}), ("nb201", {"C": 4, "N": 1, "track_running
           ("darts_s2", {"C": 4, "layers": 3}), ("darts_s3", {"C": 4, "layers": 3}), ("darts_s4", {"C": 4, "layers": 3}),
           ("darts_fixed", {"C": 4, "layers": 3}), ("amended_deep", {"C": 4, "layers": 4}),
           ("nb1shot1_s1", {"C": 4, "layers": 3}), ("nb1shot1_s2", {"C": 4, "layers": 3}),
-          ("nb1shot1_s3", {"C": 4, "layers": 3})]
+          ("nb1shot1_s3", {"C": 4, "layers": 3}), ("nb201", {"C": 4, "N": 1, "partial_channels": 2}),
+          ("darts", {"C": 8, "layers": 3, "partial_channels": 4}), ("darts_7op", {"C": 4, "layers": 3, "partial_channels": 2})]
 
 
 def close(ref, got, rtol):

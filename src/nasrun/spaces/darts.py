@@ -94,8 +94,7 @@ class SearchCell(FusedCellMixin, nn.Module):
     def forward(self, s0, s1, w, drop_prob=None):
         if isinstance(w, HardPath):
             return self.forward_hard(s0, s1, w)
-        if ((drop_prob is not None and self.training) or self.partial > 1 or self.skip_dropout is not None
-                or self.active is not None):
+        if (drop_prob is not None and self.training) or self.skip_dropout is not None or self.active is not None:
             # per-edge work: the per-op cell
             return self.forward_reference(s0, s1, w, drop_prob)
         return self.forward_fused(s0, s1, w) if self.fused else self.forward_reference(s0, s1, w)
@@ -133,10 +132,10 @@ class SearchCell(FusedCellMixin, nn.Module):
 
     def forward_fused(self, s0, s1, w):
         states = [self.preprocess0(s0), self.preprocess1(s1)]
-        noise = self._draw_noise(states[1])
+        noise = self._draw_noise(states[1][:, :states[1].shape[1] // self.partial])
         W, acc = self.sources.gather(w), {}
         for j in range(len(self.sources)):
-            self.sources.run(j, states[j], W, acc, noise)
+            self.sources.run(j, states[j], W, acc, noise, self.partial, w, self.bypass_pool)
             if j >= 1:
                 states.append(acc[j - 1])
         return torch.cat(states[2:], dim=1)

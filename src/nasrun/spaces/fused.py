@@ -226,6 +226,7 @@ class SourcePlan(nn.Module):
         self.weight_cells = [cells[t] for t in order]
         for t, term in enumerate(self.terms):
             self.register_buffer(f"sub{t}", torch.tensor(term.members, dtype=torch.long), persistent=False)
+        self.register_buffer("row_index", torch.tensor(self.rows, dtype=torch.long), persistent=False)
 
     def forward(self, x, W, noise=None):
         """``[B, n_edges, C, H, W]``: every outgoing edge's mixed-op output, weighted and summed over ops.
@@ -309,11 +310,27 @@ class CellPlans(nn.Module):
         flat = (F.pad(w, (0, 1)) if self.needs_zero else w).reshape(-1)
         return [part.view(len(p.terms), p.n) for p, part in zip(self.plans, flat[self.widx].split(self.sizes))]
 
-    def run(self, j, x, W, acc, noise=None):
-        """Add state j's outgoing edges' contributions to ``acc`` (node → running sum)."""
+    def run(self, j, x, W, acc, noise=None, partial=1, w=None, pool=None):
+        """Add state j's outgoing edges' contributions to ``acc`` (node → running sum).
+
+        ``partial`` K > 1 (PC-DARTS): the ops see the first C/K channels of x; every edge's output is joined by the
+        other channels (``pool`` ed when the ops halve the resolution), scaled by the edge's row sum of the cell's
+        weights ``w``, and the channels are shuffled: :func:`~nasrun.spaces.ops.partial_edge` for all outgoing edges
+        at once."""
         plan = self.plans[j]
         if not plan.n:
             return
-        contrib = plan(x, W[j], noise).unbind(1)  # one backward op (a stack), not one per edge
+        if partial == 1:
+            contrib = plan(x, W[j], noise)
+        else:
+            c = x.shape[1] // partial
+            out, rest = plan(x[:, :c], W[j], noise), x[:, c:]
+            if out.shape[-1] != x.shape[-1]:
+                rest = pool(rest)
+            scale = w.index_select(0, plan.row_index).sum(-1).view(1, -1, 1, 1, 1)
+            joined = torch.cat([out, scale * rest.unsqueeze(1)], dim=2)  # [B, edges, C, H, W]
+            B, n, C, H, Wd = joined.shape
+            contrib = joined.view(B, n, partial, C // partial, H, Wd).transpose(2, 3).reshape(B, n, C, H, Wd)
+        contrib = contrib.unbind(1)  # one backward op (a stack), not one per edge
         for k, i in enumerate(plan.dests):
             acc[i] = contrib[k] if acc.get(i) is None else acc[i] + contrib[k]

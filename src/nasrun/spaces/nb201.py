@@ -90,7 +90,7 @@ class SearchCell(FusedCellMixin, nn.Module):
     def forward(self, x, w):
         if isinstance(w, HardPath):
             return self.forward_hard(x, w)
-        per_edge = self.partial > 1 or self.active is not None  # per-edge work: the per-op cell
+        per_edge = self.active is not None  # pruned ops are skipped edge by edge: the per-op cell
         return self.forward_fused(x, w) if self.fused and not per_edge else self.forward_reference(x, w)
 
     def _edge(self, r, x, w, index=None):
@@ -124,7 +124,7 @@ class SearchCell(FusedCellMixin, nn.Module):
     def forward_fused(self, x, w):
         W, acc, nodes = self.sources.gather(w), {}, [x]
         for j in range(len(self.sources)):
-            self.sources.run(j, nodes[j], W, acc)
+            self.sources.run(j, nodes[j], W, acc, partial=self.partial, w=w)
             nodes.append(acc[j + 1])
         return nodes[-1]
 
