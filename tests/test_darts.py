@@ -316,8 +316,9 @@ def test_search_drop_path_drops_whole_edges_per_sample():
     from nasrun.spaces.ops import mixed
 
     with torch.no_grad():
-        undropped = cell.forward_reference(s, s, w)
+        undropped = cell(s, s, w)  # the same (fused) forward without drop-path
         assert torch.equal(cell(s, s, w, torch.tensor(0.0)), undropped)
+        assert torch.allclose(cell.forward_reference(s, s, w, torch.tensor(0.0)), undropped, atol=1e-6)
         out = cell(s, s, w, torch.tensor(0.5))[:, :4]
         h0, h1 = cell.preprocess0(s), cell.preprocess1(s)
         a, b = mixed(cell.ops[0], h0, w[0]), mixed(cell.ops[1], h1, w[1])

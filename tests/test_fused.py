@@ -17,7 +17,9 @@ SPACES = [("nb201", {"C": 4, "N": 1}), ("nb201", {"C": 4, "N": 1, "track_running
           ("darts_fixed", {"C": 4, "layers": 3}), ("amended_deep", {"C": 4, "layers": 4}),
           ("nb1shot1_s1", {"C": 4, "layers": 3}), ("nb1shot1_s2", {"C": 4, "layers": 3}),
           ("nb1shot1_s3", {"C": 4, "layers": 3}), ("nb201", {"C": 4, "N": 1, "partial_channels": 2}),
-          ("darts", {"C": 8, "layers": 3, "partial_channels": 4}), ("darts_7op", {"C": 4, "layers": 3, "partial_channels": 2})]
+          ("darts", {"C": 8, "layers": 3, "partial_channels": 4}), ("darts_7op", {"C": 4, "layers": 3, "partial_channels": 2}),
+          ("darts", {"C": 4, "layers": 3, "search_drop_path": 0.4, "search_drop_path_ramp": False}),
+          ("darts_s3", {"C": 8, "layers": 3, "search_drop_path": 0.3, "partial_channels": 2})]
 
 
 def close(ref, got, rtol):
@@ -34,6 +36,8 @@ def run_both(name, sizes, train=True, dtype=torch.float64, masked=None, seed=0):
     torch.manual_seed(seed)
     space = get_space(name, **sizes)
     ref = set_fused(space.build_supernet(10).to(dtype), False)
+    if hasattr(ref, "on_epoch_start"):
+        ref.on_epoch_start(5, 10)  # search drop-path at its epoch-5 probability
     fused = set_fused(copy.deepcopy(ref), True)
     for net in (ref, fused):
         net.train(train)

@@ -277,7 +277,7 @@ SLOW_CASES = {
     "pc_darts": ["space=darts", "method.arch_start_epoch=1"],
     "pdarts": ["space=darts", "method.w_lr_min=0.025", "space.skip_dropout=0.5", "space.skip_dropout_warmup=2"],
     "snas+resource": ["method=snas", "space=darts", "method.resource=reparametrization", "method.resource_log=true"],
-    "darts_space": ["method=darts", "space=darts", "method.arch_start_epoch=1"],
+    "darts_space": ["method=darts", "space=darts", "method.arch_start_epoch=1", "space.search_drop_path=0.3"],
     "gaea_pc": ["method=gaea", "space=darts", "method.learn_edges=true", "space.partial_channels=2"],
 }
 

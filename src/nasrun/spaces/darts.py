@@ -94,10 +94,13 @@ class SearchCell(FusedCellMixin, nn.Module):
     def forward(self, s0, s1, w, drop_prob=None):
         if isinstance(w, HardPath):
             return self.forward_hard(s0, s1, w)
-        if (drop_prob is not None and self.training) or self.skip_dropout is not None or self.active is not None:
+        drop = drop_prob is not None and self.training
+        if (drop and self.noise_rows) or self.skip_dropout is not None or self.active is not None:
             # per-edge work: the per-op cell
             return self.forward_reference(s0, s1, w, drop_prob)
-        return self.forward_fused(s0, s1, w) if self.fused else self.forward_reference(s0, s1, w)
+        if not self.fused:
+            return self.forward_reference(s0, s1, w, drop_prob)
+        return self.forward_fused(s0, s1, w, drop_prob if drop else None)
 
     def _edge(self, e, x, w, index=None):
         """One edge: the mixed op (GDAS: only op ``index``); with partial channels (PC-DARTS) only the first
@@ -130,12 +133,18 @@ class SearchCell(FusedCellMixin, nn.Module):
             states.append(sum(self._edge(e, states[j], path.weights[e], path.index[e]) for e, j in node))
         return torch.cat(states[2:], dim=1)
 
-    def forward_fused(self, s0, s1, w):
+    def forward_fused(self, s0, s1, w, drop_prob=None):
         states = [self.preprocess0(s0), self.preprocess1(s1)]
         noise = self._draw_noise(states[1][:, :states[1].shape[1] // self.partial])
+        drop = None
+        if drop_prob is not None:  # the per-op forward's masks, drawn in its order (node by node, edge by edge)
+            keep = 1.0 - drop_prob
+            like = states[1]
+            drop = keep, {e: torch.empty(like.size(0), 1, 1, 1, device=like.device, dtype=like.dtype).bernoulli_(keep)
+                          for node in self.by_node for e, _ in node}
         W, acc = self.sources.gather(w), {}
         for j in range(len(self.sources)):
-            self.sources.run(j, states[j], W, acc, noise, self.partial, w, self.bypass_pool)
+            self.sources.run(j, states[j], W, acc, noise, self.partial, w, self.bypass_pool, drop)
             if j >= 1:
                 states.append(acc[j - 1])
         return torch.cat(states[2:], dim=1)

@@ -310,13 +310,14 @@ class CellPlans(nn.Module):
         flat = (F.pad(w, (0, 1)) if self.needs_zero else w).reshape(-1)
         return [part.view(len(p.terms), p.n) for p, part in zip(self.plans, flat[self.widx].split(self.sizes))]
 
-    def run(self, j, x, W, acc, noise=None, partial=1, w=None, pool=None):
+    def run(self, j, x, W, acc, noise=None, partial=1, w=None, pool=None, drop=None):
         """Add state j's outgoing edges' contributions to ``acc`` (node → running sum).
 
         ``partial`` K > 1 (PC-DARTS): the ops see the first C/K channels of x; every edge's output is joined by the
         other channels (``pool`` ed when the ops halve the resolution), scaled by the edge's row sum of the cell's
         weights ``w``, and the channels are shuffled: :func:`~nasrun.spaces.ops.partial_edge` for all outgoing edges
-        at once."""
+        at once. ``drop``: ``(keep probability, {α row: [B, 1, 1, 1] mask})``, drop-path on every edge's output
+        (``x / keep · mask``, as :func:`~nasrun.spaces.darts.drop_path`) before the node sums."""
         plan = self.plans[j]
         if not plan.n:
             return
@@ -331,6 +332,9 @@ class CellPlans(nn.Module):
             joined = torch.cat([out, scale * rest.unsqueeze(1)], dim=2)  # [B, edges, C, H, W]
             B, n, C, H, Wd = joined.shape
             contrib = joined.view(B, n, partial, C // partial, H, Wd).transpose(2, 3).reshape(B, n, C, H, Wd)
+        if drop is not None:
+            keep, masks = drop
+            contrib = contrib / keep * torch.stack([masks[e] for e in plan.rows], dim=1)
         contrib = contrib.unbind(1)  # one backward op (a stack), not one per edge
         for k, i in enumerate(plan.dests):
             acc[i] = contrib[k] if acc.get(i) is None else acc[i] + contrib[k]
