@@ -1,5 +1,4 @@
-"""Which presets run the fast path (issue 21 item 6): the fused cells and a captured step, or why not (at their
-first epoch: a DrNAS stage that prunes ops runs the per-op cells from then on).
+"""Which presets run the fast path (issue 21 item 6): the fused cells and a captured step, or why not.
 
 The table below is what the code does today, checked by running one step of each preset at tiny width and counting
 which cell forward ran; a change of coverage must update it (and the README's list)."""

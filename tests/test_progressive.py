@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from nasrun.config import build
 from nasrun.errors import UserError
+from nasrun.spaces.fused import set_fused
 
 from .conftest import make_cfg, tiny_method
 
@@ -58,18 +59,27 @@ def test_pruning_keeps_the_largest_alpha_masks_renormalises_and_skips_the_pruned
     d = m.derive_weights()["normal"]  # softmax over the kept ops only: exp(α_o) / Σ_kept exp(α)
     e = alpha.exp() * mask
     assert torch.allclose(d, e / e.sum(-1, keepdim=True))
+    kept = {(r, o) for r in range(6) for o in range(5) if mask[r, o]}
     calls = {}
+    planned = set()
     for cell in [c for _, c, _ in sup.search_cells()]:
+        where = {id(op): (r, o) for r, edge in enumerate(cell.edges.values()) for o, op in enumerate(edge)}
+        planned |= {where[id(m)] for plan in cell.sources.plans for term in plan.terms for m in term.modules}
         for r, edge in enumerate(cell.edges.values()):
             for o, op in enumerate(edge):
                 op.register_forward_hook(lambda *a, key=(r, o): calls.__setitem__(key, calls.get(key, 0) + 1))
+    assert planned == {(r, o) for r, o in kept if o != 0}  # the fused plans hold the kept ops (`none`, op 0: never)
     x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
     with torch.no_grad():
-        skipped = sup(x, {"normal": w})
+        fused = sup(x, {"normal": w})
+        set_fused(sup, False)
+        skipped = sup(x, {"normal": w})  # the per-op cell, edge by edge
         ran = set(calls)
         sup.set_active_ops(None)
         computed = sup(x, {"normal": w})
-    assert ran == {(r, o) for r in range(6) for o in range(5) if mask[r, o]}
+        set_fused(sup, True)
+    assert torch.allclose(fused, skipped, rtol=1e-10, atol=1e-12)
+    assert ran == kept
     assert torch.allclose(skipped, computed)
     m.enter_stage(1)  # a later pruning ranks only the ops still in
     assert torch.equal(m.op_mask["normal"], mask)

@@ -181,7 +181,7 @@ class Snas(Darts):
             for e, ops in enumerate(cell.ops):
                 for o, op in enumerate(ops):
                     op.register_forward_pre_hook(lambda m, a, key=(i, e, o): sides.__setitem__(key, a[0].shape[1:]))
-            cell.active = None
+            cell.set_active(None)
         with torch.no_grad(), torch.random.fork_rng(devices=[x.device] if x.is_cuda else []):
             net(x, {k: torch.full_like(a, 1.0 / a.shape[-1]) for k, a in self.alphas.items()})
         costs = {}

@@ -83,19 +83,26 @@ class SearchCell(FusedCellMixin, nn.Module):
                                                for o in edge_ops[e]) for e, (_, j) in enumerate(edges))
         self.bypass_pool = nn.MaxPool2d(2, 2) if partial > 1 and reduction else None
         self.skip_dropout = None  # P-DARTS: dropout rate on skip-connection outputs (set per epoch by the supernet)
-        modules = {e: list(ops) for e, ops in enumerate(self.ops)}
+        self.set_active(None)
+        self.noise_rows = [e for e, ops in enumerate(self.ops) for op in ops if isinstance(op, Noise)]
+
+    def set_active(self, active):
+        """Compute only the ops ``active[e]`` on edge e (None: all): in the per-op cell and in the fused plans."""
+        self.active = active
+        edges, K = self.init_args["edges"], len(self.init_args["edge_ops"][0])
+        modules = {e: [op if active is None or o in active[e] else None for o, op in enumerate(ops)]
+                   for e, ops in enumerate(self.ops)}
+        device = next(self.parameters()).device
         # state j feeds nodes i with (i, j) in edges; node i is complete once state i+1 has been processed
         self.sources = CellPlans([
-            SourcePlan([e for e, (_, s) in enumerate(edges) if s == j], [n for n, s in edges if s == j], modules,
-                       len(edge_ops[0]))
-            for j in range(STEPS + 1)], len(edge_ops[0]))
-        self.noise_rows = [e for e, ops in enumerate(self.ops) for op in ops if isinstance(op, Noise)]
+            SourcePlan([e for e, (_, s) in enumerate(edges) if s == j], [n for n, s in edges if s == j], modules, K)
+            for j in range(STEPS + 1)], K).to(device)
 
     def forward(self, s0, s1, w, drop_prob=None):
         if isinstance(w, HardPath):
             return self.forward_hard(s0, s1, w)
         drop = drop_prob is not None and self.training
-        if (drop and self.noise_rows) or self.skip_dropout is not None or self.active is not None:
+        if (drop and self.noise_rows) or self.skip_dropout is not None or not self.sources.complete:
             # per-edge work: the per-op cell
             return self.forward_reference(s0, s1, w, drop_prob)
         if not self.fused:

@@ -200,7 +200,8 @@ class SourcePlan(nn.Module):
     Args:
         rows: α rows of the outgoing edges (ascending).
         dests: destination node of each outgoing edge.
-        edge_modules: ``{row: [op modules in α-column order]}``.
+        edge_modules: ``{row: [op modules in α-column order]}``; None for an op not computed (a pruned op: its
+            column gets weight 0 in the sum, as the per-op cell's ``active`` list skips it).
         num_ops: K, the α columns.
     """
 
@@ -210,6 +211,8 @@ class SourcePlan(nn.Module):
         by_type = {}
         for k, e in enumerate(self.rows):
             for col, op in enumerate(edge_modules[e]):
+                if op is None:
+                    continue
                 key = _kind_key(op)
                 by_type.setdefault(key, []).append((k, e, col, op))
         terms, cells = [], []
@@ -301,6 +304,8 @@ class CellPlans(nn.Module):
         self.register_buffer("widx", torch.tensor([e * stride + (num_ops if col is None else col) for e, col in cells],
                                                   dtype=torch.long), persistent=False)
         self.sizes = [len(p.terms) * p.n for p in plans]
+        # every state with outgoing edges computes something (a pruned edge keeping only `none` may leave one without)
+        self.complete = all(p.terms or not p.n for p in plans)
 
     def __len__(self):
         return len(self.plans)

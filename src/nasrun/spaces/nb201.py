@@ -81,17 +81,24 @@ class SearchCell(FusedCellMixin, nn.Module):
         self.partial, self.active = partial, None  # active: per edge, the ops still searched (DrNAS pruning)
         self.edges = nn.ModuleDict(
             {e: nn.ModuleList(make_op(o, C // partial, affine, track_running_stats) for o in ops) for e in EDGES})
-        modules = {r: list(self.edges[e]) for r, e in enumerate(EDGES)}
+        self.set_active(None)
+
+    def set_active(self, active):
+        """Compute only the ops ``active[r]`` on edge r (None: all): in the per-op cell and in the fused plans."""
+        self.active = active
+        modules = {r: [op if active is None or o in active[r] else None for o, op in enumerate(self.edges[e])]
+                   for r, e in enumerate(EDGES)}
+        K = len(self.init_args["ops"])
+        device = next(self.parameters(), torch.zeros(())).device
         self.sources = CellPlans([
             SourcePlan([r for r, e in enumerate(EDGES) if e.endswith(f"<-{j}")],
-                       [int(e.split("<-")[0]) for e in EDGES if e.endswith(f"<-{j}")], modules, len(ops))
-            for j in range(MAX_NODES - 1)], len(ops))
+                       [int(e.split("<-")[0]) for e in EDGES if e.endswith(f"<-{j}")], modules, K)
+            for j in range(MAX_NODES - 1)], K).to(device)
 
     def forward(self, x, w):
         if isinstance(w, HardPath):
             return self.forward_hard(x, w)
-        per_edge = self.active is not None  # pruned ops are skipped edge by edge: the per-op cell
-        return self.forward_fused(x, w) if self.fused and not per_edge else self.forward_reference(x, w)
+        return self.forward_fused(x, w) if self.fused and self.sources.complete else self.forward_reference(x, w)
 
     def _edge(self, r, x, w, index=None):
         """Edge ``r``: the mixed op (GDAS: only op ``index``), on the first C/K input channels when partial; the

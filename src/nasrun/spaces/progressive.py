@@ -39,7 +39,7 @@ class ProgressiveSupernet:
     def set_active_ops(self, masks):
         """Compute only the ops with ``masks[key][e, o]`` True on edge e (None: all ops)."""
         for _, cell, key in self.search_cells():
-            cell.active = None if masks is None else [row.nonzero().flatten().tolist() for row in masks[key].cpu()]
+            cell.set_active(None if masks is None else [row.nonzero().flatten().tolist() for row in masks[key].cpu()])
 
     def set_partial(self, partial, gen=None):
         """Rebuild every search cell with K = ``partial`` and fill it from the old cell (see the module doc).
@@ -56,7 +56,8 @@ class ProgressiveSupernet:
                 new.to(memory_format=torch.channels_last)
             remap.update(transfer(cell, new, gen))
             new.train(cell.training)
-            new.fused, new.active = cell.fused, cell.active
+            new.fused = cell.fused
+            new.set_active(cell.active)
             if hasattr(cell, "skip_dropout"):
                 new.skip_dropout = cell.skip_dropout
             if getattr(cell, "_compiled_call_impl", None) is not None:
