@@ -16,7 +16,6 @@ from nasrun.cli import CONF_DIR
 from .conftest import make_cfg, tiny_space
 
 PER_OP = {  # preset → why its cells run the per-op forward
-    "pdarts_stage1": "skip dropout", "pdarts_stage2": "skip dropout", "pdarts_stage3": "skip dropout",
     "gdas_nb201": "hard single-path forward (one sampled op per edge)",
 }
 EAGER = {  # preset → why its step is not captured

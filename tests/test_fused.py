@@ -19,7 +19,9 @@ SPACES = [("nb201", {"C": 4, "N": 1}), ("nb201", {"C": 4, "N": 1, "track_running
           ("nb1shot1_s3", {"C": 4, "layers": 3}), ("nb201", {"C": 4, "N": 1, "partial_channels": 2}),
           ("darts", {"C": 8, "layers": 3, "partial_channels": 4}), ("darts_7op", {"C": 4, "layers": 3, "partial_channels": 2}),
           ("darts", {"C": 4, "layers": 3, "search_drop_path": 0.4, "search_drop_path_ramp": False}),
-          ("darts_s3", {"C": 8, "layers": 3, "search_drop_path": 0.3, "partial_channels": 2})]
+          ("darts_s3", {"C": 8, "layers": 3, "search_drop_path": 0.3, "partial_channels": 2}),
+          ("darts", {"C": 4, "layers": 3, "skip_dropout": 0.6}),
+          ("darts", {"C": 8, "layers": 3, "skip_dropout": 0.6, "search_drop_path": 0.3, "partial_channels": 2})]
 
 
 def close(ref, got, rtol):

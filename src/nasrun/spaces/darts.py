@@ -102,7 +102,8 @@ class SearchCell(FusedCellMixin, nn.Module):
         if isinstance(w, HardPath):
             return self.forward_hard(s0, s1, w)
         drop = drop_prob is not None and self.training
-        if (drop and self.noise_rows) or self.skip_dropout is not None or not self.sources.complete:
+        skip = self.skip_dropout is not None and self.training
+        if ((drop or skip) and self.noise_rows) or not self.sources.complete:
             # per-edge work: the per-op cell
             return self.forward_reference(s0, s1, w, drop_prob)
         if not self.fused:
@@ -143,18 +144,32 @@ class SearchCell(FusedCellMixin, nn.Module):
     def forward_fused(self, s0, s1, w, drop_prob=None):
         states = [self.preprocess0(s0), self.preprocess1(s1)]
         noise = self._draw_noise(states[1][:, :states[1].shape[1] // self.partial])
-        drop = None
-        if drop_prob is not None:  # the per-op forward's masks, drawn in its order (node by node, edge by edge)
-            keep = 1.0 - drop_prob
-            like = states[1]
-            drop = keep, {e: torch.empty(like.size(0), 1, 1, 1, device=like.device, dtype=like.dtype).bernoulli_(keep)
-                          for node in self.by_node for e, _ in node}
+        drop, skip = self._draw_drops(states, drop_prob)
         W, acc = self.sources.gather(w), {}
         for j in range(len(self.sources)):
-            self.sources.run(j, states[j], W, acc, noise, self.partial, w, self.bypass_pool, drop)
+            self.sources.run(j, states[j], W, acc, noise, self.partial, w, self.bypass_pool, drop, skip)
             if j >= 1:
                 states.append(acc[j - 1])
         return torch.cat(states[2:], dim=1)
+
+    def _draw_drops(self, states, drop_prob):
+        """The per-op forward's random masks, drawn in its order (node by node, edge by edge: P-DARTS's dropout on the
+        skip connection inside the edge, then the edge's drop-path), so both forwards drop the same: ``(drop-path
+        (keep, {edge: [B, 1, 1, 1] mask}) or None, {edge: skip dropout scale} or None)``."""
+        skip = {} if self.skip_dropout is not None and self.training else None
+        drop = (1.0 - drop_prob, {}) if drop_prob is not None else None
+        if skip is None and drop is None:
+            return None, None
+        node_like = states[1][:, :, ::2, ::2] if self.reduction else states[1]  # the shape of every node's state
+        for node in self.by_node:
+            for e, j in node:
+                x = states[j] if j < 2 else node_like
+                if skip is not None and any(isinstance(op, Identity) and (self.active is None or o in self.active[e])
+                                            for o, op in enumerate(self.ops[e])):
+                    skip[e] = F.dropout(torch.ones_like(x[:, :x.shape[1] // self.partial]), self.skip_dropout, True)
+                if drop is not None:
+                    drop[1][e] = torch.empty(x.size(0), 1, 1, 1, device=x.device, dtype=x.dtype).bernoulli_(drop[0])
+        return drop, skip
 
     def _draw_noise(self, like):
         """The noise op's draws, in the per-op forward's order (edge by edge), so both forwards see the same."""

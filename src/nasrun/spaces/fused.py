@@ -231,25 +231,30 @@ class SourcePlan(nn.Module):
             self.register_buffer(f"sub{t}", torch.tensor(term.members, dtype=torch.long), persistent=False)
         self.register_buffer("row_index", torch.tensor(self.rows, dtype=torch.long), persistent=False)
 
-    def forward(self, x, W, noise=None):
+    def forward(self, x, W, noise=None, skip=None):
         """``[B, n_edges, C, H, W]``: every outgoing edge's mixed-op output, weighted and summed over ops.
 
         ``W`` is ``[terms, n_edges]``, each term's mixing weight on each outgoing edge (0 where the edge
-        lacks the op), from :class:`CellPlans`; ``noise`` the cell's pre-drawn noise tensors by α row.
+        lacks the op), from :class:`CellPlans`; ``noise`` the cell's pre-drawn noise tensors by α row; ``skip``
+        P-DARTS's pre-drawn dropout scales of the skip connections by α row (the skip term is then per edge).
         """
         src = _Source(x)
         out = None
         W = W.unbind(0)  # one backward op for all terms
         for t, term in enumerate(self.terms):
+            full = term.full
             if term.kind == "shared":
                 f = term.fn(src, term.modules).unsqueeze(1)
+                if skip is not None and isinstance(term.modules[0], Identity):
+                    f = f * torch.stack([skip[e] for e in term.rows], dim=1)
+                    full = len(term.members) == self.n
             elif term.kind == "pool_bn":
                 f = self._pool_bn(src, term)
             elif term.kind == "noise":
                 f = torch.stack([noise[e] for e in term.rows], dim=1)
             else:
                 f = term.fn(src, term.modules).unflatten(1, (len(term.members), -1))
-            if term.full:
+            if full:
                 w = W[t].view(1, -1, 1, 1, 1)
                 out = f * w if out is None else torch.addcmul(out, f, w)
             else:
@@ -315,7 +320,7 @@ class CellPlans(nn.Module):
         flat = (F.pad(w, (0, 1)) if self.needs_zero else w).reshape(-1)
         return [part.view(len(p.terms), p.n) for p, part in zip(self.plans, flat[self.widx].split(self.sizes))]
 
-    def run(self, j, x, W, acc, noise=None, partial=1, w=None, pool=None, drop=None):
+    def run(self, j, x, W, acc, noise=None, partial=1, w=None, pool=None, drop=None, skip=None):
         """Add state j's outgoing edges' contributions to ``acc`` (node → running sum).
 
         ``partial`` K > 1 (PC-DARTS): the ops see the first C/K channels of x; every edge's output is joined by the
@@ -327,10 +332,10 @@ class CellPlans(nn.Module):
         if not plan.n:
             return
         if partial == 1:
-            contrib = plan(x, W[j], noise)
+            contrib = plan(x, W[j], noise, skip)
         else:
             c = x.shape[1] // partial
-            out, rest = plan(x[:, :c], W[j], noise), x[:, c:]
+            out, rest = plan(x[:, :c], W[j], noise, skip), x[:, c:]
             if out.shape[-1] != x.shape[-1]:
                 rest = pool(rest)
             scale = w.index_select(0, plan.row_index).sum(-1).view(1, -1, 1, 1, 1)
