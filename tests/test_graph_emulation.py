@@ -23,12 +23,7 @@ from nasrun.graphs import GraphSet, GraphState, StepGraph, graphs_wanted, set_ca
 from nasrun.search import run_search
 
 from .conftest import make_cfg
-
-
-def batches(n, seed=0, size=8, batch=8):
-    g = torch.Generator().manual_seed(seed)
-    return [tuple((torch.randn(batch, 3, size, size, generator=g), torch.randint(0, 4, (batch,), generator=g))
-                  for _ in range(2)) for _ in range(n)]
+from .test_graphs import batches
 
 
 class Toy:

@@ -12,10 +12,11 @@ from nasrun.errors import UserError
 from .conftest import tiny_method
 
 
-def batches(n, seed=0, size=8):
+def batches(n, seed=0, size=8, batch=8):
+    """``n`` (train, valid) pairs of random 4-class batches."""
     g = torch.Generator().manual_seed(seed)
-    return [tuple((torch.randn(8, 3, size, size, generator=g), torch.randint(0, 4, (8,), generator=g)) for _ in range(2))
-            for _ in range(n)]
+    return [tuple((torch.randn(batch, 3, size, size, generator=g), torch.randint(0, 4, (batch,), generator=g))
+                  for _ in range(2)) for _ in range(n)]
 
 
 def test_graph_key_follows_the_baked_in_values():

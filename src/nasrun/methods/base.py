@@ -85,8 +85,7 @@ class Method(abc.ABC):
     def graph_key(self):
         """Python values a captured step bakes in: the optimisers (identity and hyper-parameters) and the
         supernet's (:meth:`graph_key` of the space's supernet: drop rates, active ops)."""
-        supernet_key = getattr(self.supernet, "graph_key", None)
-        return optimizer_key(self.optimizers()), supernet_key() if supernet_key else None
+        return optimizer_key(self.optimizers()), self.supernet.graph_key()
 
     def reset_graphs(self):
         """Drop captured graphs (after state they point to was replaced, e.g. by a checkpoint load)."""

@@ -53,11 +53,15 @@ def read_edge_ops(path):
                         "of the previous P-DARTS stage") from None
 
 
+def drop_mask(x, keep):
+    """Per-sample keep mask ``[B, 1, 1, 1]`` ~ Bernoulli(keep) for a batch like x (one draw of the device RNG)."""
+    return torch.empty(x.size(0), 1, 1, 1, device=x.device, dtype=x.dtype).bernoulli_(keep)
+
+
 def drop_path(x, p):
     """Zero whole samples with probability p (a float or a 0-d tensor) and rescale the rest (quark0 ``drop_path``)."""
     keep = 1.0 - p
-    mask = torch.empty(x.size(0), 1, 1, 1, device=x.device, dtype=x.dtype).bernoulli_(keep)
-    return x / keep * mask
+    return x / keep * drop_mask(x, keep)
 
 
 class SearchCell(FusedCellMixin, nn.Module):
@@ -92,6 +96,7 @@ class SearchCell(FusedCellMixin, nn.Module):
         edges, K = self.init_args["edges"], len(self.init_args["edge_ops"][0])
         modules = {e: [op if active is None or o in active[e] else None for o, op in enumerate(ops)]
                    for e, ops in enumerate(self.ops)}
+        self.skip_rows = {e for e, ops in modules.items() if any(isinstance(op, Identity) for op in ops)}  # P-DARTS
         device = next(self.parameters()).device
         # state j feeds nodes i with (i, j) in edges; node i is complete once state i+1 has been processed
         self.sources = CellPlans([
@@ -164,11 +169,10 @@ class SearchCell(FusedCellMixin, nn.Module):
         for node in self.by_node:
             for e, j in node:
                 x = states[j] if j < 2 else node_like
-                if skip is not None and any(isinstance(op, Identity) and (self.active is None or o in self.active[e])
-                                            for o, op in enumerate(self.ops[e])):
+                if skip is not None and e in self.skip_rows:
                     skip[e] = F.dropout(torch.ones_like(x[:, :x.shape[1] // self.partial]), self.skip_dropout, True)
                 if drop is not None:
-                    drop[1][e] = torch.empty(x.size(0), 1, 1, 1, device=x.device, dtype=x.dtype).bernoulli_(drop[0])
+                    drop[1][e] = drop_mask(x, drop[0])
         return drop, skip
 
     def _draw_noise(self, like):
