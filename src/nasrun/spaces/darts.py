@@ -15,7 +15,7 @@ from torch import nn
 from ..errors import UserError
 from .base import SearchSpace
 from .darts_genotypes import NAMED, DartsGenotype, DeepGenotype, parse_darts_text
-from .fused import CellPlans, FusedCellMixin, SourcePlan
+from .fused import CellPlans, FusedCellMixin, SourcePlan, pack_parameters
 from .ops import DARTS_OPS, FactorizedReduce, HardPath, Identity, Noise, ReLUConvBN, mixed, mixed_hard, partial_edge
 from .progressive import ProgressiveSupernet
 
@@ -102,6 +102,7 @@ class SearchCell(FusedCellMixin, nn.Module):
         self.sources = CellPlans([
             SourcePlan([e for e, (_, s) in enumerate(edges) if s == j], [n for n, s in edges if s == j], modules, K)
             for j in range(STEPS + 1)], K).to(device)
+        pack_parameters(self)
 
     def forward(self, s0, s1, w, drop_prob=None):
         if isinstance(w, HardPath):

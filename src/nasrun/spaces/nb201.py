@@ -13,7 +13,7 @@ from torch import nn
 
 from ..errors import UserError
 from .base import SearchSpace, genotype_json
-from .fused import CellPlans, FusedCellMixin, SourcePlan
+from .fused import CellPlans, FusedCellMixin, SourcePlan, pack_parameters
 from .ops import HardPath, Identity, Pooling, ReLUConvBN, Zero, mixed, mixed_hard, partial_edge
 from .progressive import ProgressiveSupernet
 
@@ -94,6 +94,7 @@ class SearchCell(FusedCellMixin, nn.Module):
             SourcePlan([r for r, e in enumerate(EDGES) if e.endswith(f"<-{j}")],
                        [int(e.split("<-")[0]) for e in EDGES if e.endswith(f"<-{j}")], modules, K)
             for j in range(MAX_NODES - 1)], K).to(device)
+        pack_parameters(self)
 
     def forward(self, x, w):
         if isinstance(w, HardPath):
