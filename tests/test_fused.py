@@ -6,9 +6,11 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.func import functional_call
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from nasrun.spaces import get_space
-from nasrun.spaces.fused import set_fused
+from nasrun.spaces.fused import SourcePlan, _joined_view, set_fused
 
 SPACES = [("nb201", {"C": 4, "N": 1}), ("nb201", {"C": 4, "N": 1, "track_running_stats": True}),
           ("nb201", {"C": 4, "N": 1, "affine": True, "track_running_stats": True}), ("nb201_noskip", {"C": 4, "N": 1}),
@@ -182,3 +184,80 @@ def test_fused_with_pruned_ops_equals_per_op_float64(name, sizes):
            if not (close(a, b, 1e-10) or max(a.abs().max().item(), b.abs().max().item()) < 1e-12)]
     assert not bad, bad[:4]
     assert all(close(a.double(), b.double(), 1e-10) for a, b in zip(out[0][2].values(), out[1][2].values()))
+
+
+class _OpNames(TorchDispatchMode):
+    """The names of the aten ops run, and the concatenations that read a tensor of ``storages``."""
+
+    def __init__(self, storages):
+        super().__init__()
+        self.names, self.storages, self.joined = [], storages, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(func._schema.name.split("::")[-1])
+        if self.names[-1] in ("cat", "stack"):
+            self.joined += any(t.untyped_storage().data_ptr() in self.storages for t in args[0])
+        return func(*args, **(kwargs or {}))
+
+
+def _slots_packed(net):
+    """For every fused term with several members and every tensor kind: whether its members lie side by side."""
+    return [_joined_view(ts) is not None for plan in net.modules() if isinstance(plan, SourcePlan)
+            for t in plan.convs if len(t.modules) > 1
+            for ts in zip(*(list(m.parameters()) + list(m.buffers()) for m in t.modules)) if ts[0].dim()]
+
+
+@pytest.mark.parametrize("name, sizes", [("nb201", {"C": 4, "N": 1, "track_running_stats": True}),
+                                         ("darts", {"C": 4, "layers": 3})])
+def test_fused_forward_reads_packed_filters_and_statistics(name, sizes):
+    """No per-forward concatenation of filters or BN statistics (issue 21 item 7): the members' tensors are packed
+    side by side at construction and again after ``to()`` (dtype, memory format) and a deep copy, so no ``cat`` or
+    ``stack`` of a training forward reads a parameter or buffer (the reduction cells' factorized-reduce filters are
+    padded to one 2×2 filter first) and running statistics need no write-back copy; the values still follow an
+    optimiser step (they are the parameters' own storage)."""
+    space = get_space(name, **sizes)
+    net = space.build_supernet(10)
+    for copied in (net, net.double(), copy.deepcopy(net), net.to(memory_format=torch.channels_last)):
+        slots = _slots_packed(copied)
+        assert slots and all(slots)
+    net = copy.deepcopy(net)
+    weights = {k: torch.rand(*s, dtype=torch.float64).softmax(-1) for k, s in space.alpha_shapes().items()}
+    x = torch.randn(4, 3, 16, 16, dtype=torch.float64)
+    ref = set_fused(copy.deepcopy(net), False)
+    storages = {t.untyped_storage().data_ptr() for t in [*net.parameters(), *net.buffers()]}
+    with _OpNames(storages) as ops:
+        out = net(x, weights)
+    assert ops.joined == 0 and "_foreach_copy_" not in ops.names
+    loose = copy.deepcopy(net)
+    for t in [*loose.parameters(), *loose.buffers()]:  # each tensor in a storage of its own: concatenated
+        t.data = t.data.clone()
+    with _OpNames({t.untyped_storage().data_ptr() for t in [*loose.parameters(), *loose.buffers()]}) as ops:
+        assert close(loose(x, weights), out, 1e-10)
+    assert ops.joined > 0 and "_foreach_copy_" in ops.names
+    assert close(ref(x, weights), out, 1e-10)
+    assert all(close(a, b, 1e-10) for a, b in zip(ref.buffers(), net.buffers()))  # statistics written in place
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    F.cross_entropy(net(x, weights), torch.arange(4)).backward()
+    opt.step()
+    ref.load_state_dict(net.state_dict())
+    assert close(ref(x, weights), net(x, weights), 1e-10)
+
+
+def test_fused_concatenates_members_that_are_not_packed():
+    """``functional_call`` (second-order DARTS's unrolled weights) swaps in tensors that are not side by side: the
+    fused forward concatenates them, and value and gradients follow the swapped tensors, as the per-op forward."""
+    space = get_space("darts", C=4, layers=3)
+    fused = space.build_supernet(10).double()
+    ref = set_fused(copy.deepcopy(fused), False)
+    params = {n: (p.detach() * 1.5).requires_grad_() for n, p in fused.named_parameters()}
+    assert not _slots_packed(fused) or all(_slots_packed(fused))
+    weights = {k: torch.rand(*s, dtype=torch.float64).softmax(-1) for k, s in space.alpha_shapes().items()}
+    x, y = torch.randn(4, 3, 16, 16, dtype=torch.float64), torch.arange(4)
+    grads = []
+    for net in (ref, fused):
+        loss = F.cross_entropy(functional_call(net, params, (x, weights)), y)
+        grads.append((loss, torch.autograd.grad(loss, list(params.values()))))
+    assert close(grads[0][0], grads[1][0], 1e-10)
+    assert all(close(a, b, 1e-10) for a, b in zip(grads[0][1], grads[1][1]))
+    loss = F.cross_entropy(fused(x, weights), y)
+    assert not close(loss, grads[1][0], 1e-3)  # the swapped tensors were used, not the module's own

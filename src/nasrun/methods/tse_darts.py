@@ -10,7 +10,6 @@ import copy
 
 import torch
 
-from ..spaces.fused import pack_parameters
 from .darts import Darts
 
 
@@ -101,7 +100,7 @@ class TseDarts(Darts):
 
     def _shadow(self):
         if getattr(self, "_shadow_net", None) is None:
-            self._shadow_net = pack_parameters(copy.deepcopy(self.supernet))  # a deep copy clones each parameter alone
+            self._shadow_net = copy.deepcopy(self.supernet)
             self._shadow_opt = torch.optim.SGD(self._shadow_net.parameters(), lr=0.0)
             self._tse_grad = [torch.zeros_like(a) for a in self.arch_parameters()]
         return self._shadow_net, self._shadow_opt

@@ -18,6 +18,8 @@ Parameter names, shapes and BN buffers are those of the per-op modules, so check
 discretisation are unchanged, and ``set_fused(net, False)`` switches back to the reference.
 """
 
+import copy
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -43,13 +45,20 @@ def compile_cells(module):
 
 class FusedCellMixin:
     """Marks a cell with a fused forward; ``fused`` picks it (default on). Its fused terms' tensors are packed
-    (:func:`pack_parameters`) again after every ``to()`` / dtype / memory-format change."""
+    (:func:`pack_parameters`) again after every ``to()`` / dtype / memory-format change and in a deep copy (which
+    clones each parameter on its own)."""
 
     fused = True
 
     def _apply(self, fn, recurse=True):
         super()._apply(fn, recurse)
         return pack_parameters(self)
+
+    def __deepcopy__(self, memo):
+        new = type(self).__new__(type(self))
+        memo[id(self)] = new
+        new.__dict__.update(copy.deepcopy(self.__dict__, memo))
+        return pack_parameters(new)
 
 
 def fused_bn(x, bns, scale=None):
