@@ -217,6 +217,28 @@ def test_gdas_edge_is_straight_through_with_scalar_terms():
     assert torch.allclose(g, torch.tensor([out.numel(), (2 * x).sum().item(), out.numel()], dtype=torch.float64))
 
 
+@pytest.mark.parametrize("space", ["nb201", "darts"])
+def test_gdas_cell_terms_equal_the_per_edge_straight_through(space, monkeypatch):
+    """The hard path's w_k and Σ_{o≠k} w_o computed once per cell type (:meth:`HardPath.edge_terms`) give the value
+    and the α and weight gradients of the per-edge formula of :func:`mixed_hard` (float64)."""
+    from nasrun.spaces.ops import HardPath
+
+    _, sup, m = tiny_method(["method=gdas", f"space={space}"], dtype=torch.float64)
+    x, y = batch(4)
+    out = []
+    for per_edge in (False, True):
+        with monkeypatch.context() as mp:
+            if per_edge:  # the old per-edge arithmetic: a select and a sum for every edge of every cell
+                mp.setattr(HardPath, "edge_terms",
+                           lambda self: [(w, w[k], w.sum() - w[k]) for w, k in zip(self.weights, self.index)])
+            torch.manual_seed(3)
+            weights = m.edge_weights()
+            loss = F.cross_entropy(sup(x, weights), y)
+            out.append(torch.autograd.grad(loss, [*m.arch_parameters(), *sup.parameters()], allow_unused=True))
+    pairs = [(a, b) for a, b in zip(*out) if a is not None or b is not None]
+    assert pairs and all(a is not None and b is not None and torch.allclose(a, b, rtol=1e-12, atol=1e-14) for a, b in pairs)
+
+
 def test_gdas_samples_by_gumbel_max_and_anneals_tau():
     """The sampled op follows softmax(α) (Gumbel-max, whatever τ); the hard path's value equals the per-op cell
     with one-hot weights; τ runs 10 → 0.1 linearly."""

@@ -19,8 +19,6 @@ PER_OP = {  # preset → why its cells run the per-op forward
     "gdas_nb201": "hard single-path forward (one sampled op per edge)",
 }
 EAGER = {  # preset → why its step is not captured
-    "drnas_nb201": "Dirichlet sampling in the step", "drnas_darts": "Dirichlet sampling in the step",
-    "drnas_progressive_nb201": "Dirichlet sampling in the step",
     "gdas_nb201": "the sampled op is read on the host",
 }
 PRESETS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))

@@ -266,6 +266,9 @@ CASES = {
                      "method.stage_partial_channels=[2,1]", "method.stage_keep=[5,3]"],  # prune + widen at epoch 1
     "darts+pt": ["method=darts", "selector=pt", "selector.proj_intv=1", "selector.max_valid_batches=2"],
     "nb1shot1": ["method=darts", "space=nb1shot1_s1"],
+    "drnas": ["method.reg_type=kl"],  # Dirichlet draws inside the step
+    "drnas+progressive": ["method=drnas", "space.partial_channels=2", "method.stage_epochs=[1,2]",
+                          "method.stage_partial_channels=[2,1]", "method.stage_keep=[5,3]"],
 }
 CONSTANT = {"ex_darts"}  # a constant learning rate and nothing else that changes: one capture serves the run
 SLOW_CASES = {

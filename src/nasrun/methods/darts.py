@@ -150,10 +150,6 @@ class Darts(Method):
     def graph_key(self):
         return (super().graph_key(), self.train_arch)  # a captured step does (or skips) the α step
 
-    @property
-    def graph_safe(self):
-        return self.relaxation == "softmax"  # Dirichlet sampling draws from the device RNG inside the step
-
     @staticmethod
     def concentration(alpha):
         """DrNAS's Dirichlet concentration β = ELU(α) + 1 (positive, and 1 at α = 0)."""
@@ -162,7 +158,9 @@ class Darts(Method):
     def edge_weights(self, alphas=None):
         alphas = self.alphas if alphas is None else alphas
         if self.relaxation == "dirichlet":
-            return self.pruned({k: Dirichlet(self.concentration(a)).rsample() for k, a in alphas.items()})
+            # drawn on the device from its default generator (graph-safe); no argument validation: it reads the host
+            return self.pruned({k: Dirichlet(self.concentration(a), validate_args=False).rsample()
+                                for k, a in alphas.items()})
         return self.pruned({k: F.softmax(a, dim=-1) for k, a in alphas.items()})
 
     def hessian_weights(self):

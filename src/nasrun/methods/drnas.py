@@ -43,8 +43,9 @@ class DrNas(Darts):
 
     def kl_reg(self):
         """reg_scale · Σ_edges KL(Dir(β) ‖ Dir(1))."""
-        return self.reg_scale * sum(kl_divergence(Dirichlet(self.concentration(a)), Dirichlet(torch.ones_like(a))).sum()
-                                    for a in self.arch_parameters())
+        return self.reg_scale * sum(kl_divergence(Dirichlet(self.concentration(a), validate_args=False),
+                                                  Dirichlet(torch.ones_like(a), validate_args=False)).sum()
+                                    for a in self.arch_parameters())  # no validation: it reads the host
 
     def first_order_grad(self, valid_batch):
         x, y = valid_batch

@@ -16,7 +16,8 @@ from ..errors import UserError
 from .base import SearchSpace
 from .darts_genotypes import NAMED, DartsGenotype, DeepGenotype, parse_darts_text
 from .fused import CellPlans, FusedCellMixin, SourcePlan, pack_parameters
-from .ops import DARTS_OPS, FactorizedReduce, HardPath, Identity, Noise, ReLUConvBN, mixed, mixed_hard, partial_edge
+from .ops import (DARTS_OPS, FactorizedReduce, HardPath, Identity, Noise, ReLUConvBN, add_all, mixed, mixed_hard,
+                  partial_edge)
 from .progressive import ProgressiveSupernet
 
 STEPS = 4
@@ -116,7 +117,7 @@ class SearchCell(FusedCellMixin, nn.Module):
             return self.forward_reference(s0, s1, w, drop_prob)
         return self.forward_fused(s0, s1, w, drop_prob if drop else None)
 
-    def _edge(self, e, x, w, index=None):
+    def _edge(self, e, x, w, index=None, terms=None):
         """One edge: the mixed op (GDAS: only op ``index``); with partial channels (PC-DARTS) only the first
         C/K channels go through it, the rest bypass (max-pooled in a reduction) scaled by the edge's weight
         sum (its edge normalisation β when the method folds β into w), then the channels are shuffled."""
@@ -126,7 +127,7 @@ class SearchCell(FusedCellMixin, nn.Module):
             if self.skip_dropout is not None and index is None:
                 return sum(w[o] * (F.dropout(op(part), self.skip_dropout, self.training) if isinstance(op, Identity)
                                    else op(part)) for o, op in enumerate(ops) if active is None or o in active)
-            return mixed(ops, part, w, active) if index is None else mixed_hard(ops, part, w, index)
+            return mixed(ops, part, w, active) if index is None else mixed_hard(ops, part, w, index, terms)
 
         return partial_edge(x, self.partial, mix, w, self.bypass_pool)
 
@@ -143,8 +144,9 @@ class SearchCell(FusedCellMixin, nn.Module):
     def forward_hard(self, s0, s1, path):
         """GDAS: each edge runs only its sampled op (:func:`~nasrun.spaces.ops.mixed_hard`)."""
         states = [self.preprocess0(s0), self.preprocess1(s1)]
+        terms = path.edge_terms()
         for node in self.by_node:
-            states.append(sum(self._edge(e, states[j], path.weights[e], path.index[e]) for e, j in node))
+            states.append(add_all(self._edge(e, states[j], terms[e][0], path.index[e], terms[e][1:]) for e, j in node))
         return torch.cat(states[2:], dim=1)
 
     def forward_fused(self, s0, s1, w, drop_prob=None):

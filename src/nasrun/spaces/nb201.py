@@ -14,7 +14,7 @@ from torch import nn
 from ..errors import UserError
 from .base import SearchSpace, genotype_json
 from .fused import CellPlans, FusedCellMixin, SourcePlan, pack_parameters
-from .ops import HardPath, Identity, Pooling, ReLUConvBN, Zero, mixed, mixed_hard, partial_edge
+from .ops import HardPath, Identity, Pooling, ReLUConvBN, Zero, add_all, mixed, mixed_hard, partial_edge
 from .progressive import ProgressiveSupernet
 
 NB201_OPS = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
@@ -101,13 +101,13 @@ class SearchCell(FusedCellMixin, nn.Module):
             return self.forward_hard(x, w)
         return self.forward_fused(x, w) if self.fused and self.sources.complete else self.forward_reference(x, w)
 
-    def _edge(self, r, x, w, index=None):
+    def _edge(self, r, x, w, index=None, terms=None):
         """Edge ``r``: the mixed op (GDAS: only op ``index``), on the first C/K input channels when partial; the
         bypassed channels are scaled by the edge's weight sum (1, or PC-DARTS's β̂ when folded into w) and
         shuffled back in."""
         ops, active = self.edges[EDGES[r]], None if self.active is None else self.active[r]
         return partial_edge(x, self.partial, lambda part: mixed(ops, part, w, active) if index is None
-                            else mixed_hard(ops, part, w, index), w)
+                            else mixed_hard(ops, part, w, index, terms), w)
 
     @property
     def ops(self):
@@ -123,10 +123,11 @@ class SearchCell(FusedCellMixin, nn.Module):
 
     def forward_hard(self, x, path):
         """GDAS: each edge runs only its sampled op (:func:`~nasrun.spaces.ops.mixed_hard`)."""
-        nodes = [x]
+        nodes, terms = [x], path.edge_terms()
         for i in range(1, MAX_NODES):
             rows = [EDGES.index(f"{i}<-{j}") for j in range(i)]
-            nodes.append(sum(self._edge(r, nodes[j], path.weights[r], path.index[r]) for j, r in enumerate(rows)))
+            nodes.append(add_all(self._edge(r, nodes[j], terms[r][0], path.index[r], terms[r][1:])
+                                 for j, r in enumerate(rows)))
         return nodes[-1]
 
     def forward_fused(self, x, w):

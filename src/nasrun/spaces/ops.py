@@ -56,16 +56,36 @@ class HardPath:
     the relaxed sample (straight-through), and ``index``, the sampled op of each edge (host ints)."""
 
     def __init__(self, weights, index):
-        self.weights, self.index = weights, list(index)
+        self.weights, self.index, self._terms = weights, list(index), None
 
     def detach(self):
         return HardPath(self.weights.detach(), self.index)
 
+    def edge_terms(self):
+        """Per edge ``(w row, w_k, Σ_{o≠k} w_o)`` of :func:`mixed_hard`, computed once for every cell of the type (a
+        handful of kernels per step instead of a handful per edge)."""
+        if self._terms is None:
+            k = torch.tensor(self.index, device=self.weights.device).unsqueeze(1)
+            w_k = self.weights.gather(1, k).squeeze(1)
+            rest = self.weights.sum(1) - w_k
+            self._terms = list(zip(self.weights.unbind(0), w_k.unbind(0), rest.unbind(0)))
+        return self._terms
 
-def mixed_hard(ops, x, w, k):
+
+def mixed_hard(ops, x, w, k, terms=None):
     """GDAS edge (Dong & Yang 2019; AutoDL ``forward_gdas``): w_k·op_k(x) + Σ_{o≠k} w_o, where the w_o (o ≠ k) are
-    zero-valued scalars that still carry gradient to α; only op k runs."""
-    return ops[k](x) * w[k] + (w.sum() - w[k])
+    zero-valued scalars that still carry gradient to α; only op k runs. ``terms``: ``(w_k, Σ_{o≠k} w_o)`` when
+    already computed (:meth:`HardPath.edge_terms`)."""
+    w_k, rest = terms if terms is not None else (w[k], w.sum() - w[k])
+    return ops[k](x) * w_k + rest
+
+
+def add_all(tensors):
+    """Σ of the tensors, without the ``0 +`` kernel of Python's ``sum``."""
+    out = None
+    for t in tensors:
+        out = t if out is None else out + t
+    return out
 
 
 def mixed(ops, x, w, active=None):
