@@ -261,3 +261,21 @@ def test_fused_concatenates_members_that_are_not_packed():
     assert all(close(a, b, 1e-10) for a, b in zip(grads[0][1], grads[1][1]))
     loss = F.cross_entropy(fused(x, weights), y)
     assert not close(loss, grads[1][0], 1e-3)  # the swapped tensors were used, not the module's own
+
+
+def test_fused_mix_keeps_float32_weights_under_bf16_autocast():
+    """Under bf16 autocast the batched mix of the pools and skip runs in the weights' float32 (as the per-op
+    w · op(x) does): a change of the skip weight far below bf16's resolution (2⁻⁸) still moves the output, and
+    the output matches the per-op cell's to bf16 accuracy."""
+    space = get_space("nb201", C=4, N=1)
+    net = space.build_supernet(10)
+    ref = set_fused(copy.deepcopy(net), False)
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 16, 16)
+    w = torch.rand(6, 5).softmax(-1)
+    nudged = w.clone()
+    nudged[:, 1] *= 1 + 1e-4  # skip_connect
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        a, b, r = net(x, {"normal": w}), net(x, {"normal": nudged}), ref(x, {"normal": w})
+    assert not torch.equal(a, b)
+    assert close(r.float(), a.float(), 3e-2)

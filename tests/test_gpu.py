@@ -30,10 +30,11 @@ def test_augment_on_cuda_equals_cpu():
     assert torch.allclose(aug(x, params), aug(x.cuda(), params).cpu(), atol=1e-5)
 
 
-# drnas and gdas are eager by design (Dirichlet sampling on the device RNG; GDAS reads its sampled ops on the host)
+# gdas is eager by design (it reads its sampled ops on the host); drnas draws its Dirichlet sample inside the captured
+# step (the CUDA generator's graph-safe philox offsets: replays must not repeat the draws)
 GRAPH_METHODS = ["darts", "darts_2nd", "tse_darts", "amended_darts", "sp_darts", "ex_darts", "fixed_alpha", "sdarts_rs",
-                 "sdarts_adv", "rsps", "pc_darts", "sgas", "snas", "pdarts", "gaea", "darts+stages", "snas+resource",
-                 "darts+arch_start"]
+                 "sdarts_adv", "rsps", "pc_darts", "sgas", "snas", "pdarts", "gaea", "drnas", "darts+stages",
+                 "snas+resource", "darts+arch_start"]
 # variants: a progressive search whose second stage (epoch 2) prunes and widens K 2 → 1 (the step is recaptured on the
 # rebuilt cells), SNAS with its resource penalty in the captured step, α steps that begin at epoch 2 (a new code path)
 VARIANTS = {"darts+stages": ["space.partial_channels=2", "method.stage_epochs=[2,8]", "method.stage_partial_channels=[2,1]",

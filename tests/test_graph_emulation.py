@@ -267,6 +267,7 @@ CASES = {
     "darts+pt": ["method=darts", "selector=pt", "selector.proj_intv=1", "selector.max_valid_batches=2"],
     "nb1shot1": ["method=darts", "space=nb1shot1_s1"],
     "drnas": ["method.reg_type=kl"],  # Dirichlet draws inside the step
+    "tse_darts+dirichlet": ["method=tse_darts", "method.relaxation=dirichlet", "method.inner_steps=2"],  # TSE-DrNAS
     "drnas+progressive": ["method=drnas", "space.partial_channels=2", "method.stage_epochs=[1,2]",
                           "method.stage_partial_channels=[2,1]", "method.stage_keep=[5,3]"],
 }

@@ -5,14 +5,16 @@ reference and own every parameter; this module only evaluates them differently. 
 not per edge:
 
 - ReLU once (every conv op of every outgoing edge starts with ReLU of the same tensor);
-- the outgoing edges' convolutions of one op as one convolution, their filters concatenated at forward
-  time (NB201: one plain conv; DARTS: depthwise stages as one grouped conv over the edges' copies of the
-  input, pointwise stages as one conv with ``groups = edges``);
-- one BatchNorm call over the concatenated channels (BN is per channel, so this is exact; running
-  statistics are written back to the per-edge modules);
+- the outgoing edges' convolutions of one op as one convolution (NB201: one plain conv; DARTS: depthwise
+  stages as one grouped conv over the edges' copies of the input, pointwise stages as one conv with
+  ``groups = edges``), their filters stored side by side (:func:`pack_parameters`) and read as one view;
+- one BatchNorm call over the edges' channels (BN is per channel, so this is exact), its running
+  statistics a view of the per-edge buffers, updated in place;
 - parameter-free ops (skip, pools, and the DARTS pools' BN in training mode) once per source;
 - ``none`` never computed (its α still gets the exact gradient, through the softmax);
-- the weighted sum of all outgoing edges as one broadcast multiply-add chain.
+- the mixing: a conv op's weight is its final BatchNorm's per-channel scale (no kernel of its own, the
+  gradient from BN's backward), and the ops whose output is the same on every edge are mixed for all
+  outgoing edges by one batched matmul.
 
 Parameter names, shapes and BN buffers are those of the per-op modules, so checkpoints, op masking and
 discretisation are unchanged, and ``set_fused(net, False)`` switches back to the reference.
@@ -294,7 +296,17 @@ def _factorized_reduce(src, mods, scale):
     return fused_bn(F.conv2d(src.relu, w, stride=2), [m.bn for m in mods], scale)
 
 
-_COLUMN_ORDER = {"shared": 0, "pool_bn": 1, "noise": 3}  # identity: 2
+def _mix(weights, features):
+    """``weights @ features`` (batched), in the weights' precision: under bf16 autocast a matmul would round the
+    mixing weights and their gradient to bf16, where the per-op ``w · op(x)`` keeps them in float32."""
+    device = features.device.type
+    if not torch.is_autocast_enabled(device):
+        return torch.bmm(weights, features)
+    with torch.autocast(device, enabled=False):
+        return torch.bmm(weights, features.to(weights.dtype))
+
+
+_COLUMN_ORDER = {"shared": 0, "pool_bn": 1, "identity": 2, "noise": 3}
 
 
 class SourcePlan(nn.Module):
@@ -333,7 +345,7 @@ class SourcePlan(nn.Module):
             (convs if term.kind == "edges" else columns).append(term)
         # the batched mix takes the leading columns whose output is the same on every edge: pools first, then pool+BN
         # (per edge in evaluation mode), then identity (per edge under P-DARTS's skip dropout), then noise
-        columns.sort(key=lambda t: 2 if isinstance(t.modules[0], Identity) else _COLUMN_ORDER[t.kind])
+        columns.sort(key=lambda t: _COLUMN_ORDER["identity" if isinstance(t.modules[0], Identity) else t.kind])
         self.columns, self.convs = columns, convs
         # (α row, α column or None: weight 0) in the order of the gathered weights
         self.index_cells = [(e, t.cols.get(k)) for k, e in enumerate(self.rows) for t in columns]
@@ -370,7 +382,7 @@ class SourcePlan(nn.Module):
             stacked = torch.stack(shared, 1) if k > 1 else shared[0].unsqueeze(1)
             B = stacked.shape[0]
             mix = cols if k == len(self.columns) else cols[:, :k]
-            out = torch.bmm(mix.expand(B, -1, -1), stacked.flatten(2)).view(B, self.n, *stacked.shape[2:])
+            out = _mix(mix.expand(B, -1, -1), stacked.flatten(2)).view(B, self.n, *stacked.shape[2:])
         for s, f, full in per_edge:
             out = self._add(out, f, full, cols[:, s], s)
         for t, term in enumerate(self.convs):
