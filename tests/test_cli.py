@@ -389,3 +389,51 @@ def test_a_full_disk_never_truncates_the_checkpoint(tmp_path):
     again = nasrun(*args)
     assert again.returncode == 0, again.stderr
     assert "resuming" in again.stdout + again.stderr and torch.load(run / "checkpoint.pt", weights_only=False)["finished"]
+
+
+def test_a_run_directory_belongs_to_the_command_that_made_it(tmp_path):
+    """Issue 22 §1: a refused command writes nothing into the run it was pointed at (Hydra's .hydra/ included), so
+    `nasrun rerun` still reads the run's own overrides; select and eval never write into a search run; the same
+    command with the same config goes on (here: it is complete)."""
+    run = tmp_path / "run"
+    first = nasrun("search", *TINY, "trainer.epochs=1", f"hydra.run.dir={run}")
+    assert first.returncode == 0, first.stderr
+    files = [".hydra/overrides.yaml", ".hydra/config.yaml", "config.yaml", "summary.json", "genotype.json"]
+    before = {f: (run / f).read_bytes() for f in files}
+    assert_user_error(nasrun("search", *TINY, "trainer.epochs=1", "seed=3", f"hydra.run.dir={run}"),
+                      "holds a run with a different config (seed: 0 -> 3)")
+    assert_user_error(nasrun("select", f"run={run}", "selector=argmax", f"hydra.run.dir={run}"),
+                      "holds a nasrun search run; nasrun select never writes into another command's run")
+    assert_user_error(nasrun("eval", f"genotype={ARCH}", "benchmark=none", f"hydra.run.dir={run}"),
+                      "holds a nasrun search run")
+    assert {f: (run / f).read_bytes() for f in files} == before
+    again = nasrun("rerun", str(run))
+    assert again.returncode == 0 and "run already complete" in again.stdout + again.stderr, again.stderr
+    same = nasrun("search", *TINY, "trainer.epochs=1", "trainer.progress=true", f"hydra.run.dir={run}")
+    assert same.returncode == 0 and "run already complete" in same.stdout + same.stderr  # progress: resume-free
+
+
+def test_a_sweep_is_never_rewritten_by_another_and_status_follows_the_last_attempt(tmp_path):
+    """Issue 22 §1: re-running a sweep into its folder with one override changed is refused before anything is
+    written (finished jobs stay finished); a job run again alone (`nasrun rerun`) updates its status.json; a
+    temporary file left by a write killed before its rename is removed at the next start."""
+    sweep = tmp_path / "sweep"
+    args = ["search", "-m", "seed=0,1", *TINY, "trainer.epochs=1", f"hydra.sweep.dir={sweep}"]
+    assert nasrun(*args).returncode == 0
+    overrides = (sweep / "0" / ".hydra" / "overrides.yaml").read_bytes()
+    assert_user_error(nasrun(*args, "method.w_lr=0.1"), "holds a sweep with other overrides",
+                      "rerun it with the same overrides")
+    assert [json.loads((sweep / str(i) / "status.json").read_text())["status"] for i in (0, 1)] == ["finished"] * 2
+    assert (sweep / "0" / ".hydra" / "overrides.yaml").read_bytes() == overrides
+    job = sweep / "1"
+    for name in ("summary.json", "checkpoint.pt"):
+        (job / name).unlink()
+    status = json.loads((job / "status.json").read_text())
+    (job / "status.json").write_text(json.dumps({**status, "status": "failed", "error": "killed"}))
+    (job / ".checkpoint.pt.x1y2.tmp").write_bytes(b"half a checkpoint")
+    rerun = nasrun("rerun", str(job))
+    assert rerun.returncode == 0, rerun.stderr
+    status = json.loads((job / "status.json").read_text())
+    assert status["status"] == "finished" and status["error"] is None and status["job"] == 1
+    assert not list(job.glob(".*.tmp"))
+    assert nasrun(*args).returncode == 0  # the same sweep again: every job complete

@@ -48,12 +48,16 @@ def _guard(fn, cfg):
 
         return guarded_job(fn, cfg, hc.runtime.output_dir, hc.job.num)
     from .engine import console
+    from .sweep import note_rerun
 
+    out = hc.runtime.output_dir
     try:
-        return fn(cfg, hc.runtime.output_dir)
+        summary = fn(cfg, out)
     except UserError as exc:
+        note_rerun(out, "failed", str(exc))
         fail(str(exc))
     except Interrupted as exc:
+        note_rerun(out, "interrupted", str(exc))
         print(f"nasrun: {exc}", file=sys.stderr)
         sys.exit(3)
     except OSError as exc:
@@ -61,6 +65,9 @@ def _guard(fn, cfg):
         if message is None:
             raise
         fail(message)
+    else:
+        note_rerun(out, "finished", summary=summary)
+        return summary
     finally:
         console.log_path = None  # later lines are not the run's
 
@@ -124,9 +131,17 @@ def check_overrides(config_name, args):
                     fail(f"unknown {group} '{v}'; choose one of: {', '.join(options)}")
         if not key.lstrip("+~").startswith("hydra"):
             plain.append(arg)
+    target = None
     if not any(a in ("-h", "--help", "--hydra-help", "-c", "--cfg", "-i", "--info", "--shell-completion", "-sc")
                for a in args):  # these only print: no output directory
-        check_output_dir(config_name, args, multirun)
+        target = check_output_dir(config_name, args, multirun)
+    if multirun and target is not None:
+        from .rundir import check_sweep_target
+
+        try:
+            check_sweep_target(target, config_name, plain)
+        except UserError as exc:
+            fail(str(exc))
     if multirun or any(a.startswith("-") for a in args):
         return
     from hydra import compose, initialize_config_dir
@@ -159,13 +174,19 @@ def check_overrides(config_name, args):
             from .search import preflight
 
             preflight(cfg)
+        if target is not None:
+            from omegaconf import OmegaConf
+
+            from .rundir import check_run_target
+
+            check_run_target(target, config_name, OmegaConf.to_container(cfg, resolve=True))
     except UserError as exc:
         fail(str(exc))
 
 
 def check_output_dir(config_name, args, multirun):
     """Refuse in one line an output place that cannot be written (read-only, no permission) before Hydra tries to
-    create the run or sweep directory there (it would end in a traceback)."""
+    create the run or sweep directory there (it would end in a traceback); returns that place (None if unknown)."""
     import tempfile
 
     from hydra import compose, initialize_config_dir
@@ -177,7 +198,7 @@ def check_output_dir(config_name, args, multirun):
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             hc = compose(config_name=config_name, overrides=wanted, return_hydra_config=True).hydra
     except Exception:  # noqa: BLE001 - composition errors are reported by the full check
-        return
+        return None
     target = Path(hc.sweep.dir if multirun else hc.run.dir).expanduser().absolute()
     existing = next(p for p in [target, *target.parents] if p.exists())
     try:
@@ -188,6 +209,7 @@ def check_output_dir(config_name, args, multirun):
         key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
         fail(f"cannot write the output directory {target} ({exc.strerror or exc} at {existing}); choose a writable "
              f"place with {key}=...")
+    return target
 
 
 def bench_main(argv):

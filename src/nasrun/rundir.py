@@ -34,6 +34,80 @@ def config_diff(old, new):
             if a.get(k) != b.get(k) and not k.startswith(RESUME_FREE)]
 
 
+def run_kind(path):
+    """The command that made the run (or sweep) directory ``path`` (``search``, ``eval``, ``select``), or None when it
+    holds no nasrun run."""
+    path = Path(path)
+    sources = ((path / ".hydra" / "hydra.yaml", lambda c: c.hydra.job.name), (path / "multirun.yaml", lambda c: c.hydra.job.name),
+               (path / "config.yaml", lambda c: c.get("task_name")))
+    for file, read in sources:
+        if file.exists():
+            try:
+                kind = read(OmegaConf.load(file))
+            except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
+                raise UserError(f"{file} is unreadable ({type(exc).__name__}); give another output directory") from None
+            return None if kind is None else str(kind)
+    return None
+
+
+def lock_holder(path):
+    """Who holds ``<path>/.lock`` (a run in progress), or None; the lock is taken and released at once."""
+    import fcntl
+
+    lock = Path(path) / ".lock"
+    if not lock.exists():
+        return None
+    with open(lock) as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return f.read().strip() or "another process"
+        fcntl.flock(f, fcntl.LOCK_UN)
+    return None
+
+
+def check_run_target(path, kind, config):
+    """Refuse, before anything is written into an existing directory ``path`` (Hydra's ``.hydra/`` included), a
+    command that may not continue the run there: a run of another command, a run still in progress, or one whose
+    config differs from ``config`` (the resolved config of this command) other than in :data:`RESUME_FREE`."""
+    path = Path(path).expanduser()
+    if not path.is_dir():
+        return
+    other = run_kind(path)
+    if other is None:
+        return
+    if other != kind:
+        raise UserError(f"{path} holds a nasrun {other} run; nasrun {kind} never writes into another command's run: "
+                        "give another hydra.run.dir")
+    holder = lock_holder(path)
+    if holder:
+        raise UserError(f"run directory {path} is in use by {holder}; wait for it to finish (or stop it), or give "
+                        "another hydra.run.dir")
+    saved = path / "config.yaml"
+    if saved.exists():
+        diff = config_diff(OmegaConf.to_container(OmegaConf.load(saved)), config)
+        if diff:
+            raise UserError(f"{path} holds a run with a different config ({'; '.join(diff)}); use another "
+                            "hydra.run.dir or the original overrides to resume")
+
+
+def check_sweep_target(path, kind, overrides):
+    """Refuse, before anything is written, a sweep into an existing sweep folder made by another command or with
+    other overrides (a re-run with the same overrides resumes it: finished jobs are skipped)."""
+    path = Path(path).expanduser()
+    if not (path / "multirun.yaml").exists():
+        return
+    other = run_kind(path)
+    if other != kind:
+        raise UserError(f"{path} holds a nasrun {other} sweep; nasrun {kind} never writes into another command's "
+                        "sweep: give another hydra.sweep.dir")
+    old = [str(o) for o in OmegaConf.load(path / "multirun.yaml").hydra.overrides.task]
+    kept = [sorted(o for o in x if not o.lstrip("+~").split("=", 1)[0].startswith(RESUME_FREE)) for x in (old, overrides)]
+    if kept[0] != kept[1]:
+        raise UserError(f"{path} holds a sweep with other overrides (was: {' '.join(old)}); rerun it with the same "
+                        "overrides to resume it, or give another hydra.sweep.dir")
+
+
 class RunDir:
     """One run's directory. ``checkpoint.pt`` is written atomically; ``metrics.jsonl`` has one line per epoch."""
 
@@ -41,6 +115,8 @@ class RunDir:
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         self._lock = self._acquire()
+        for stale in self.path.glob(".*.tmp"):  # a write killed before its rename (we hold the lock: nobody writes)
+            stale.unlink(missing_ok=True)
         self.config = OmegaConf.to_container(cfg, resolve=True)
         self.ckpt = self.path / "checkpoint.pt"
         self.metrics = self.path / "metrics.jsonl"

@@ -71,6 +71,19 @@ def print_row(row):
                   f"{detail}", soft_wrap=True)
 
 
+def note_rerun(run_dir, status, error=None, summary=None):
+    """A job of a sweep run again alone (``nasrun rerun``): its ``status.json`` follows this attempt."""
+    path = Path(run_dir) / STATUS
+    if not path.exists():
+        return
+    try:
+        job = json.loads(path.read_text()).get("job")
+    except (OSError, ValueError):
+        job = Path(run_dir).name
+    with contextlib.suppress(OSError):
+        record_job(run_dir, job, status, error, summary)
+
+
 def guarded_job(fn, cfg, run_dir, job):
     """Run one job of a sweep; every failure becomes a ``failed`` status instead of an exception."""
     from .errors import Interrupted
