@@ -437,3 +437,71 @@ def test_a_sweep_is_never_rewritten_by_another_and_status_follows_the_last_attem
     assert status["status"] == "finished" and status["error"] is None and status["job"] == 1
     assert not list(job.glob(".*.tmp"))
     assert nasrun(*args).returncode == 0  # the same sweep again: every job complete
+
+
+def _start(args, ready, timeout=120):
+    """Start ``nasrun *args`` and wait until the file ``ready`` exists (a first checkpoint)."""
+    proc = subprocess.Popen(NASRUN + list(args), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + timeout
+    while not ready.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert ready.exists(), proc.communicate()[1]
+    return proc
+
+
+def test_ctrl_c_checkpoints_and_names_the_command_that_resumes(tmp_path):
+    """Issue 22 §2: Ctrl-C (SIGINT) in a single run checkpoints at the next step and exits 130 with one line naming
+    `nasrun rerun RUN`, which resumes it to the end."""
+    run = tmp_path / "run"
+    proc = _start(["search", *TINY, "trainer.epochs=200", "dataset.synthetic.n_train=256", f"hydra.run.dir={run}"],
+                  run / "checkpoint.pt")
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("nasrun: received SIGINT; checkpoint written") and f"resume with: nasrun rerun {run}" in last
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=False)
+    assert not ckpt["finished"] and ckpt["epoch"] < 200
+
+
+def test_a_second_ctrl_c_exits_at_once():
+    """The first Ctrl-C asks for a checkpoint at the next step; a second one, before it, leaves at once (130)."""
+    code = ("import os, signal, time\nfrom nasrun.engine import StopFlag\nwith StopFlag() as stop:\n"
+            "    os.kill(os.getpid(), signal.SIGINT)\n    time.sleep(0.2)\n    assert stop.signal == 'SIGINT'\n"
+            "    os.kill(os.getpid(), signal.SIGINT)\n    time.sleep(5)\nprint('not reached')\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, timeout=60)
+    assert proc.returncode == 130 and "not reached" not in proc.stdout
+    assert proc.stderr.strip().splitlines() == ["nasrun: second Ctrl-C: exiting now; the last checkpoint is intact "
+                                                "(rerun to resume from it)"]
+
+
+@pytest.mark.parametrize("launcher, sig", [("basic", signal.SIGINT),
+                                           pytest.param("parallel", signal.SIGTERM, marks=pytest.mark.slow)])
+def test_a_signal_to_the_sweep_master_stops_the_sweep(tmp_path, launcher, sig):
+    """Issue 22 §2: SIGINT/SIGTERM to a sweep's master checkpoints the running job(s) at the next step, marks them
+    interrupted, starts no new job and exits 130/3 with one line naming the command that resumes; that command
+    resumes the interrupted jobs and runs the rest."""
+    sweep = tmp_path / "sweep"
+    args = ["search", "-m", f"hydra/launcher={launcher}", "seed=0,1,2", *TINY, "trainer.epochs=40",
+            "dataset.synthetic.n_train=256", f"hydra.sweep.dir={sweep}"]
+    if launcher == "parallel":
+        args.insert(3, "hydra.launcher.n_jobs=2")
+    proc = _start(args, sweep / "0" / "checkpoint.pt")
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == (130 if sig == signal.SIGINT else 3), err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"nasrun: sweep stopped by {signal.Signals(sig).name}") and "no new job started" in last
+    resume = last.split("resume with: nasrun ", 1)[1].split()
+    status = json.loads((sweep / "0" / "status.json").read_text())
+    assert status["status"] == "interrupted" and "checkpoint written" in status["error"]
+    if launcher == "basic":
+        assert not (sweep / "1").exists() and not (sweep / "2").exists()  # no new job started
+    else:
+        assert json.loads((sweep / "2" / "status.json").read_text())["status"] == "interrupted"
+    assert not torch.load(sweep / "0" / "checkpoint.pt", weights_only=False)["finished"]
+    again = nasrun(*resume, timeout=600)
+    assert again.returncode == 0, again.stderr
+    assert [json.loads((sweep / str(i) / "status.json").read_text())["status"] for i in range(3)] == ["finished"] * 3
+    assert "resuming" in (sweep / "0" / "search.log").read_text()

@@ -6,6 +6,7 @@ functions are three-line wrappers around :func:`nasrun.search.run_search` / :fun
 
 import argparse
 import re
+import shlex
 import sys
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 
-from .errors import Interrupted, UserError, write_error
+from .errors import Interrupted, UserError, exit_code, write_error
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"
 GROUPS = ("space", "method", "selector", "stop", "dataset", "trainer", "benchmark", "retrain", "experiment")
@@ -58,8 +59,13 @@ def _guard(fn, cfg):
         fail(str(exc))
     except Interrupted as exc:
         note_rerun(out, "interrupted", str(exc))
-        print(f"nasrun: {exc}", file=sys.stderr)
-        sys.exit(3)
+        print(f"nasrun: {exc}; resume with: nasrun rerun {shlex.quote(str(out))}", file=sys.stderr)
+        sys.exit(exit_code(exc.signal))
+    except KeyboardInterrupt:  # Ctrl-C outside the epoch loop (building, selecting): nothing half-written
+        note_rerun(out, "interrupted", "Ctrl-C")
+        print(f"\nnasrun: interrupted (Ctrl-C); the last checkpoint is intact; resume with: nasrun rerun "
+              f"{shlex.quote(str(out))}", file=sys.stderr)
+        sys.exit(130)
     except OSError as exc:
         message = write_error(exc)
         if message is None:
@@ -302,9 +308,13 @@ def main():
     sys.argv[1:] = quote_genotype_args(sys.argv[1:])
     app, config_name = apps[cmd]
     check_overrides(config_name, sys.argv[1:])
-    app()
-    from .sweep import FAILED
+    from .sweep import FAILED, SweepStopped, stopped_sweep
 
+    try:
+        app()
+    except SweepStopped as stop:  # the basic launcher's job was interrupted: no new job started
+        stopped_sweep(stop.signal, stop.sweep_dir, sys.argv[1:], cmd)
+    stopped_sweep(None, None, sys.argv[1:], cmd)  # a joblib sweep stopped: its table is printed, say how to resume
     if FAILED:  # a sweep ran to its end but some jobs did not finish (its table says which)
         sys.exit(1)
 

@@ -7,9 +7,11 @@ next step boundary and raise :class:`Interrupted`; a NaN/inf loss stops with the
 """
 
 import math
+import os
 import random
 import shutil
 import signal
+import sys
 import threading
 import time
 
@@ -19,6 +21,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from .errors import Interrupted, UserError
+
 
 class TeeConsole(Console):
     """The terminal console, also appending every printed line (markup stripped) to the current run's log
@@ -40,51 +43,84 @@ console = TeeConsole(stderr=True)
 SUMS = ("train_loss", "train_correct", "train_n", "valid_loss", "valid_correct", "valid_n")
 
 
+STOP_FILE = None  # a sweep's stop request (``<sweep>/.stop``, written by its master): the running job stops too
+
+
 class StopFlag:
-    """Set by SIGTERM/SIGUSR1/SIGUSR2 (Slurm preemption, time limit; submitit's signal is USR2); the loop
-    checkpoints at the next step boundary,
-    then :meth:`chain` hands the signal to the previous handler (submitit requeues the job there)."""
+    """Set by SIGINT (Ctrl-C), SIGTERM, SIGUSR1 or SIGUSR2 (Slurm preemption, time limit; submitit's signal is USR2),
+    or by a stopped sweep's :data:`STOP_FILE`; the loop checkpoints at the next step boundary, then :meth:`chain`
+    hands the signal to the previous handler (submitit requeues the job there). A second Ctrl-C exits at once (the
+    last checkpoint is intact: every run file is written to a temporary file and renamed)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
 
     def __init__(self):
-        self.signal = None
+        self._signal = None
         self._old = {}
+
+    @property
+    def signal(self):
+        if self._signal is None and STOP_FILE is not None and os.path.exists(STOP_FILE):
+            self._signal = read_stop_file(STOP_FILE)
+        return self._signal
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2):
+            for sig in self.SIGNALS:
                 self._old[sig] = signal.signal(sig, self._handle)
         return self
 
     def _handle(self, signum, frame):
-        self.signal = signal.Signals(signum).name
+        if signum == signal.SIGINT and self._signal is not None:
+            exit_now()
+        self._signal = signal.Signals(signum).name
 
     def __exit__(self, *exc):
         for sig, old in self._old.items():
             signal.signal(sig, old)
         self._old = {}
 
+    def _previous(self):
+        previous = self._old.get(getattr(signal, self._signal, None))
+        return previous if callable(previous) and previous not in (signal.default_int_handler,) else None
+
     def has_next(self):
-        """Whether a handler was installed before ours (submitit's requeue) for the received signal."""
-        return callable(self._old.get(getattr(signal, self.signal)))
+        """Whether a launcher's handler (submitit's requeue) was installed before ours for the received signal."""
+        previous = self._previous()
+        return previous is not None and not getattr(previous, "nasrun_sweep", False)
 
     def chain(self):
-        """After the checkpoint, pass the signal on to the handler that was there before (under submitit:
-        its requeue, which resubmits the job and exits); returns if there was none."""
-        sig = getattr(signal, self.signal)
-        previous = self._old.get(sig)
+        """After the checkpoint, pass the signal on to the handler that was there before (under submitit: its
+        requeue, which resubmits the job and exits; a sweep's master: no new job starts); returns if none."""
+        previous, sig = self._previous(), getattr(signal, self._signal, None)
         self.__exit__()
-        if callable(previous):
+        if previous is not None:
             previous(sig, None)
+
+
+def read_stop_file(path):
+    try:
+        return open(path).read().strip() or "SIGTERM"
+    except OSError:
+        return "SIGTERM"
+
+
+def exit_now():
+    """A second Ctrl-C: leave at once, saying so in one line."""
+    print("\nnasrun: second Ctrl-C: exiting now; the last checkpoint is intact (rerun to resume from it)", file=sys.stderr,
+          flush=True)
+    os._exit(130)
 
 
 def stop_for_signal(stop, where):
     """After a signalled run wrote its checkpoint (``where`` says what it holds): pass the signal on to the launcher's
-    handler (submitit requeues the job) and raise :class:`Interrupted` (exit code 3)."""
+    handler (submitit requeues the job) and raise :class:`Interrupted` (exit code 3, 130 for Ctrl-C)."""
     if stop.has_next():
         console.print(f"received {stop.signal}: {where}; passing the signal on to the launcher (submitit requeues "
                       "the job, which resumes from this checkpoint)")
+    name = stop.signal
     stop.chain()
-    raise Interrupted(f"received {stop.signal}; {where}; rerun the same command to resume")
+    raise Interrupted(f"received {name}; {where}", signal=name)
 
 
 def cpu_copy(obj):

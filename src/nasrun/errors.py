@@ -6,7 +6,17 @@ class UserError(Exception):
 
 
 class Interrupted(Exception):
-    """The run received SIGTERM/SIGUSR1, wrote a checkpoint and stopped; rerun the command to resume."""
+    """The run received SIGINT/SIGTERM/SIGUSR1/SIGUSR2, wrote a checkpoint and stopped; rerun the command to resume.
+    ``signal``: the signal's name (the exit code is 130 for SIGINT, else 3)."""
+
+    def __init__(self, message, signal=None):
+        super().__init__(message)
+        self.signal = signal
+
+
+def exit_code(signal_name):
+    """The exit code of a run stopped by a signal: 130 for Ctrl-C (SIGINT), as a shell reports it, else 3."""
+    return 130 if signal_name == "SIGINT" else 3
 
 
 WRITE_ERRNOS = {"ENOSPC": "the disk is full", "EDQUOT": "the disk quota is used up", "EROFS": "read-only file system",

@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -84,10 +85,77 @@ def note_rerun(run_dir, status, error=None, summary=None):
         record_job(run_dir, job, status, error, summary)
 
 
+class SweepStopped(BaseException):
+    """Raised in a sweep's master process after its running job was interrupted, so the launcher starts no new
+    job (a BaseException: Hydra reports and swallows ordinary exceptions)."""
+
+    def __init__(self, signal, sweep_dir):
+        super().__init__(signal)
+        self.signal, self.sweep_dir = signal, sweep_dir
+
+
+class SweepStop:
+    """The sweep master's SIGINT/SIGTERM handler (basic and joblib launchers): the first signal writes
+    ``<sweep>/.stop`` (every job polls it at each step: the running ones checkpoint and end ``interrupted``, no new
+    one starts), a second Ctrl-C exits at once."""
+
+    current = None  # the handler of this process's sweep, when it is the master
+
+    def __init__(self, sweep_dir):
+        self.sweep_dir, self.signal, self._old = Path(sweep_dir), None, {}
+
+    @property
+    def stop_file(self):
+        return self.sweep_dir / ".stop"
+
+    def install(self):
+        import signal
+
+        self.stop_file.unlink(missing_ok=True)  # a stop of an earlier attempt
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._old[sig] = signal.signal(sig, self.handle)
+        SweepStop.current = self
+
+    def uninstall(self):
+        import signal
+
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old = {}
+        SweepStop.current = None
+
+    def handle(self, signum, frame):
+        import signal
+
+        from .engine import exit_now
+
+        name = signal.Signals(signum).name
+        if self.signal is not None:
+            if signum == signal.SIGINT:
+                exit_now()
+            return
+        self.signal = name
+        with contextlib.suppress(OSError):
+            self.sweep_dir.mkdir(parents=True, exist_ok=True)
+            self.stop_file.write_text(name)
+        console.print(f"received {name}: the running job(s) checkpoint at the next step, no new job starts "
+                      "(Ctrl-C again to exit at once)")
+
+
+SweepStop.handle.nasrun_sweep = True  # a job's StopFlag passes its signal on here without a requeue message
+
+
 def guarded_job(fn, cfg, run_dir, job):
-    """Run one job of a sweep; every failure becomes a ``failed`` status instead of an exception."""
+    """Run one job of a sweep; every failure becomes a ``failed`` status instead of an exception. A stopped sweep
+    (:class:`SweepStop`) starts no new job; its running job checkpoints and ends ``interrupted``."""
+    from . import engine
     from .errors import Interrupted
 
+    stop_file = Path(run_dir).parent / ".stop"
+    if stop_file.exists():
+        record_job(run_dir, job, "interrupted", "not started: the sweep was stopped; rerun the sweep to run it")
+        return None
+    engine.STOP_FILE = str(stop_file)
     try:
         summary = fn(cfg, run_dir)
     except UserError as exc:
@@ -95,6 +163,9 @@ def guarded_job(fn, cfg, run_dir, job):
         return None
     except Interrupted as exc:
         record_job(run_dir, job, "interrupted", str(exc))
+        return None
+    except KeyboardInterrupt:  # Ctrl-C where no handler of ours was installed (a joblib worker)
+        record_job(run_dir, job, "interrupted", "Ctrl-C")
         return None
     except Exception as exc:  # noqa: BLE001 - a bug in one job must not sink the sweep
         message = write_error(exc)
@@ -109,7 +180,33 @@ def guarded_job(fn, cfg, run_dir, job):
         record_job(run_dir, job, "finished", summary=summary)
         return summary
     finally:
+        engine.STOP_FILE = None
         console.log_path = None  # the next lines (another job's, the sweep table) are not this run's
+        master = SweepStop.current
+        if master is not None and master.signal is not None:  # this process is the master (basic launcher)
+            raise SweepStopped(master.signal, master.sweep_dir)
+
+
+def stopped_sweep(signal, sweep_dir, argv, cmd):
+    """After a sweep stopped by a signal: one line with what ended how and the command that resumes; exit 3 (130 for
+    Ctrl-C). Returns when the sweep was not stopped."""
+    from .errors import exit_code
+
+    master = SweepStop.current
+    if signal is None and master is not None and master.signal is not None:
+        signal, sweep_dir = master.signal, master.sweep_dir
+    if master is not None:
+        master.uninstall()
+    if signal is None:
+        return
+    rows = sweep_rows(sweep_dir)
+    done = sum(r["status"] == "finished" for r in rows)
+    stopped = [str(r["job"]) for r in rows if r["status"] != "finished"]
+    args = list(argv) if any(a.startswith("hydra.sweep.dir=") for a in argv) else [*argv, f"hydra.sweep.dir={sweep_dir}"]
+    print(f"nasrun: sweep stopped by {signal}: {done} job(s) finished"
+          + (f", not finished: {', '.join(stopped)}" if stopped else "") + ", no new job started"
+          + f"; resume with: nasrun {shlex.join([cmd, *args])}", file=sys.stderr)
+    sys.exit(exit_code(signal))
 
 
 def sweep_rows(sweep_dir):
@@ -130,7 +227,13 @@ def sweep_rows(sweep_dir):
 
 
 class SweepTable(Callback):
-    """Hydra callback: after a multirun, print the job table and remember the failures (exit code 1)."""
+    """Hydra callback: before a multirun, install the master's stop handler (basic and joblib launchers: their jobs
+    run under this process); after it, print the job table and remember the failures (exit code 1)."""
+
+    def on_multirun_start(self, config, **kwargs):
+        target = str(config.hydra.launcher.get("_target_", ""))
+        if target.endswith(("BasicLauncher", "JoblibLauncher")):
+            SweepStop(config.hydra.sweep.dir).install()
 
     def on_multirun_end(self, config, **kwargs):
         from rich.table import Table
@@ -148,7 +251,7 @@ class SweepTable(Callback):
                           r["run_dir"], r["result"] if ok else (r.get("error") or ""))
         console.print(table)
         console.print(f"sweep {config.hydra.sweep.dir}: {len(rows) - len(FAILED)} of {len(rows)} finished"
-                      + (f"; failed: {', '.join(str(r['job']) for r in FAILED)}" if FAILED else ""), soft_wrap=True)
+                      + (f"; not finished: {', '.join(str(r['job']) for r in FAILED)}" if FAILED else ""), soft_wrap=True)
 
 
 # --- submitit launchers -----------------------------------------------------------------------------------------
