@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -505,3 +506,35 @@ def test_a_signal_to_the_sweep_master_stops_the_sweep(tmp_path, launcher, sig):
     assert again.returncode == 0, again.stderr
     assert [json.loads((sweep / str(i) / "status.json").read_text())["status"] for i in range(3)] == ["finished"] * 3
     assert "resuming" in (sweep / "0" / "search.log").read_text()
+
+
+def test_paths_with_spaces_non_ascii_letters_and_tilde(tmp_path):
+    """Issue 22 §4: nasrun rerun on a folder whose path has a space and a non-ASCII letter; an unquoted non-ASCII
+    hydra.run.dir; ``benchmark.path=~/...`` reaching nasrun unexpanded (zsh, quotes) and the README's benchmark lines
+    run as written in bash, from a home with the files they name."""
+    home = tmp_path / "home"
+    (home / "work").mkdir(parents=True)
+    env = {**ENV, "HOME": str(home)}
+    sweep = tmp_path / "a b ü" / "s"
+    proc = nasrun("search", "-m", "seed=0", *TINY, "trainer.epochs=1", f"hydra.sweep.dir={sweep}")
+    assert proc.returncode == 0, proc.stderr
+    again = nasrun("rerun", str(sweep / "0"))
+    assert again.returncode == 0 and "run already complete" in again.stdout + again.stderr, again.stderr
+    plain = nasrun("search", *TINY, "trainer.epochs=1", f"hydra.run.dir={tmp_path / 'ü'}")
+    assert plain.returncode == 0 and (tmp_path / "ü" / "summary.json").exists(), plain.stderr
+    run = home / "work" / "outputs" / "search" / "2026-11-22_19-00-00"
+    assert nasrun("search", *TINY, "trainer.epochs=1", f"hydra.run.dir={run}").returncode == 0
+    genotype = json.loads((run / "genotype.json").read_text())["genotype"]
+    write_nb201_fixture(home / "work" / "NAS-Bench-201-v1_1-096897.pth", [genotype, ARCH])
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text().splitlines()
+    prefixes = ("nasrun bench convert NAS-Bench-201-v1_1-096897.pth -o ~/",
+                "nasrun eval genotype=outputs/search/2026-11-22_19-00-00/genotype.json benchmark.path=~/")
+    lines = [next(ln for ln in readme if ln.startswith(prefix)).split("  #")[0].strip() for prefix in prefixes]
+    for line in lines:  # as written, in bash (which expands ~ after = in this position)
+        done = subprocess.run(["bash", "-c", line.replace("nasrun ", f"{sys.executable} -m nasrun.cli ", 1)],
+                              capture_output=True, text=True, env=env, cwd=home / "work", timeout=300)
+        assert done.returncode == 0, (line, done.stderr)
+    literal = subprocess.run([*NASRUN, "eval", f"genotype={run / 'genotype.json'}", "benchmark.path=~/nb201.json",
+                              f"hydra.run.dir={tmp_path / 'eval'}"], capture_output=True, text=True, env=env, timeout=300)
+    assert literal.returncode == 0, literal.stderr
+    assert json.loads((tmp_path / "eval" / "summary.json").read_text())["results"]["cifar10"]["test_acc"] is not None

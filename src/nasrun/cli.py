@@ -5,6 +5,7 @@ functions are three-line wrappers around :func:`nasrun.search.run_search` / :fun
 """
 
 import argparse
+import os
 import re
 import shlex
 import sys
@@ -92,17 +93,32 @@ def eval_app(cfg):
     return _guard(run_eval, cfg)
 
 
-def quote_genotype_args(args):
-    """Quote ``genotype=`` values for Hydra's override parser, which rejects ``|``, ``~`` and the
-    brackets of a DARTS ``Genotype(...)`` unquoted, so arch strings can be pasted as they are."""
+PATH_KEYS = ("hydra.run.dir", "hydra.sweep.dir", "hydra.launcher.submitit_folder", "benchmark.path", "dataset.root",
+             "run", "space.edge_ops_file")
+_UNQUOTED = re.compile(r"[A-Za-z0-9_./,-]+")  # plainly safe for Hydra's override grammar without quotes
+
+
+def hydra_quote(value):
+    """``value`` as a quoted Hydra override value (any character, quotes and backslashes escaped)."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def quote_args(args):
+    """Make pasted values safe for Hydra's override parser: genotype strings (``|``, ``~`` and the brackets of a DARTS
+    ``Genotype(...)``) and paths (spaces, non-ASCII letters) are quoted, and ``~`` and ``$VARS`` in path keys are
+    expanded (a shell leaves ``key=~/x`` alone where it is not an assignment). Comma lists stay sweeps."""
     out = []
     for arg in args:
         key, sep, value = arg.partition("=")
-        plain = re.fullmatch(r"[\w./,-]+", value or "")  # file paths (a sweep of them: a,b,c) need no quotes
-        if sep and key.lstrip("+") == "genotype" and value and value[0] not in "'\"" and not plain:
-            value = '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-            arg = f"{key}={value}"
-        out.append(arg)
+        name = key.lstrip("+~")
+        if not sep or not value or value[0] in "'\"" or name not in (*PATH_KEYS, "genotype"):
+            out.append(arg)
+            continue
+        if name in PATH_KEYS or (value.startswith(("~", "$")) and "|" not in value):
+            value = os.path.expandvars(os.path.expanduser(value))
+        if not _UNQUOTED.fullmatch(value):
+            value = hydra_quote(value)
+        out.append(f"{key}={value}")
     return out
 
 
@@ -283,7 +299,7 @@ def rerun_argv(run_dir, extra=()):
     if not all(f.exists() for f in files):
         fail(f"{run} is not a run directory of nasrun (no .hydra/overrides.yaml); give a job folder of a sweep")
     task = OmegaConf.load(files[1]).hydra.job.name
-    return task, [*map(str, OmegaConf.load(files[0])), *extra, f"hydra.run.dir={run.resolve()}"]
+    return task, [*map(str, OmegaConf.load(files[0])), *extra, f"hydra.run.dir={hydra_quote(str(run.resolve()))}"]
 
 
 def main():
@@ -305,7 +321,7 @@ def main():
     if cmd not in apps:
         fail(f"unknown command '{cmd}'; choose one of: search, eval, select, rerun, bench, report")
     sys.argv.pop(1)
-    sys.argv[1:] = quote_genotype_args(sys.argv[1:])
+    sys.argv[1:] = quote_args(sys.argv[1:])
     app, config_name = apps[cmd]
     check_overrides(config_name, sys.argv[1:])
     from .sweep import FAILED, SweepStopped, stopped_sweep
