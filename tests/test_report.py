@@ -195,3 +195,34 @@ def test_plots_say_what_they_show(tmp_path):
     assert [len(ax.lines) for ax in both.axes] == [2, 2, 2, 2, 2, 0]  # five metrics, then the legend's slot
     legend = both.axes[5].get_legend()
     assert {t.get_text() for t in legend.get_texts()} == {"method=darts (n=2)", "method=tse_darts (n=1)"}
+
+
+def test_every_figure_has_a_legend_when_the_benchmark_panel_is_empty(tmp_path):
+    """Issue 22 §5: runs without a benchmark (every DARTS-space run) still get the groups' legend in all_groups.png
+    (it came from the benchmark panel), both figures have the line/band legend, and the benchmark panel of the
+    comparison names its dataset when there is one."""
+    from nasrun.report import compare_figure, group_figure, load_run
+
+    for name, method in (("d", "darts"), ("t", "tse_darts")):
+        fake_run(tmp_path / name / "0", method, 0, 60.0, 61.0, 3600, epochs=3)
+        path = tmp_path / name / "0" / "metrics.jsonl"
+        lines = [json.loads(x) for x in path.read_text().splitlines()]
+        path.write_text("".join(json.dumps({k: v for k, v in x.items() if k != "benchmark"}) + "\n" for x in lines))
+    groups = [("method=darts", [load_run(tmp_path / "d" / "0")]), ("method=tse_darts", [load_run(tmp_path / "t" / "0")])]
+    both = compare_figure(groups)
+    assert not both.axes[0].lines  # nothing logged in the benchmark panel
+    legend = both.axes[5].get_legend()
+    assert legend is not None and [t.get_text() for t in legend.get_texts()] == ["method=darts (n=1)",
+                                                                               "method=tse_darts (n=1)"]
+    assert [ln.get_color() for ln in both.axes[1].lines] == [h.get_color() for h in legend.legend_handles]
+    for fig in (both, group_figure(*groups[0])):
+        assert [t.get_text() for t in fig.legends[0].get_texts()] == ["mean over the runs", "min-max over the runs"]
+        assert fig._suptitle.get_text() and all(ax.get_title() and ax.get_xlabel() and ax.get_ylabel()
+                                                for ax in fig.axes[:5])
+    for i, name in enumerate(("d", "t")):
+        path = tmp_path / name / "0" / "metrics.jsonl"
+        lines = [json.loads(x) for x in path.read_text().splitlines()]
+        path.write_text("".join(json.dumps({**x, "benchmark": {"test_acc": 80.0 + i, "dataset": "cifar100"}}) + "\n"
+                                for x in lines))
+    groups = [("method=darts", [load_run(tmp_path / "d" / "0")]), ("method=tse_darts", [load_run(tmp_path / "t" / "0")])]
+    assert compare_figure(groups).axes[0].get_title() == "benchmark test accuracy on cifar100"

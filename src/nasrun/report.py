@@ -285,8 +285,18 @@ def group_figure(label, members):
             continue
         _band(ax, _curve(members, _getter(key)), None, step=step)
     fig.suptitle(f"{label}: mean, band = min-max over {len(members)} run{'s' if len(members) != 1 else ''}")
-    fig.tight_layout()
+    _encoding_legend(fig)
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
     return fig
+
+
+def _encoding_legend(fig):
+    """The figure's legend of what a line and a band mean (every figure has one, whatever was logged)."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    fig.legend([Line2D([], [], color="gray"), Patch(color="gray", alpha=0.2)],
+               ["mean over the runs", "min-max over the runs"], loc="lower center", ncol=2, fontsize=9, frameon=False)
 
 
 def compare_figure(groups):
@@ -299,17 +309,25 @@ def compare_figure(groups):
     panels = [p for p in PANELS if p[0] != "op_magnitude"]
     fig, grid = plt.subplots(2, 3, figsize=(17, 8))
     axes = list(grid.flat)
+    datasets = _bench_dataset([r for _, members in groups for r in members])
+    colours = {label: f"C{i % 10}" for i, (label, _) in enumerate(groups)}  # one colour per group in every panel
     for ax, (key, title, ylabel, step) in zip(axes, panels):
+        if key == "benchmark" and datasets:
+            title = f"{title} on {datasets}"
         _panel(ax, title, ylabel, counts=step)
         for label, members in groups:
-            _band(ax, _curve(members, _getter(key)), f"{label} (n={len(members)})", step=step)
+            _band(ax, _curve(members, _getter(key)), f"{label} (n={len(members)})", step=step, colour=colours[label])
     legend_ax = axes[len(panels)]  # the free sixth slot holds the legend
     legend_ax.axis("off")
-    handles, labels = axes[0].get_legend_handles_labels()
-    if handles:
-        legend_ax.legend(handles, labels, loc="center", fontsize=9, title="group (runs)")
+    from matplotlib.lines import Line2D
+
+    # from the groups themselves, not from a panel (a panel nothing was logged in has no lines)
+    handles = [Line2D([], [], color=colours[label]) for label, _ in groups]
+    legend_ax.legend(handles, [f"{label} (n={len(members)})" for label, members in groups], loc="center", fontsize=9,
+                     title="group (runs)")
     fig.suptitle("all groups: mean, band = min-max over each group's runs")
-    fig.tight_layout()
+    _encoding_legend(fig)
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
     return fig
 
 
@@ -322,7 +340,7 @@ def plot_group(label, members, path):
     plt.close(fig)
 
 
-def _band(ax, ys, name, step=False):
+def _band(ax, ys, name, step=False, colour=None):
     if ys.size == 0 or np.all(np.isnan(ys)):
         if not ax.lines:
             ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes, color="gray")
@@ -333,10 +351,10 @@ def _band(ax, ys, name, step=False):
         mean, lo, hi = np.nanmean(ys, 0), np.nanmin(ys, 0), np.nanmax(ys, 0)
     ok = ~np.isnan(mean)
     if step:
-        (line,) = ax.step(x[ok], mean[ok], where="mid", label=name)
+        (line,) = ax.step(x[ok], mean[ok], where="mid", label=name, color=colour)
         ax.fill_between(x[ok], lo[ok], hi[ok], step="mid", alpha=0.2, color=line.get_color())
     else:
-        (line,) = ax.plot(x[ok], mean[ok], label=name)
+        (line,) = ax.plot(x[ok], mean[ok], label=name, color=colour)
         ax.fill_between(x[ok], lo[ok], hi[ok], alpha=0.2, color=line.get_color())
 
 
