@@ -86,6 +86,16 @@ def test_report_on_real_searches_via_the_cli(tmp_path):
     assert proc.returncode == 0, proc.stderr
     md = (tmp_path / "runs" / "report.md").read_text().splitlines()
     assert len(md) == 3 and "| 2 |" in md[2]  # one group of two seeds
+    from nasrun.spaces import get_space
+    from nasrun.utils import count_parameters
+
+    summaries = [json.loads((tmp_path / "runs" / str(s) / "summary.json").read_text()) for s in (0, 1)]
+    cfg = make_cfg([])
+    space = get_space("nb201", **{k: v for k, v in cfg.space.items() if k in ("C", "N")})
+    classes = cfg.dataset.synthetic.num_classes
+    params = [count_parameters(space.build_network(s["genotype"], classes)) / 1e6 for s in summaries]
+    assert [s["params_m"] for s in summaries] == pytest.approx(params)  # the derived network's size
+    assert "params M" in md[0]
     assert (tmp_path / "runs" / "plots").is_dir() and any((tmp_path / "runs" / "plots").iterdir())
     bad = subprocess.run([sys.executable, "-m", "nasrun.cli", "report", str(tmp_path / "nothing")],
                          capture_output=True, text=True, timeout=300)

@@ -21,7 +21,7 @@ from .errors import UserError
 from .graphs import graphs_wanted
 from .rundir import RunDir
 from .spaces.fused import compile_cells, set_fused
-from .utils import resolve_device
+from .utils import count_parameters, resolve_device
 
 def build_data(cfg, space, device):
     """Dataset config → (data, search stream, protocol)."""
@@ -210,6 +210,7 @@ def run_search(cfg, out_dir):
     summary = {"genotype": text, "space": space.name, "method": method.name, "selector": label,
                "dataset": data.name, "seed": cfg.seed, "epochs": t.epochs, "epochs_run": len(history),
                "stop_epoch": loop.stop_epoch, "ada": loop.events or None, **space.genotype_stats(genotype),
+               "params_m": derived_params_m(space, genotype, data.num_classes, data.train_x.shape[1]),
                "benchmark": query_all(bench, genotype), "benchmark_source": getattr(bench, "source", None),
                "search_seconds": round(elapsed, 2), "overhead_seconds": round(loop.overhead, 2),
                "peak_memory_mb": round(peak_memory_mb(device), 1),
@@ -219,6 +220,17 @@ def run_search(cfg, out_dir):
     loop.drop_snapshots()
     print_summary(summary)
     return summary
+
+
+def derived_params_m(space, genotype, num_classes, in_channels=3):
+    """Parameters (millions, auxiliary head excluded) of the genotype's evaluation network at the space's own
+    protocol sizes (NB201: the benchmark's network; DARTS family: ``eval_C`` / ``eval_layers``), or None where the
+    space is evaluated only by a benchmark query (NAS-Bench-1Shot1)."""
+    try:
+        net = space.build_network(genotype, num_classes, in_channels=in_channels)
+    except UserError:
+        return None
+    return round(count_parameters(net) / 1e6, 6)
 
 
 class SelectionProgress:

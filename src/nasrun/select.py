@@ -12,7 +12,7 @@ from .data import BENCHMARK_NAMES
 from .engine import console, set_rng_state
 from .errors import UserError
 from .rundir import RunDir
-from .search import build_search, check_combination, choose, query_all, write_selections
+from .search import build_search, check_combination, choose, derived_params_m, query_all, write_selections
 from .stops import replay
 from .utils import resolve_device
 
@@ -51,7 +51,9 @@ def run_select(cfg, out_dir):
     label, genotype = write_selections(run, space, selections, source=str(source))
     text = space.format_genotype(genotype)
     summary = {"genotype": text, "space": space.name, "selector": label, "source": str(source), "stop_epoch": stop_epoch,
-               **space.genotype_stats(genotype), "benchmark": query_all(bench, genotype), "run_dir": str(run.path)}
+               **space.genotype_stats(genotype), "params_m": derived_params_m(space, genotype, data.num_classes,
+                                                                               data.train_x.shape[1]),
+               "benchmark": query_all(bench, genotype), "run_dir": str(run.path)}
     run.write("summary.json", summary)
     console.print(f"select: {label} on {source} → {text}")
     print(json.dumps({"genotype": text, "run_dir": str(run.path)}))
