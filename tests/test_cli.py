@@ -86,7 +86,7 @@ def test_multirun_over_seeds(tmp_path):
      ["not found", "/nonexistent/nb201.pth", "bench convert"]),
     (["search", "dataset=cifar10", "dataset.download=false", "trainer.device=cpu", "benchmark=none"],
      ["cifar10 not found", "dataset.root"]),
-    (["search", *TINY, "dataset.std=[0,0,0]"], ["NaN/inf in epoch 0"]),
+    (["search", *TINY, "dataset.std=[0,0,0]"], ["NaN/inf in epoch 1"]),
 ])
 def test_user_errors_are_one_line_exit_2(tmp_path, args, needles):
     args = [a for a in args] + [f"hydra.run.dir={tmp_path / 'r'}", f"hydra.sweep.dir={tmp_path / 'm'}"]

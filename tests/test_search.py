@@ -97,7 +97,7 @@ def test_resume_with_changed_config_is_refused(tmp_path):
 
 def test_nan_loss_stops_with_the_epoch(tmp_path):
     run_search(make_cfg(["trainer.epochs=1"]), tmp_path / "ok")
-    with pytest.raises(UserError, match=r"NaN/inf in epoch 0"):
+    with pytest.raises(UserError, match=r"NaN/inf in epoch 1"):
         run_search(make_cfg(["dataset.std=[0,0,0]"]), tmp_path / "nan")
     assert not (tmp_path / "nan" / "checkpoint.pt").exists()
 

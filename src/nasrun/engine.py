@@ -219,7 +219,7 @@ class EpochLoop:
         if self.step:  # the stream's epoch is a pure function of (seed, epoch)
             self.stream.start_epoch(self.epoch)
         if not quiet:
-            console.print(f"resuming {self.run.path} at epoch {self.epoch} step {self.step}")
+            console.print(f"resuming {self.run.path} in epoch {self.epoch + 1} after step {self.step}")
 
     def snapshot_path(self, epoch):
         return self.run.path / "snapshots" / f"epoch_{epoch:03d}.pt"
@@ -228,7 +228,8 @@ class EpochLoop:
         """Restore the full state after ``epoch`` from its snapshot (weights, α, optimisers, RNG, history)."""
         path = self.snapshot_path(epoch)
         if not path.exists():
-            raise UserError(f"cannot roll back to epoch {epoch}: {path} is missing; rerun without the rollback rule")
+            raise UserError(f"cannot roll back to the end of epoch {epoch + 1}: {path} is missing; rerun without the "
+                            "rollback rule")
         self.resume(torch.load(path, map_location="cpu", weights_only=False), quiet=True)
         self.run.truncate_metrics(self.epoch)
 
@@ -280,7 +281,7 @@ class EpochLoop:
                     if stop_fn is not None and self.history and self.step == 0:
                         self.stop_epoch = stop_fn(self.history)
                         if self.stop_epoch is not None:
-                            console.print(f"early stop after epoch {self.epoch - 1}: keeping epoch {self.stop_epoch}")
+                            console.print(f"early stop after epoch {self.epoch}: keeping epoch {self.stop_epoch + 1}")
                             break
                     epoch_start(self.epoch)
                     if self.step == 0:
@@ -299,16 +300,16 @@ class EpochLoop:
                         if stop.signal:
                             self.elapsed += time.perf_counter() - tic
                             self.checkpoint()
-                            stop_for_signal(stop, f"checkpoint written at epoch {self.epoch} step {self.step} in "
+                            stop_for_signal(stop, f"checkpoint written in epoch {self.epoch + 1} after step {self.step} in "
                                                   f"{self.run.path}")
                     bar.remove_task(task)
                     seconds = time.perf_counter() - tic
                     self.elapsed += seconds
                     m = means(self.sums)
                     if not all(math.isfinite(m[k]) for k in ("train_loss", "valid_loss") if m[k] is not None):
-                        kept = (f"the checkpoint after epoch {self.epoch - 1} is kept in {self.run.path}" if self.epoch
+                        kept = (f"the checkpoint after epoch {self.epoch} is kept in {self.run.path}" if self.epoch
                                 else "no epoch had completed, so no checkpoint was written")
-                        raise UserError(f"loss became NaN/inf in epoch {self.epoch}; {kept}; lower the learning rates "
+                        raise UserError(f"loss became NaN/inf in epoch {self.epoch + 1}; {kept}; lower the learning rates "
                                         "or check the data (dataset.mean/std)")
                     tic = time.perf_counter()
                     record = epoch_end(self.epoch, m, seconds)

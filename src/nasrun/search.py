@@ -187,7 +187,7 @@ def run_search(cfg, out_dir):
         loop.events.append({**event, "weight_decay": method.weight_decay})
         loop.checkpoint()
         write_ada(run, space, loop.events)
-        console.print(f"DARTS-ADA: rolled back to epoch {epoch}, weight decay now {method.weight_decay:g}")
+        console.print(f"DARTS-ADA: rolled back to the end of epoch {epoch + 1}, weight decay now {method.weight_decay:g}")
         return None
 
     group = getattr(method, "group_size", 1)

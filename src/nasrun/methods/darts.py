@@ -130,7 +130,7 @@ class Darts(Method):
         self.reset_graphs()
         from ..engine import console
 
-        console.print(f"{self.name}: stage {index + 1}/{len(self.stages)} from epoch {start}: {keep} ops per edge, "
+        console.print(f"{self.name}: stage {index + 1}/{len(self.stages)} from epoch {start + 1}: {keep} ops per edge, "
                       f"partial channels K={partial}")
 
     def pruned(self, weights):

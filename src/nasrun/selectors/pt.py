@@ -146,7 +146,7 @@ class PerturbationSelector:
             position = (0, 0, 0)  # (tuning epoch, projections done at it, tuning steps done in it)
         else:
             position = self._load(saved, method, fixed, removed, gen)
-            console.print(f"pt: resuming at tuning epoch {position[0]} ({len(self.decisions)} projections done)")
+            console.print(f"pt: resuming in tuning epoch {position[0] + 1} ({len(self.decisions)} projections done)")
         tune = copy.copy(stream)  # darts-pt tunes on its train_queue with a fresh random valid batch per step
         tune.pairing, tune.train_draw = "darts", "epoch"
         schedule = dict(events)
@@ -156,7 +156,7 @@ class PerturbationSelector:
             if progress is not None:
                 progress.save(self._state(pos, method, fixed, removed, gen))
             if stop is not None and stop.signal:
-                where = (f"DARTS-PT's progress (tuning epoch {pos[0]}) written to {progress.where}"
+                where = (f"DARTS-PT's progress (tuning epoch {pos[0] + 1}) written to {progress.where}"
                          if progress is not None else "nasrun select keeps no partial selection")
                 stop_for_signal(stop, where)
 
@@ -177,7 +177,7 @@ class PerturbationSelector:
                                 self._project_topology(k, method, stream, fixed, removed, space, topo_nodes, gen,
                                                        projected)
                             if i == len(keys) - 1:
-                                annotate(f"tune epoch {e}")
+                                annotate(f"tune epoch {e + 1}")
                                 method.reset_graphs()  # the projected weights changed
                             save((e, i + 1, 0), stop)
                     if e == tune_epochs - 1:
