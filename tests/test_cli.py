@@ -283,6 +283,19 @@ def test_rerun_one_job_of_a_sweep_in_place(tmp_path):
     (["search", "selector=best_epoch", "selector.metric=hessian_eigenvalue"], "not logged by this search"),
     (["search", "method=gdas", "selector=pt"], "sampled single paths"),
     (["search", "method=pc_darts", "space=nb1shot1_s2"], "no such edges"),
+    # issue 22 §3: these ended in tracebacks after the run directory existed
+    (["search", "seed=-1"], "seed=-1: must be ≥ 0"),
+    (["search", "seed=abc"], "seed='abc': give a whole number"),
+    (["search", "trainer.device=gpu"], "trainer.device='gpu': choose auto, cpu, cuda, cuda:N or mps"),
+    (["search", "method.w_lr=-1"], "method.w_lr=-1: must be ≥ 0"),
+    (["search", "method.arch_lr=nan"], "method.arch_lr=nan: must be a finite number"),
+    (["search", "space=darts", "space.layers=1"], "space.layers=1: a DARTS-family network needs at least 3 cells"),
+    (["select"], "nasrun select needs run=DIR"),
+    (["search", "trainer.threads=0"], "trainer.threads=0: choose auto or a whole number ≥ 1"),
+    (["search", "method.w_momentum=1.5"], "method.w_momentum=1.5: must be between 0 and 1"),
+    (["search", "trainer.amp=3"], "trainer.amp=3: give true or false"),
+    (["eval", "genotype=DARTS_V2", "space=darts", "retrain.drop_path=2.0"], "retrain.drop_path=2.0: must be between 0 and 1"),
+    (["eval", "genotype=DARTS_V2", "mode=fast"], "mode='fast': choose auto, benchmark or retrain"),
 ])
 def test_nonsense_values_are_refused_before_a_run_directory_exists(tmp_path, args, needle):
     """Issue 15 items 1, 3, 4, 8: one line, exit 2, and no run directory left behind (combinations that cannot work
@@ -313,6 +326,8 @@ def test_sweep_jobs_with_nonsense_values_fail_alone(tmp_path):
     (["eval", "space=darts", "genotype=DARTS_V2", "dataset=digits", "retrain.cutout=8", "retrain.auxiliary_weight=0",
       "trainer.device=cpu"], "retrain.cutout=8 blanks whole 8×8 images"),
     (["search", *TINY, "dataset.cutout=16", "dataset.synthetic.image_size=16"], "dataset.cutout=16 blanks whole 16×16"),
+    (["search", *TINY, "dataset.synthetic.n_train=24"], "trainer.batch_size=16 is larger than the search-train split "
+                                                         "(12 images)"),  # issue 22 §3: it ran with no step
 ])
 def test_messages_name_the_real_problem(tmp_path, args, needle):
     """Issue 15 item 6: each of these said something misleading (or exited 1 with a traceback)."""

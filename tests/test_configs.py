@@ -197,3 +197,51 @@ fi
         genotypes = next(a for a in retrain if a.startswith("genotype=")).removeprefix("genotype=").split(",")
         assert sorted(Path(g).name for g in genotypes) == ["dil_conv_5x5.json", "sep_conv_3x3.json"]
         assert report == ["report", f"{out}/retrain"]
+
+
+def test_every_key_of_every_group_is_type_and_range_checked():
+    """Issue 22 §3: every key of every option of every config group (and of the commands' own files) refuses a value
+    of the wrong type, and every numeric key an out-of-range one, in one line naming the key (validate is what the
+    command line runs before Hydra creates a directory)."""
+    import math
+
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from nasrun.config import CHOICES, CONF_DIR, COUNTS, _expected_types, _leaves, validate
+    from nasrun.errors import UserError
+
+    wrong = {bool: "maybe", int: "abc", float: "abc", str: [1, 2], list: "abc"}
+    checked, ranged = set(), set()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        configs = [("search", [f"{g}={p.stem}"]) for g in ("space", "method", "selector", "stop", "dataset", "benchmark")
+                   for p in sorted((CONF_DIR / g).glob("*.yaml"))]
+        configs += [("eval", [f"retrain={p.stem}", "genotype=DARTS_V2"]) for p in sorted((CONF_DIR / "retrain").glob("*.yaml"))]
+        configs += [("select", ["run=x"])]
+        for command, overrides in configs:
+            cfg = compose(config_name=command, overrides=overrides)
+            validate(cfg)  # the defaults pass
+            expected = _expected_types(cfg, command)
+            for key, _ in _leaves(OmegaConf.to_container(cfg, resolve=True)):
+                if key in checked or key == "task_name" or not (key in CHOICES or expected.get(key)):
+                    continue
+                kind = str if key in CHOICES else next(k for k in (bool, int, float, list, str) if k in expected[key])
+                bad = "no such choice" if key in CHOICES else wrong[kind]
+                broken = cfg.copy()
+                OmegaConf.update(broken, key, bad, merge=False)
+                with pytest.raises(UserError) as err:
+                    validate(broken)
+                assert str(err.value).startswith(f"{key}=") and "\\n" not in str(err.value), (key, str(err.value))
+                checked.add(key)
+                if kind in (int, float) and key not in CHOICES:
+                    leaf = key.rpartition(".")[2]
+                    for low in ([0] if leaf in COUNTS else []) + [-1] + ([math.nan, math.inf] if kind is float else []):
+                        broken = cfg.copy()
+                        OmegaConf.update(broken, key, low, merge=False)
+                        with pytest.raises(UserError) as err:
+                            validate(broken)
+                        assert str(err.value).startswith(f"{key}="), (key, str(err.value))
+                    ranged.add(key)
+    assert len(checked) > 150 and len(ranged) > 60, (len(checked), len(ranged))
+    assert {"seed", "trainer.epochs", "method.w_lr", "method.arch_lr", "space.C", "trainer.device",
+            "trainer.threads", "dataset.train_portion", "retrain.drop_path"} <= checked

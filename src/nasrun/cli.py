@@ -17,8 +17,7 @@ from hydra.types import RunMode
 
 from .errors import Interrupted, UserError, exit_code, write_error
 
-CONF_DIR = Path(__file__).resolve().parent / "conf"
-GROUPS = ("space", "method", "selector", "stop", "dataset", "trainer", "benchmark", "retrain", "experiment")
+from .config import CONF_DIR, GROUPS
 USAGE = """usage: nasrun COMMAND [overrides]
 
 commands:
@@ -167,6 +166,7 @@ def check_overrides(config_name, args):
     if multirun or any(a.startswith("-") for a in args):
         return
     from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
 
     from .config import unknown_added_keys, validate
 
@@ -187,6 +187,8 @@ def check_overrides(config_name, args):
     for key, close in unknown_added_keys(base, added):
         fail(f"unknown key {key} (added with +); " + (f"did you mean {', '.join(close[:3])}?" if close else
                                                       "this config has no such section"))
+    if config_name == "select" and OmegaConf.is_missing(cfg, "run"):
+        fail("nasrun select needs run=DIR: the run directory of a finished search")
     if config_name == "eval" and cfg.get("genotype") in (None, "???"):
         fail("nasrun eval needs genotype=...: a genotype string, a published name (DARTS_V2), a genotype.json "
              "or a search run directory")
@@ -197,8 +199,6 @@ def check_overrides(config_name, args):
 
             preflight(cfg)
         if target is not None:
-            from omegaconf import OmegaConf
-
             from .rundir import check_run_target
 
             check_run_target(target, config_name, OmegaConf.to_container(cfg, resolve=True))

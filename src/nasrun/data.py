@@ -303,6 +303,10 @@ class SearchStream:
         self.train_draw = train_draw
         self.valid_from_test = False  # the NB201 protocols of CIFAR-100 / ImageNet16-120 validate on test images
         self.device = device
+        for name, idx in (("search-train", train_idx), ("search-valid", valid_idx)):
+            if idx is not None and len(idx) < batch_size:  # no full batch: no step, or a silently smaller batch
+                raise UserError(f"trainer.batch_size={batch_size} is larger than the {name} split ({len(idx)} images); "
+                                "lower trainer.batch_size or use more data")
         self.steps = -(-len(train_idx) // batch_size)
         self.gen = torch.Generator()
         self.epoch, self.tables = None, None

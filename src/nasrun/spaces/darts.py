@@ -387,6 +387,10 @@ class DartsSpace(SearchSpace):
         self.search_auxiliary, self.search_aux_weight, self.search_drop_path = (search_auxiliary, search_aux_weight,
                                                                                 search_drop_path)
         self.partial_channels = partial_channels
+        for key, value in (("layers", layers), ("eval_layers", eval_layers)):
+            if value < 3:  # the reductions sit at 1/3 and 2/3 of the depth: fewer cells leave no normal cell
+                raise UserError(f"space.{key}={value}: a DARTS-family network needs at least 3 cells (the two "
+                                "reduction cells and a normal one)")
         self.C, self.layers, self.eval_C, self.eval_layers, self.auxiliary = C, layers, eval_C, eval_layers, auxiliary
         self.edges = topology_edges(topology)
         if edge_ops is None:
