@@ -38,8 +38,8 @@ def run_kind(path):
     """The command that made the run (or sweep) directory ``path`` (``search``, ``eval``, ``select``), or None when it
     holds no nasrun run."""
     path = Path(path)
-    sources = ((path / ".hydra" / "hydra.yaml", lambda c: c.hydra.job.name), (path / "multirun.yaml", lambda c: c.hydra.job.name),
-               (path / "config.yaml", lambda c: c.get("task_name")))
+    sources = ((path / ".hydra" / "hydra.yaml", lambda c: c.hydra.job.name),
+               (path / "multirun.yaml", lambda c: c.hydra.job.name), (path / "config.yaml", lambda c: c.get("task_name")))
     for file, read in sources:
         if file.exists():
             try:
@@ -81,14 +81,22 @@ def check_run_target(path, kind, config):
                         "give another hydra.run.dir")
     holder = lock_holder(path)
     if holder:
-        raise UserError(f"run directory {path} is in use by {holder}; wait for it to finish (or stop it), or give "
-                        "another hydra.run.dir")
+        raise in_use(path, holder)
     saved = path / "config.yaml"
     if saved.exists():
         diff = config_diff(OmegaConf.to_container(OmegaConf.load(saved)), config)
         if diff:
-            raise UserError(f"{path} holds a run with a different config ({'; '.join(diff)}); use another "
-                            "hydra.run.dir or the original overrides to resume")
+            raise different_config(path, diff)
+
+
+def in_use(path, holder):
+    return UserError(f"run directory {path} is in use by {holder}; wait for it to finish (or stop it), or give "
+                     "another hydra.run.dir")
+
+
+def different_config(path, diff):
+    return UserError(f"{path} holds a run with a different config ({'; '.join(diff)}); use another hydra.run.dir or "
+                     "the original overrides to resume")
 
 
 def check_sweep_target(path, kind, overrides):
@@ -136,8 +144,7 @@ class RunDir:
             f.seek(0)
             holder = f.read().strip() or "another process"
             f.close()
-            raise UserError(f"run directory {self.path} is in use by {holder}; wait for it to finish (or stop it), "
-                            "or give another hydra.run.dir") from None
+            raise in_use(self.path, holder) from None
         f.seek(0)
         f.truncate()
         f.write(f"PID {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
@@ -175,8 +182,7 @@ class RunDir:
             raise UserError(f"{self.ckpt} is unreadable ({type(exc).__name__}); delete it to start over") from None
         diff = config_diff(state["config"], self.config)
         if diff:
-            raise UserError(f"{self.path} holds a run with a different config ({'; '.join(diff)}); "
-                            "use another hydra.run.dir or the original overrides to resume")
+            raise different_config(self.path, diff)
         return state
 
     def save_checkpoint(self, state, also=None):
