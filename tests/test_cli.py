@@ -186,7 +186,7 @@ def test_a_failed_job_does_not_sink_the_sweep(tmp_path, launcher):
     assert proc.returncode == 1, proc.stderr
     status = {i: json.loads((sweep / str(i) / "status.json").read_text()) for i in range(3)}
     assert [status[i]["status"] for i in range(3)] == ["finished", "failed", "finished"]
-    assert "unknown dataset.split 'bogus'" in status[1]["error"]
+    assert "dataset.split='bogus': choose auto, nb201 or darts" in status[1]["error"]
     assert all((sweep / str(i) / "summary.json").exists() for i in (0, 2))
     out = proc.stdout + proc.stderr
     assert "2 of 3 finished" in out and "dataset.split=bogus" in out and "Traceback" not in out
