@@ -498,7 +498,7 @@ def test_a_signal_to_the_sweep_master_stops_the_sweep(tmp_path, launcher, sig):
     interrupted, starts no new job and exits 130/3 with one line naming the command that resumes; that command
     resumes the interrupted jobs and runs the rest."""
     sweep = tmp_path / "sweep"
-    args = ["search", "-m", f"hydra/launcher={launcher}", "seed=0,1,2", *TINY, "trainer.epochs=10",
+    args = ["search", "-m", f"hydra/launcher={launcher}", "seed=0,1,2", *TINY, "trainer.epochs=40",
             "dataset.synthetic.n_train=256", f"hydra.sweep.dir={sweep}"]
     if launcher == "parallel":
         args.insert(3, "hydra.launcher.n_jobs=2")
