@@ -328,14 +328,15 @@ def test_pc_darts_partial_channel_edge():
 
 
 @pytest.mark.parametrize("method, extra", [("pc_darts", ["method.arch_start_epoch=1"]), ("sdarts_adv", []),
-                                           ("gaea", ["space=darts", "method.learn_edges=true", "method.single_level=true"]),
+                                           pytest.param("gaea", ["space=darts", "method.learn_edges=true",
+                                                                 "method.single_level=true"], marks=pytest.mark.slow),
                                            ("drnas", []), ("gdas", []), ("rsps", []), ("snas", []),
                                            *[("drnas", ["space.partial_channels=4", f"method.stage_epochs={e}",
                                                         "method.stage_partial_channels=[4,2]", "method.stage_keep=[5,3]"])
                                              for e in ("[1,2]", "[2,1]")],  # interrupted after / before widening
                                            ("snas", ["method.resource=policy_gradient", "method.resource_log=true"]),
-                                           ("sgas_cri2", ["space=darts", "method.warmup_dec_epoch=0",
-                                                          "method.decision_freq=1"])])
+                                           pytest.param("sgas_cri2", ["space=darts", "method.warmup_dec_epoch=0",
+                                                                      "method.decision_freq=1"], marks=pytest.mark.slow)])
 def test_baselines_resume_bit_identically(tmp_path, monkeypatch, method, extra):
     """Interrupted mid-epoch (SIGUSR1 at step 3) and resumed, every baseline ends with the bits of a straight run:
     its extra state (β, ε, τ) and its host-side draws come back with the checkpoint."""

@@ -117,7 +117,7 @@ def _final(run, kind):
 
 
 @pytest.mark.parametrize("cmd, args", [("search", [*TINY, "trainer.epochs=12", "dataset.synthetic.n_train=256"]),
-                                       ("eval", RETRAIN)])
+                                       pytest.param("eval", RETRAIN, marks=pytest.mark.slow)])
 def test_kill_and_resume_equals_uninterrupted(tmp_path, cmd, args):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     assert nasrun(cmd, *args, f"hydra.run.dir={straight}").returncode == 0
@@ -297,14 +297,43 @@ def test_rerun_one_job_of_a_sweep_in_place(tmp_path):
     (["eval", "genotype=DARTS_V2", "space=darts", "retrain.drop_path=2.0"], "retrain.drop_path=2.0: must be between 0 and 1"),
     (["eval", "genotype=DARTS_V2", "mode=fast"], "mode='fast': choose auto, benchmark or retrain"),
 ])
-def test_nonsense_values_are_refused_before_a_run_directory_exists(tmp_path, args, needle):
+def test_nonsense_values_are_refused_before_a_run_directory_exists(tmp_path, monkeypatch, capsys, args, needle):
     """Issue 15 items 1, 3, 4, 8: one line, exit 2, and no run directory left behind (combinations that cannot work
-    are refused before any training)."""
+    are refused before any training). In this process (`nasrun`'s own ``main``, the apps replaced by a failure: a
+    value must be refused before Hydra runs); ``test_refusals_in_a_subprocess`` checks the real command."""
     run_dir = tmp_path / "run"
-    proc = nasrun(*args, f"hydra.run.dir={run_dir}")
-    assert proc.returncode == 2, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("nasrun: error:") and needle in lines[0], proc.stderr
+    code, stderr = refused_in_process(monkeypatch, capsys, [*args, f"hydra.run.dir={run_dir}"])
+    assert code == 2, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("nasrun: error:") and needle in lines[0], stderr
+    assert not run_dir.exists()
+
+
+def refused_in_process(monkeypatch, capsys, args):
+    """``(exit code, stderr)`` of ``nasrun ARGS`` run by :func:`nasrun.cli.main` in this process, where reaching a
+    Hydra app fails the test (only what is refused before Hydra runs can be checked this way)."""
+    from nasrun import cli
+
+    def reached(*_):
+        raise AssertionError(f"nasrun {' '.join(args)} was not refused before Hydra ran")
+
+    for app in ("search_app", "eval_app", "select_app"):
+        monkeypatch.setattr(cli, app, reached)
+    monkeypatch.setattr(sys, "argv", ["nasrun", *args])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        cli.main()
+    return exit_.value.code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["search", "seed=abc"], "seed='abc': give a whole number"),
+    (["search", "space=darts", "space.layers=1"], "space.layers=1: a DARTS-family network needs at least 3 cells"),
+    (["search", "+trainer.epoch=3"], "did you mean trainer.epochs"),
+])
+def test_refusals_in_a_subprocess(tmp_path, args, needle):
+    run_dir = tmp_path / "run"
+    assert_user_error(nasrun(*args, f"hydra.run.dir={run_dir}"), needle)
     assert not run_dir.exists()
 
 
@@ -491,6 +520,7 @@ def test_a_second_ctrl_c_exits_at_once():
                                                 "(rerun to resume from it)"]
 
 
+@pytest.mark.slow  # make test has the single-run SIGTERM and Ctrl-C tests
 @pytest.mark.parametrize("launcher, sig", [("basic", signal.SIGINT),
                                            pytest.param("parallel", signal.SIGTERM, marks=pytest.mark.slow)])
 def test_a_signal_to_the_sweep_master_stops_the_sweep(tmp_path, launcher, sig):
@@ -523,6 +553,30 @@ def test_a_signal_to_the_sweep_master_stops_the_sweep(tmp_path, launcher, sig):
     assert "resuming" in (sweep / "0" / "search.log").read_text()
 
 
+def test_paths_are_quoted_and_expanded_for_hydras_parser(monkeypatch, tmp_path):
+    """Issue 22 §4, in this process: every path key's value survives Hydra's override parser unchanged (spaces,
+    non-ASCII letters, quotes, backslashes), ``~`` and ``$VARS`` are expanded, genotypes are quoted, sweeps stay
+    sweeps. The whole commands run in ``test_paths_with_spaces_non_ascii_letters_and_tilde`` (make test-slow)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from nasrun.cli import quote_args
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("WORK", "/scratch/me")
+    parse = OverridesParser.create().parse_overrides
+    odd = "/data/a b ü/it's \\ here"
+    cases = {f"hydra.run.dir={odd}": odd, "benchmark.path=~/nb201.json": f"{tmp_path}/nb201.json",
+             "dataset.root=$WORK/cifar": "/scratch/me/cifar", "run=outputs/x": "outputs/x",
+             f"genotype={ARCH}": ARCH, "benchmark.path='~/quoted'": "~/quoted",
+             **{f"dataset.root={v}": v for v in ("/a\\b", "/ends/in\\", "/x\\'y", "/two\\\\'", "/q''")}}
+    for arg, want in cases.items():
+        (override,) = parse(quote_args([arg]))
+        assert override.value() == want, (arg, override.value())
+    (sweep,) = parse(quote_args(["seed=0,1"]))
+    assert sweep.is_sweep_override()
+
+
+@pytest.mark.slow
 def test_paths_with_spaces_non_ascii_letters_and_tilde(tmp_path):
     """Issue 22 §4: nasrun rerun on a folder whose path has a space and a non-ASCII letter; an unquoted non-ASCII
     hydra.run.dir; ``benchmark.path=~/...`` reaching nasrun unexpanded (zsh, quotes) and the README's benchmark lines

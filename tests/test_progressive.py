@@ -263,6 +263,7 @@ def test_argmax_and_pdarts_final_derive_among_the_kept_ops_whatever_alpha_of_the
     assert genotype_ops_kept(space, str(g), mask)
 
 
+@pytest.mark.slow  # a whole DARTS-space DrNAS search with DARTS-PT; the selector unit tests are in make test
 def test_pt_projects_only_ops_the_progressive_search_kept(tmp_path):
     """DARTS-PT projects among the ops each edge kept (a pruned op was not trained in the last stage and is not
     computed); random sampling over all ops is refused."""

@@ -48,7 +48,7 @@ def _guard(fn, cfg):
         from .sweep import guarded_job
 
         return guarded_job(fn, cfg, hc.runtime.output_dir, hc.job.num)
-    from .engine import console
+    from .console import console
     from .sweep import note_rerun
 
     out = hc.runtime.output_dir
@@ -98,8 +98,9 @@ _UNQUOTED = re.compile(r"[A-Za-z0-9_./,-]+")  # plainly safe for Hydra's overrid
 
 
 def hydra_quote(value):
-    """``value`` as a quoted Hydra override value (any character, quotes and backslashes escaped)."""
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    """``value`` as a quoted Hydra override value: a quote is escaped, and so are the backslashes just before a quote
+    or the end (Hydra's grammar reads a backslash elsewhere as itself)."""
+    return "'" + re.sub(r"(\\*)('|$)", lambda m: m[1] * 2 + ("\\'" if m[2] else ""), value) + "'"
 
 
 def quote_args(args):
@@ -194,10 +195,11 @@ def check_overrides(config_name, args):
              "or a search run directory")
     try:
         validate(cfg)
-        if config_name == "search":
+        if config_name in ("search", "eval"):
+            from .evaluate import preflight as eval_preflight
             from .search import preflight
 
-            preflight(cfg)
+            (preflight if config_name == "search" else eval_preflight)(cfg)
         if target is not None:
             from .rundir import check_run_target
 
@@ -298,8 +300,16 @@ def rerun_argv(run_dir, extra=()):
     files = run / ".hydra" / "overrides.yaml", run / ".hydra" / "hydra.yaml"
     if not all(f.exists() for f in files):
         fail(f"{run} is not a run directory of nasrun (no .hydra/overrides.yaml); give a job folder of a sweep")
-    task = OmegaConf.load(files[1]).hydra.job.name
-    return task, [*map(str, OmegaConf.load(files[0])), *extra, f"hydra.run.dir={hydra_quote(str(run.resolve()))}"]
+    from .files import read_yaml
+
+    try:
+        task = OmegaConf.select(read_yaml(files[1], "it cannot be rerun"), "hydra.job.name")
+        overrides = [str(o) for o in read_yaml(files[0], "it cannot be rerun", kind="list")]
+    except UserError as exc:
+        fail(str(exc))
+    if task not in ("search", "eval", "select"):
+        fail(f"{files[1]} names no nasrun command (hydra.job.name: {task}); it cannot be rerun")
+    return task, [*overrides, *extra, f"hydra.run.dir={hydra_quote(str(run.resolve()))}"]
 
 
 def main():

@@ -17,29 +17,14 @@ import time
 
 import numpy as np
 import torch
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from .console import console
 from .errors import Interrupted, UserError
+from .files import read_checkpoint
 
 
-class TeeConsole(Console):
-    """The terminal console, also appending every printed line (markup stripped) to the current run's log
-    (``<run dir>/<task>.log``, set by :meth:`nasrun.rundir.RunDir.start`)."""
-
-    log_path = None
-
-    def print(self, *objects, **kwargs):
-        super().print(*objects, **kwargs)
-        if self.log_path is not None and objects and all(isinstance(o, str) for o in objects):
-            from rich.text import Text
-
-            line = " ".join(Text.from_markup(o).plain for o in objects)
-            with open(self.log_path, "a") as f:
-                f.write(f"[{time.strftime('%Y-%m-%d %H:%M:%S')}] {line}\n")
-
-
-console = TeeConsole(stderr=True)
+LOOP_STATE = ("rng", "epoch", "step", "history", "elapsed", "sums")  # what every checkpoint of the loop holds
 SUMS = ("train_loss", "train_correct", "train_n", "valid_loss", "valid_correct", "valid_n")
 
 
@@ -208,6 +193,10 @@ class EpochLoop:
 
     def resume(self, state, quiet=False):
         """Restore everything from a checkpoint dict (as written by :meth:`checkpoint`)."""
+        missing = [k for k in (*self.stateful, *LOOP_STATE) if k not in state]
+        if missing:
+            raise UserError(f"the checkpoint in {self.run.path} is not one of this run's kind (no {', '.join(missing)}); "
+                            "delete it to start over")
         for name, obj in self.stateful.items():
             obj.load_state_dict(state[name])
         set_rng_state(state["rng"])
@@ -230,7 +219,7 @@ class EpochLoop:
         if not path.exists():
             raise UserError(f"cannot roll back to the end of epoch {epoch + 1}: {path} is missing; rerun without the "
                             "rollback rule")
-        self.resume(torch.load(path, map_location="cpu", weights_only=False), quiet=True)
+        self.resume(read_checkpoint(path, (), "rerun without the rollback rule"), quiet=True)
         self.run.truncate_metrics(self.epoch)
 
     def drop_snapshots(self):

@@ -1,6 +1,5 @@
 """``run_eval(cfg, out_dir)``: benchmark query of a genotype for tabular spaces, or retraining from scratch."""
 
-import json
 from pathlib import Path
 
 from rich.console import Console
@@ -9,6 +8,7 @@ from rich.table import Table
 from .benchmarks import benchmark_class, open_benchmark
 from .config import build, validate
 from .errors import UserError
+from .files import read_json
 from .rundir import RunDir
 from .utils import count_flops, count_parameters, resolve_device
 
@@ -31,10 +31,13 @@ def read_genotype_arg(value):
         if not path.exists():
             raise UserError(f"{path.parent} has no genotype.json; is it a finished search run?")
     if _existing(path, Path.is_file):
-        try:
-            return json.loads(path.read_text()).get("genotype") if path.suffix == ".json" else path.read_text().strip()
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{path} is not valid JSON ({exc})") from None
+        if path.suffix != ".json":
+            return path.read_text().strip()
+        fix = "give the genotype.json of a nasrun search, or the genotype itself"
+        data = read_json(path, fix)
+        if not isinstance(data.get("genotype"), str) or not data["genotype"].strip():
+            raise UserError(f"{path} has no genotype (a \"genotype\" text); {fix}")
+        return data["genotype"]
     if text.endswith(".json"):
         raise UserError(f"genotype file {path} does not exist")
     if "/" in text and not text.startswith("{") and "|" not in text and "(" not in text:  # a path, not a genotype
@@ -42,10 +45,9 @@ def read_genotype_arg(value):
     return text
 
 
-def run_eval(cfg, out_dir):
-    """Evaluate ``cfg.genotype``: NB201 benchmark table (``mode=benchmark``) or retraining (``mode=retrain``)."""
-    validate(cfg)
-    run = RunDir(out_dir, cfg)
+def preflight(cfg):
+    """``(space, mode, genotype)`` of an eval, or a one-line :class:`UserError` (run before Hydra makes the run
+    directory, and again by :func:`run_eval`): the mode fits the space, the genotype (text or file) parses."""
     space = build(cfg.space)
     mode = cfg.mode if cfg.mode != "auto" else ("benchmark" if space.benchmark else "retrain")
     if mode not in ("benchmark", "retrain"):
@@ -55,7 +57,14 @@ def run_eval(cfg, out_dir):
     if mode == "retrain" and not space.retrainable:
         raise UserError(f"space {space.name} is evaluated by its benchmark ({space.benchmark}), not retrained; "
                         "drop mode=retrain")
-    genotype = space.parse_genotype(read_genotype_arg(cfg.genotype))
+    return space, mode, space.parse_genotype(read_genotype_arg(cfg.genotype))
+
+
+def run_eval(cfg, out_dir):
+    """Evaluate ``cfg.genotype``: NB201 benchmark table (``mode=benchmark``) or retraining (``mode=retrain``)."""
+    validate(cfg)
+    space, mode, genotype = preflight(cfg)
+    run = RunDir(out_dir, cfg)
     if mode == "retrain":
         return _retrain(cfg, run, space, genotype)
     run.start()

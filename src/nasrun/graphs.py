@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import torch
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
-from .engine import console
+from .console import console
 from .errors import UserError
 
 SETTINGS = ("auto", "true", "false", "emulate")

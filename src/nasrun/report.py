@@ -20,6 +20,7 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from .errors import UserError
+from .files import read_yaml
 
 IGNORED = ("seed", "run", "trainer.device", "trainer.progress", "dataset.root", "dataset.download", "benchmark.path",
            "hydra")
@@ -55,7 +56,8 @@ def load_run(path):
     for a run that has not finished, failed, or left a corrupt summary.json. A half-written last line of
     metrics.jsonl (a run killed mid-write) is skipped with a warning."""
     path = Path(path)
-    config = _flat(OmegaConf.to_container(OmegaConf.load(path / "config.yaml"), resolve=False))
+    config = _flat(OmegaConf.to_container(read_yaml(path / "config.yaml", "leave that folder out of the report"),
+                                          resolve=False))
     summary, problem = None, None
     try:
         summary = json.loads((path / "summary.json").read_text())

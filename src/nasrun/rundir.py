@@ -3,10 +3,10 @@
 import json
 from pathlib import Path
 
-import torch
 from omegaconf import OmegaConf
 
 from .errors import UserError
+from .files import read_checkpoint, read_yaml
 from .utils import atomic_torch_save, environment, json_line, set_threads, write_json
 
 # Keys that may change between a run and its resume without changing the result's meaning.
@@ -50,6 +50,19 @@ def run_kind(path):
     return None
 
 
+def _try_lock(f):
+    """Take an exclusive lock on the open file ``f`` without waiting: None when taken, else who holds it (the line the
+    holder wrote there)."""
+    import fcntl
+
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return None
+    except OSError:
+        f.seek(0)
+        return f.read().strip() or "another process"
+
+
 def lock_holder(path):
     """Who holds ``<path>/.lock`` (a run in progress), or None; the lock is taken and released at once."""
     import fcntl
@@ -58,12 +71,10 @@ def lock_holder(path):
     if not lock.exists():
         return None
     with open(lock) as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            return f.read().strip() or "another process"
-        fcntl.flock(f, fcntl.LOCK_UN)
-    return None
+        holder = _try_lock(f)
+        if holder is None:
+            fcntl.flock(f, fcntl.LOCK_UN)
+    return holder
 
 
 def check_run_target(path, kind, config):
@@ -84,7 +95,7 @@ def check_run_target(path, kind, config):
         raise in_use(path, holder)
     saved = path / "config.yaml"
     if saved.exists():
-        diff = config_diff(OmegaConf.to_container(OmegaConf.load(saved)), config)
+        diff = config_diff(OmegaConf.to_container(read_yaml(saved, "give another hydra.run.dir")), config)
         if diff:
             raise different_config(path, diff)
 
@@ -109,7 +120,8 @@ def check_sweep_target(path, kind, overrides):
     if other != kind:
         raise UserError(f"{path} holds a nasrun {other} sweep; nasrun {kind} never writes into another command's "
                         "sweep: give another hydra.sweep.dir")
-    old = [str(o) for o in OmegaConf.load(path / "multirun.yaml").hydra.overrides.task]
+    saved = read_yaml(path / "multirun.yaml", "give another hydra.sweep.dir")
+    old = [str(o) for o in OmegaConf.select(saved, "hydra.overrides.task", default=[]) or []]
     kept = [sorted(o for o in x if not o.lstrip("+~").split("=", 1)[0].startswith(RESUME_FREE)) for x in (old, overrides)]
     if kept[0] != kept[1]:
         raise UserError(f"{path} holds a sweep with other overrides (was: {' '.join(old)}); rerun it with the same "
@@ -132,19 +144,15 @@ class RunDir:
     def _acquire(self):
         """An exclusive lock on ``<run>/.lock`` for this process's life (released when the object goes, or
         the process dies): a second process on the same run directory is refused, naming the holder."""
-        import fcntl
         import os
         import socket
         import time
 
         f = open(self.path / ".lock", "a+")
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            f.seek(0)
-            holder = f.read().strip() or "another process"
+        holder = _try_lock(f)
+        if holder is not None:
             f.close()
-            raise in_use(self.path, holder) from None
+            raise in_use(self.path, holder)
         f.seek(0)
         f.truncate()
         f.write(f"PID {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
@@ -155,7 +163,7 @@ class RunDir:
         """Fix torch's CPU thread count (``trainer.threads``), send the console's lines to ``<task>.log`` here,
         write config.yaml, and record this start in env.json: the first start's environment, each later
         start (a resume, a requeue) appended under ``resumes``."""
-        from .engine import console
+        from .console import console
 
         console.log_path = self.path / f"{self.config.get('task_name', 'run')}.log"
         warning = set_threads(self.config.get("trainer", {}).get("threads", "auto"))
@@ -176,10 +184,9 @@ class RunDir:
         """The checkpoint to resume from, or None; refuses one whose config differs (showing the diff)."""
         if not self.ckpt.exists():
             return None
-        try:
-            state = torch.load(self.ckpt, map_location="cpu", weights_only=False)
-        except Exception as exc:  # noqa: BLE001
-            raise UserError(f"{self.ckpt} is unreadable ({type(exc).__name__}); delete it to start over") from None
+        state = read_checkpoint(self.ckpt, ("config",), "delete it to start over")
+        if state.get("finished") and "summary" not in state:
+            raise UserError(f"{self.ckpt} is a finished run's checkpoint without its summary; delete it to start over")
         diff = config_diff(state["config"], self.config)
         if diff:
             raise different_config(self.path, diff)

@@ -3,14 +3,13 @@
 import json
 from pathlib import Path
 
-import torch
-from omegaconf import OmegaConf
 
 from .benchmarks import open_benchmark
-from .config import build
+from .config import build, validate
 from .data import BENCHMARK_NAMES
 from .engine import console, set_rng_state
 from .errors import UserError
+from .files import read_checkpoint, read_yaml
 from .rundir import RunDir
 from .search import build_search, check_combination, choose, derived_params_m, query_all, write_selections
 from .stops import replay
@@ -23,20 +22,26 @@ def run_select(cfg, out_dir):
     With ``stop=...`` the rule is first replayed over the run's history; if it would have fired, the
     genotype of its epoch is the result (so DARTS+ / DARTS-ES and SS-DARTS come from the same runs, as in [SS]).
     """
+    validate(cfg, "select")
     source = Path(str(cfg.run)).expanduser()
     ckpt_path, conf_path = source / "checkpoint.pt", source / "config.yaml"
     if not ckpt_path.exists() or not conf_path.exists():
         raise UserError(f"{source} is not a search run directory (needs config.yaml and checkpoint.pt)")
-    state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    fix = "give the run directory of a nasrun search (rerun that search to rewrite it)"
+    state = read_checkpoint(ckpt_path, ("supernet", "method", "rng", "history"), fix)
     if not (state.get("finished") or state.get("trained")):
         raise UserError(f"the search in {source} has not finished training; resume it first (rerun its command)")
-    search_cfg = OmegaConf.load(conf_path)
+    search_cfg = read_yaml(conf_path, fix)
     search_cfg.trainer.device = cfg.trainer.device
     search_cfg.trainer.progress = False
     device = resolve_device(cfg.trainer.device)
     space, data, stream, _, supernet, method = build_search(search_cfg, device)
-    supernet.load_state_dict(state["supernet"])
-    method.load_state_dict(state["method"])
+    try:
+        supernet.load_state_dict(state["supernet"])
+        method.load_state_dict(state["method"])
+    except (RuntimeError, KeyError, ValueError, TypeError) as exc:  # a checkpoint of another network than config.yaml's
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{ckpt_path} does not fit the search in {conf_path} ({first}); {fix}") from None
     selector, stop = build(cfg.selector), build(cfg.stop)
     check_combination(space, method, selector, stop, search_cfg.diagnostics)  # before the output directory exists
     run = RunDir(out_dir, cfg)

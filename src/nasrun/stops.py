@@ -3,7 +3,7 @@ genotype should be kept, or None to go on. If a rule never fires, the final geno
 
 import math
 
-from .engine import console
+from .console import console
 from .errors import UserError
 from .selectors.selective_stop import check_targets, magnitude_history, stop_epoch
 

@@ -26,7 +26,7 @@ from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from hydra.experimental.callback import Callback
 from omegaconf import OmegaConf, open_dict
 
-from .engine import console
+from .console import console
 from .errors import UserError, write_error
 from .utils import write_json
 

@@ -10,7 +10,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
+# torch is imported where it is used: the sweep launchers and the command line's checks import this module
 
 
 def current_umask():
@@ -40,6 +40,8 @@ def atomic_write_bytes(path, write_fn):
 
 def atomic_torch_save(obj, path):
     """``torch.save`` through a temp file and rename, so a kill never leaves a half-written checkpoint."""
+    import torch
+
     atomic_write_bytes(path, lambda f: torch.save(obj, f))
 
 
@@ -50,7 +52,7 @@ def write_json(path, obj):
 
 
 def _json_default(obj):
-    if isinstance(obj, torch.Tensor):
+    if hasattr(obj, "tolist"):  # tensors and numpy values (a 0-d one becomes a number)
         return obj.tolist()
     if hasattr(obj, "item"):
         return obj.item()
@@ -74,6 +76,8 @@ def count_flops(module, input_shape):
     their bias; pooling contributes nothing to the published values (their min/max in methods.md §8.3
     are reproduced exactly by this rule).
     """
+    import torch
+
     total = [0]
 
     def conv_hook(m, inp, out):
@@ -134,6 +138,8 @@ def set_threads(threads):
     """torch's intra-op CPU thread count: an int fixes it (a CPU run's floating-point reductions, hence its
     result, depend on it); ``auto`` uses the CPUs this job was given (:func:`job_cpus`), so jobs that share
     a machine do not oversubscribe it. Returns a warning when a fixed count exceeds those CPUs."""
+    import torch
+
     if threads in (None, "auto"):
         torch.set_num_threads(job_cpus())
         return None
@@ -152,6 +158,8 @@ def set_threads(threads):
 def environment(argv=None):
     """Facts about the machine and software for ``env.json``."""
     from importlib import metadata
+
+    import torch
 
     def version(name):
         try:
@@ -204,6 +212,8 @@ def _slurm_job():
 
 def resolve_device(name):
     """``auto`` picks CUDA when available."""
+    import torch
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():

@@ -208,7 +208,7 @@ def rows_from_tfrecord(path, epochs=EPOCHS):
     """``{hash: [valid %, test %, params, training seconds]}``: the mean over repeats at ``epochs``."""
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from ..engine import console
+    from ..console import console
 
     sums = {}
     bar = Progress(TextColumn("reading NAS-Bench-101"), BarColumn(), DownloadColumn(), TimeRemainingColumn(),

@@ -65,7 +65,7 @@ class Method(abc.ABC):
         capturable. ``verify``: the self-check at every capture. A method that is not :attr:`graph_safe` stays eager
         and says so once."""
         if backend and not self.graph_safe:
-            from ..engine import console
+            from ..console import console
 
             console.print(f"{self.name}: CUDA graphs off (its step samples from the device RNG; it runs eagerly)")
             backend = None

@@ -128,7 +128,7 @@ class Darts(Method):
         self.supernet.set_active_ops(masks)
         self.stage = index
         self.reset_graphs()
-        from ..engine import console
+        from ..console import console
 
         console.print(f"{self.name}: stage {index + 1}/{len(self.stages)} from epoch {start + 1}: {keep} ops per edge, "
                       f"partial channels K={partial}")

@@ -7,7 +7,7 @@ split, restarted when it runs out), and the best one is kept.
 
 import torch
 
-from ..engine import console
+from ..console import console
 from ..errors import UserError
 
 
