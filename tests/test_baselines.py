@@ -79,7 +79,7 @@ def test_sdarts_clip_and_random_perturbation():
     for _ in range(20):
         w = torch.randn(6, 5, generator=g, dtype=torch.float64) * 0.6
         w[0] = -torch.rand(5, generator=g, dtype=torch.float64)  # a row that clamps to all zero
-        assert torch.allclose(clip_simplex(w, w), reference_clip(w))
+        assert torch.allclose(clip_simplex(w), reference_clip(w))
     _, _, m = tiny_method(["method=sdarts_rs"], dtype=torch.float64)
     m.on_epoch_start(25, 50)
     assert m.epsilon == pytest.approx(0.03 + 0.27 * 0.5)
@@ -91,6 +91,47 @@ def test_sdarts_clip_and_random_perturbation():
     w = m.perturb(batch(1))["normal"]
     expected = reference_clip(F.softmax(alpha, -1) + m.epsilon * noise)
     assert torch.allclose(w, expected) and (noise.abs() <= 1).all()
+
+
+def test_sdarts_dead_row_gets_the_perturbed_rows_argmax():
+    """Issue 23 item 1: where the perturbation pushes a whole row below zero, the reference's clip puts the one at
+    the argmax of the *perturbed* row (op 2 here), not of softmax(α) (op 0); checked at the perturbation's call."""
+    _, _, m = tiny_method(["method=sdarts_rs"], dtype=torch.float64)
+    m.on_epoch_start(50, 50)  # ε = 0.3
+    with torch.no_grad():
+        for a in m.alphas.values():
+            a.zero_()
+            a[0, 0] = 0.1  # softmax row 0: op 0 largest
+        noise = torch.full_like(m._noise["normal"], -1.0)
+        noise[0, 2] = -0.9
+        for buf in m._noise.values():
+            buf.copy_(noise)
+    w = m.perturb(batch(1))["normal"]
+    alpha = m.alphas["normal"].detach()
+    perturbed = F.softmax(alpha, -1) + m.epsilon * noise
+    assert (perturbed[0] < 0).all() and perturbed[0].argmax() == 2 and F.softmax(alpha, -1)[0].argmax() == 0
+    assert torch.equal(w[0], torch.tensor([0.0, 0, 1, 0, 0], dtype=torch.float64)[: w.shape[1]])
+    assert torch.allclose(w, reference_clip(perturbed))
+
+
+def test_sdarts_presets_follow_the_reference_schedule_and_space():
+    """Issue 23 items 2-3: SmoothDARTS steps its CosineAnnealingLR before each epoch (epoch e at lr(e + 1)) and
+    searches the 7-op DARTS space."""
+    from nasrun.config import build
+
+    for name in ("sdarts_rs", "sdarts_adv"):
+        cfg = make_cfg([f"+experiment={name}_darts", "space.C=4", "space.layers=3"], tiny=False)
+        assert cfg.space.name == "darts_7op" and "none" not in cfg.space.ops
+        space = build(cfg.space)
+        m = build(cfg.method, supernet=space.build_supernet(10), space=space)
+        w = torch.zeros(1, requires_grad=True)
+        ref = torch.optim.SGD([w], lr=cfg.method.w_lr)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(ref, float(cfg.trainer.epochs), eta_min=cfg.method.w_lr_min)
+        for epoch in range(cfg.trainer.epochs):
+            ref.step()
+            sched.step()  # the reference: scheduler.step() first, then the epoch
+            m.on_epoch_start(epoch, cfg.trainer.epochs)
+            assert m.w_opt.param_groups[0]["lr"] == pytest.approx(ref.param_groups[0]["lr"], rel=1e-12, abs=1e-15), epoch
 
 
 def test_sdarts_adversarial_perturbation_raises_the_loss_within_the_ball():
@@ -912,3 +953,91 @@ def test_snas_resource_preset_follows_the_readme_command():
     assert (full.method.resource_lambda, full.trainer.epochs, full.seed) == (1.5e-3, 150, 6)
     assert (full.space.layers, full.space.C) == (8, 16)
     assert full.space.search_drop_path == 0.3 and full.method.temp_min == 0.03
+
+
+@pytest.mark.parametrize("scope", ["alpha_stale", "alpha", "weights"])
+def test_weight_step_clipping_scope_follows_the_reference_loop(scope):
+    """Issue 23 item 5: AutoDL's DARTS-V1 (and GDAS, and their copies in the SS/SP-DARTS repos) clip the norm of
+    network.parameters(), α included, whose .grad at the w step holds this train loss's α gradient plus what the last
+    α step left (only the weight optimiser is zeroed); DrNAS's NB201 code zeroes α's gradient first (``alpha``);
+    quark0 clips the weights alone. The AutoDL loop restated in float64 (w step, then α step) with a clip small
+    enough to act, three iterations: weights and α equal nasrun's."""
+    import copy
+
+    _, sup, m = tiny_method(["method=darts", f"method.grad_clip_scope={scope}", "method.grad_clip=0.05"],
+                            dtype=torch.float64)
+    m.on_epoch_start(0, 10)
+    ref = copy.deepcopy(sup)
+    alphas = {k: a.detach().clone().requires_grad_() for k, a in m.alphas.items()}
+    g = m.w_opt.param_groups[0]
+    w_opt = torch.optim.SGD(ref.parameters(), lr=g["lr"], momentum=g["momentum"], nesterov=g["nesterov"],
+                            weight_decay=g["weight_decay"])
+    g = m.arch_opt.param_groups[0]
+    a_opt = torch.optim.Adam([alphas[k] for k in sorted(alphas)], lr=g["lr"], betas=g["betas"], eps=g["eps"],
+                             weight_decay=g["weight_decay"])
+    norms = []
+    for t in range(3):
+        (x, y), (xv, yv) = batch(2 * t), batch(2 * t + 1)
+        m.device_step((x, y), (xv, yv))
+        w_opt.zero_grad()
+        if scope == "alpha":
+            a_opt.zero_grad()
+        F.cross_entropy(ref(x, {k: F.softmax(a, -1) for k, a in alphas.items()}), y).backward()
+        clipped = list(ref.parameters()) + ([] if scope == "weights" else [alphas[k] for k in sorted(alphas)])
+        norms.append(float(torch.nn.utils.clip_grad_norm_(clipped, 0.05)))
+        w_opt.step()
+        a_opt.zero_grad()
+        F.cross_entropy(ref(xv, {k: F.softmax(a, -1) for k, a in alphas.items()}), yv).backward()
+        a_opt.step()
+    assert min(norms) > 0.05  # the clip acted at every step
+    for (name, p), q in zip(sup.named_parameters(), ref.parameters()):
+        assert torch.allclose(p, q, rtol=0, atol=1e-12), name
+    for k in alphas:
+        assert torch.allclose(m.alphas[k], alphas[k], rtol=0, atol=1e-12), k
+    assert all(a.grad is None for a in m.arch_parameters())  # α's gradient of the w step leaves no trace
+
+
+def test_clipping_scopes_differ_and_the_stale_gradient_resumes():
+    """The three scopes give three different weight steps once the clip acts (so the test above can tell them
+    apart), and the stale α gradient travels in the checkpoint."""
+    from nasrun.config import build
+
+    out = {}
+    for scope in ("weights", "alpha", "alpha_stale"):
+        _, sup, m = tiny_method(["method=darts", f"method.grad_clip_scope={scope}", "method.grad_clip=0.05"],
+                                dtype=torch.float64)
+        m.on_epoch_start(0, 10)
+        for t in range(2):
+            m.device_step(batch(2 * t), batch(2 * t + 1))
+        out[scope] = torch.cat([p.detach().flatten() for p in sup.parameters()])
+        if scope == "alpha_stale":
+            state = m.state_dict()
+            assert any(s.abs().sum() > 0 for s in state["stale_alpha_grad"])
+            cfg = make_cfg(["method=darts", "method.grad_clip_scope=alpha_stale"])
+            space = build(cfg.space)
+            twin = build(cfg.method, supernet=space.build_supernet(4).to(torch.float64), space=space)
+            twin.load_state_dict(state)
+            assert all(torch.equal(a, b) for a, b in zip(twin._stale, m._stale))
+    assert not torch.allclose(out["weights"], out["alpha"]) and not torch.allclose(out["alpha"], out["alpha_stale"])
+    with pytest.raises(UserError, match="grad_clip_scope"):
+        tiny_method(["method=darts", "method.grad_clip_scope=everything"])
+
+
+def test_drnas_nb201_search_cells_have_no_conv_bias():
+    """Issue 23 item 6: DrNAS's NB201 ReLUConvBN has no conv bias (201-space/cell_operations.py); AutoDL's, the
+    default, has one in search cells (BN not affine). The fused forward with bias-free convs is tested in
+    tests/test_fused.py."""
+    import torch.nn as nn
+
+    from nasrun.config import build
+
+    def search_convs(overrides):
+        cfg = make_cfg([*overrides, "space.C=4", "space.N=1"], tiny=False)
+        sup = build(cfg.space).build_supernet(10)
+        return [m for _, cell, _ in sup.search_cells() for m in cell.modules() if isinstance(m, nn.Conv2d)]
+
+    for preset in ("drnas_nb201", "drnas_progressive_nb201"):
+        convs = search_convs([f"+experiment={preset}"])
+        assert convs and all(m.bias is None for m in convs), preset
+    convs = search_convs(["space=nb201"])
+    assert convs and all(m.bias is not None for m in convs)

@@ -13,6 +13,7 @@ from nasrun.spaces import get_space
 from nasrun.spaces.fused import SourcePlan, _joined_view, set_fused
 
 SPACES = [("nb201", {"C": 4, "N": 1}), ("nb201", {"C": 4, "N": 1, "track_running_stats": True}),
+          ("nb201", {"C": 4, "N": 1, "track_running_stats": True, "conv_bias": False}),  # DrNAS's NB201 cells
           ("nb201", {"C": 4, "N": 1, "affine": True, "track_running_stats": True}), ("nb201_noskip", {"C": 4, "N": 1}),
           ("darts", {"C": 4, "layers": 3}), ("darts_7op", {"C": 4, "layers": 3}), ("darts_s1", {"C": 4, "layers": 3}),
           ("darts_s2", {"C": 4, "layers": 3}), ("darts_s3", {"C": 4, "layers": 3}), ("darts_s4", {"C": 4, "layers": 3}),

@@ -253,7 +253,8 @@ CASES = {
     "darts_2nd": [],
     "tse_darts": ["method.inner_steps=2"],
     "amended_darts": [],
-    "sp_darts": ["method.late_epoch=2", "method.late_t_sp=0.01", "method.monitor_factor=0.1"],  # constant lr
+    "sp_darts": ["method.late_epoch=2", "method.late_t_sp=0.01", "method.monitor_factor=0.1",  # constant lr
+                 "method.grad_clip_scope=alpha_stale"],  # its NB201 presets clip as AutoDL
     "ex_darts": [],
     "fixed_alpha": [],
     "sdarts_rs": [],
@@ -266,7 +267,8 @@ CASES = {
                      "method.stage_partial_channels=[2,1]", "method.stage_keep=[5,3]"],  # prune + widen at epoch 1
     "darts+pt": ["method=darts", "selector=pt", "selector.proj_intv=1", "selector.max_valid_batches=2"],
     "nb1shot1": ["method=darts", "space=nb1shot1_s1"],
-    "drnas": ["method.reg_type=kl"],  # Dirichlet draws inside the step
+    "drnas": ["method.reg_type=kl", "method.grad_clip_scope=alpha"],  # Dirichlet draws inside the step; α in the clip
+    "darts+stale": ["method=darts", "method.grad_clip_scope=alpha_stale", "method.grad_clip=0.05"],  # AutoDL's clip
     "tse_darts+dirichlet": ["method=tse_darts", "method.relaxation=dirichlet", "method.inner_steps=2"],  # TSE-DrNAS
     "drnas+progressive": ["method=drnas", "space.partial_channels=2", "method.stage_epochs=[1,2]",
                           "method.stage_partial_channels=[2,1]", "method.stage_keep=[5,3]"],

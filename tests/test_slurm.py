@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from .slurm_cluster import LocalSlurm, _alive, install_if_missing
 
@@ -108,8 +109,103 @@ def test_seed_sweep_on_slurm_with_a_requeue(slurm, tmp_path):
     ref = subprocess.run([sys.executable, "-m", "nasrun.cli", "search", "seed=0", f"hydra.run.dir={tmp_path / 'ref'}", *RUN],
                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert ref.returncode == 0, ref.stderr
-    keys = ("train_loss", "valid_loss", "alpha", "genotype")
+    keys = ("train_loss", "valid_loss", "alpha", "alpha_raw", "genotype")
     assert [{k: r[k] for k in keys} for r in history(sweep / "0")] == [{k: r[k] for k in keys} for r in history(tmp_path / "ref")]
+    got, want = (torch.load(d / "checkpoint.pt", weights_only=False) for d in (sweep / "0", tmp_path / "ref"))
+    assert_bitwise(got["method"]["alphas"], want["method"]["alphas"])  # α and every weight, bit for bit
+    assert_bitwise(got["supernet"], want["supernet"])
+
+    # the same command again: both jobs are finished, nothing is submitted, nothing is rewritten
+    submitted = sorted((sweep / ".submitit").iterdir())
+    stamps = {p: p.stat().st_mtime_ns for p in sweep.rglob("*") if p.is_file() and ".submitit" not in p.parts}
+    again = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    out = again.stdout + again.stderr
+    assert out.count("already finished") == 2 and "submitted" not in out, out
+    assert sorted((sweep / ".submitit").iterdir()) == submitted
+    changed = [p for p, t in stamps.items() if p.exists() and p.stat().st_mtime_ns != t and p.name != "multirun.yaml"]
+    assert not changed, changed
+
+
+def assert_bitwise(got, want):
+    assert got.keys() == want.keys()
+    for k in want:
+        assert torch.equal(got[k], want[k]) and got[k].dtype == want[k].dtype, k
+
+
+def wait_for(what, condition, proc, log, timeout=300):
+    deadline = time.time() + timeout
+    while not condition():
+        assert proc.poll() is None, f"the sweep ended while waiting for {what}:\n{log.read_text()}"
+        assert time.time() < deadline, f"{what} did not happen in {timeout} s:\n{log.read_text()}"
+        time.sleep(0.2)
+
+
+def epochs_done(run_dir):
+    path = run_dir / "metrics.jsonl"
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def starts(run_dir):
+    """How many times the job started (env.json: the first start and each resume)."""
+    try:
+        env = json.loads((run_dir / "env.json").read_text())
+    except (OSError, ValueError):
+        return 0
+    return 1 + len(env.get("resumes", []))
+
+
+def test_timeouts_past_max_num_timeout_scancel_and_a_failing_requeue_are_reported(slurm, tmp_path):
+    """Issue 22 §2 on Slurm. timeout_min=5 makes every USR2 a time-out for submitit (it counts a signal as one when
+    the job ran past min(0.8 timeout, timeout - 10 min)) and max_num_timeout=1 allows one requeue: job 0 is signalled
+    twice (requeued, resumed, then not requeued: reported as interrupted by the time-outs, with the fix); job 1 is
+    cancelled with scancel (SIGTERM: checkpointed, reported interrupted); job 2 is requeued once and its requeued run
+    finds a corrupt checkpoint (reported failed with that error, not waited on). The master exits 1."""
+    env = {**slurm.env(), "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "NASRUN_BENCH": "", "NASRUN_POLL_S": "1"}
+    sweep = tmp_path / "sweep"
+    cmd = [sys.executable, "-m", "nasrun.cli", "search", "-m", "hydra/launcher=slurm", "hydra.launcher.partition=debug",
+           "hydra.launcher.gpus_per_node=null", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=null",
+           "hydra.launcher.timeout_min=5", "hydra.launcher.max_num_timeout=1", f"hydra.sweep.dir={sweep}",
+           "seed=0,1,2", *RUN, "trainer.epochs=30"]
+    log_path = tmp_path / "sweep.log"
+    log = open(log_path, "w")
+    proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
+    jobs = {}
+    try:
+        for i in (0, 1):
+            wait_for(f"job {i}'s first epoch", lambda i=i: epochs_done(sweep / str(i)) >= 1
+                     and running_job(env, f"_{i}") is not None, proc, log_path)
+            jobs[i] = running_job(env, f"_{i}")
+        subprocess.run(["scancel", jobs[1]], env=env, check=True)
+        subprocess.run(["scancel", "--signal=USR2", jobs[0]], env=env, check=True)
+        wait_for("job 2's first epoch", lambda: epochs_done(sweep / "2") >= 1 and running_job(env, "_2") is not None,
+                 proc, log_path)
+        jobs[2] = running_job(env, "_2")
+        subprocess.run(["scancel", "--signal=USR2", jobs[2]], env=env, check=True)
+        wait_for("job 2 to leave the node", lambda: running_job(env, "_2") is None and not job_pids(jobs[2]), proc,
+                 log_path)
+        (sweep / "2" / "checkpoint.pt").write_bytes(b"\x00 corrupted while the job was requeued")
+        wait_for("job 0 to resume", lambda: starts(sweep / "0") == 2, proc, log_path)
+        done = epochs_done(sweep / "0")  # an epoch after this one ends inside the resumed run's loop (signals handled)
+        wait_for("job 0 to run an epoch after resuming", lambda: epochs_done(sweep / "0") > done
+                 and running_job(env, "_0") is not None, proc, log_path)
+        subprocess.run(["scancel", "--signal=USR2", jobs[0]], env=env, check=True)
+        assert proc.wait(timeout=300) == 1, log_path.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        log.close()
+    out = log_path.read_text()
+    status = {i: json.loads((sweep / str(i) / "status.json").read_text()) for i in range(3)}
+    assert [status[i]["status"] for i in range(3)] == ["interrupted", "interrupted", "failed"], out
+    assert "timed-out too many times (hydra.launcher.max_num_timeout)" in status[0]["error"], status[0]
+    assert "rerun the sweep to resume it" in status[0]["error"] and "checkpoint written" in status[0]["error"]
+    assert status[1]["error"].startswith("received SIGTERM") and "checkpoint written" in status[1]["error"], status[1]
+    assert "checkpoint.pt is unreadable" in status[2]["error"] and starts(sweep / "2") == 1, status[2]
+    assert "0 of 3 finished" in out and "Traceback" not in out.split("jobs:")[-1], out
+    for i in (0, 1):  # the interrupted jobs' last checkpoints are intact and resumable
+        state = torch.load(sweep / str(i) / "checkpoint.pt", weights_only=False)
+        assert not state["finished"] and state["epoch"] >= 1
 
 
 def test_failed_and_lost_jobs_are_reported_and_a_bad_request_is_refused(slurm, tmp_path):

@@ -104,7 +104,16 @@ def stop_for_signal(stop, where):
         console.print(f"received {stop.signal}: {where}; passing the signal on to the launcher (submitit requeues "
                       "the job, which resumes from this checkpoint)")
     name = stop.signal
-    stop.chain()
+    try:
+        stop.chain()
+    except Exception as exc:  # noqa: BLE001 - submitit refuses the requeue by raising (its UncompletedJobError)
+        if type(exc).__name__ != "UncompletedJobError":
+            raise
+        reason = str(exc).strip().rstrip(".")
+        if "too many times" in reason:
+            reason += " (hydra.launcher.max_num_timeout)"
+        raise Interrupted(f"received {name}; {where}; not requeued: {reason}; rerun the sweep to resume it (raise "
+                          "hydra.launcher.timeout_min or max_num_timeout)", signal=name) from None
     raise Interrupted(f"received {name}; {where}", signal=name)
 
 

@@ -10,6 +10,9 @@ from ..errors import UserError
 from .base import Method, cosine_lr
 
 
+CLIP_SCOPES = ("weights", "alpha", "alpha_stale")
+
+
 class Darts(Method):
     """DARTS with softmax relaxation; ``unrolled=True`` is DARTS-V2 (second order).
 
@@ -21,6 +24,11 @@ class Darts(Method):
             (``w_lr_min == w_lr`` gives a constant rate).
         w_momentum, w_nesterov, w_weight_decay: weight SGD settings.
         grad_clip: max gradient norm of the weights before each w step (``null`` disables).
+        grad_clip_scope: which gradients that norm covers: ``weights`` (quark0 and most references); ``alpha``:
+            also α's gradient of the w step's train loss (DrNAS's NB201 code: α is a parameter of the model it clips,
+            its gradient zeroed before the w step); ``alpha_stale``: that plus the gradient the last α step left in
+            α.grad (AutoDL's DARTS-V1/V2 and GDAS, and their copies: only the weight optimiser is zeroed). α is not
+            changed by it; only the clipping factor of the weight step is.
         arch_lr, arch_betas, arch_weight_decay: α Adam settings.
         arch_first: α step before the w step of the same iteration (quark0, DARTS-V2) or after it
             (AutoDL NB201 DARTS-V1), methods.md §0.1.
@@ -49,8 +57,12 @@ class Darts(Method):
                  w_nesterov=True, w_weight_decay=5e-4, grad_clip=5.0, arch_lr=3e-4, arch_betas=(0.5, 0.999),
                  arch_weight_decay=1e-3, arch_first=False, unrolled=False, fd_radius=0.01, train_arch=True,
                  lr_offset=0, relaxation="softmax", arch_start_epoch=0, arch_grad_clip=None, lr_epochs=None,
-                 stage_epochs=None, stage_partial_channels=None, stage_keep=None, stage_lr_restart=False):
+                 stage_epochs=None, stage_partial_channels=None, stage_keep=None, stage_lr_restart=False,
+                 grad_clip_scope="weights"):
         super().__init__(supernet, space)
+        if grad_clip_scope not in CLIP_SCOPES:
+            raise UserError(f"method.grad_clip_scope={grad_clip_scope!r}: choose {', '.join(CLIP_SCOPES)}")
+        self.grad_clip_scope = grad_clip_scope
         self.arch_enabled, self.arch_start_epoch, self.arch_grad_clip = train_arch, arch_start_epoch, arch_grad_clip
         if relaxation not in ("softmax", "dirichlet"):
             raise UserError(f"method.relaxation={relaxation!r}: choose softmax or dirichlet")
@@ -67,6 +79,8 @@ class Darts(Method):
         self.stages = self._check_stages(stage_epochs, stage_partial_channels, stage_keep)
         self.stage_total = sum(stage_epochs or [])
         self.stage, self.op_mask, self.stage_lr_restart = 0, None, stage_lr_restart
+        # AutoDL's α.grad between its α step and the next w step (zero before the first α step)
+        self._stale = [torch.zeros_like(a) for a in self.arch_parameters()] if grad_clip_scope == "alpha_stale" else None
 
     def _check_stages(self, epochs, partial, keep):
         """``[(first epoch, partial channels, ops kept)]`` of the progressive stages ([] without them)."""
@@ -150,6 +164,9 @@ class Darts(Method):
     def graph_key(self):
         return (super().graph_key(), self.train_arch)  # a captured step does (or skips) the α step
 
+    def graph_tensors(self):
+        return [*super().graph_tensors(), *(self._stale or [])]
+
     @staticmethod
     def concentration(alpha):
         """DrNAS's Dirichlet concentration β = ELU(α) + 1 (positive, and 1 at α = 0)."""
@@ -212,20 +229,30 @@ class Darts(Method):
         return out
 
     def weight_step(self, batch):
-        """Ordinary SGD step on the train batch with α held fixed."""
+        """Ordinary SGD step on the train batch with α held fixed (clipped as ``grad_clip_scope`` says)."""
         x, y = batch
-        weights = self.weight_step_weights()
+        with_alpha = bool(self.grad_clip) and self.grad_clip_scope != "weights"
+        weights = {k: v if with_alpha else v.detach() for k, v in self.weight_step_weights().items()}
         self.w_opt.zero_grad(set_to_none=True)
         loss, logits = self.loss(x, y, weights)
-        loss.backward()
-        if self.grad_clip:
+        loss.backward()  # with_alpha: α.grad gets the train loss's gradient too, as in the references
+        if with_alpha:
+            alphas = self.arch_parameters()
+            if self._stale is not None:
+                for a, g in zip(alphas, self._stale):
+                    a.grad = g.clone() if a.grad is None else a.grad + g
+            torch.nn.utils.clip_grad_norm_([*self.supernet.parameters(), *alphas], self.grad_clip)
+            for a in alphas:
+                a.grad = None  # α moves only in its own step
+        elif self.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.supernet.parameters(), self.grad_clip)
         self.w_opt.step()
         return {"train_loss": loss.detach(), "train_correct": (logits.argmax(1) == y).sum()}
 
     def weight_step_weights(self):
-        """The (detached) mixing weights of the w step: softmax(α) unless a method says otherwise."""
-        return {k: v.detach() for k, v in self.edge_weights().items()}
+        """The mixing weights of the w step (softmax(α) unless a method says otherwise), as functions of α: the w step
+        detaches them unless its clipping reads α's gradient (``grad_clip_scope``)."""
+        return self.edge_weights()
 
     def arch_step(self, train_batch, valid_batch):
         """Adam step on α with the first-order or unrolled hypergradient."""
@@ -234,6 +261,8 @@ class Darts(Method):
             a.grad = g
         if self.arch_grad_clip:
             torch.nn.utils.clip_grad_norm_(self.arch_parameters(), self.arch_grad_clip)
+        if self._stale is not None:
+            torch._foreach_copy_(self._stale, [a.grad for a in self.arch_parameters()])
         self.arch_opt.step()
         self.arch_opt.zero_grad(set_to_none=True)
         return {"valid_loss": loss.detach(), "valid_correct": (logits.argmax(1) == valid_batch[1]).sum()}
@@ -297,8 +326,9 @@ class Darts(Method):
 
     def state_dict(self):
         stages = {"stage": self.stage, "op_mask": self.op_mask and {k: m.cpu() for k, m in self.op_mask.items()}}
+        stale = {"stale_alpha_grad": [g.detach().clone() for g in self._stale]} if self._stale is not None else {}
         return {**super().state_dict(), "w_opt": self.w_opt.state_dict(), "arch_opt": self.arch_opt.state_dict(),
-                **(stages if self.stages else {})}
+                **(stages if self.stages else {}), **stale}
 
     def load_state_dict(self, state):
         if self.stages:  # the supernet was loaded first, at the checkpoint's width: the SGD follows its parameters
@@ -309,4 +339,7 @@ class Darts(Method):
             self.supernet.set_active_ops(self.op_mask)
         self.w_opt.load_state_dict(state["w_opt"])
         self.arch_opt.load_state_dict(state["arch_opt"])
+        if self._stale is not None:
+            with torch.no_grad():
+                torch._foreach_copy_(self._stale, [g.to(s.device) for s, g in zip(self._stale, state["stale_alpha_grad"])])
         super().load_state_dict(state)

@@ -31,14 +31,14 @@ class DrNas(Darts):
     def __init__(self, supernet, space, name="drnas", w_lr=0.025, w_lr_min=0.001, w_momentum=0.9, w_nesterov=False,
                  w_weight_decay=3e-4, grad_clip=5.0, arch_lr=3e-4, arch_betas=(0.5, 0.999), arch_first=True,
                  train_arch=True, lr_offset=0, reg_type="l2", reg_scale=1e-3, arch_start_epoch=0, stage_epochs=None,
-                 stage_partial_channels=None, stage_keep=None, stage_lr_restart=False):
+                 stage_partial_channels=None, stage_keep=None, stage_lr_restart=False, grad_clip_scope="weights"):
         if reg_type not in ("l2", "kl"):
             raise UserError(f"method.reg_type={reg_type!r}: choose l2 or kl")
         super().__init__(supernet, space, name, w_lr, w_lr_min, w_momentum, w_nesterov, w_weight_decay, grad_clip,
                          arch_lr, arch_betas, reg_scale if reg_type == "l2" else 0.0, arch_first, False, 0.01, train_arch,
                          lr_offset, relaxation="dirichlet", arch_start_epoch=arch_start_epoch, stage_epochs=stage_epochs,
                          stage_partial_channels=stage_partial_channels, stage_keep=stage_keep,
-                         stage_lr_restart=stage_lr_restart)
+                         stage_lr_restart=stage_lr_restart, grad_clip_scope=grad_clip_scope)
         self.reg_type, self.reg_scale = reg_type, reg_scale
 
     def kl_reg(self):

@@ -29,12 +29,13 @@ class Gdas(Darts):
 
     def __init__(self, supernet, space, name="gdas", w_lr=0.025, w_lr_min=0.001, w_momentum=0.9, w_nesterov=True,
                  w_weight_decay=5e-4, grad_clip=5.0, arch_lr=3e-4, arch_betas=(0.5, 0.999), arch_weight_decay=1e-3,
-                 arch_first=False, train_arch=True, lr_offset=0, tau_max=10.0, tau_min=0.1):
+                 arch_first=False, train_arch=True, lr_offset=0, tau_max=10.0, tau_min=0.1, grad_clip_scope="weights"):
         if not getattr(space, "supports_hard_paths", False):
             raise UserError(f"method=gdas needs cells that can run one sampled op per edge; space {space.name} has "
                             "none (use nb201 or a DARTS-family space)")
         super().__init__(supernet, space, name, w_lr, w_lr_min, w_momentum, w_nesterov, w_weight_decay, grad_clip,
-                         arch_lr, arch_betas, arch_weight_decay, arch_first, False, 0.01, train_arch, lr_offset)
+                         arch_lr, arch_betas, arch_weight_decay, arch_first, False, 0.01, train_arch, lr_offset,
+                         grad_clip_scope=grad_clip_scope)
         self.tau_max, self.tau_min, self.tau = tau_max, tau_min, tau_max
 
     def on_epoch_start(self, epoch, epochs):
@@ -55,9 +56,6 @@ class Gdas(Darts):
     def edge_weights(self, alphas=None):
         alphas = self.alphas if alphas is None else alphas
         return {k: self.sample(a) for k, a in alphas.items()}
-
-    def weight_step_weights(self):
-        return {k: self.sample(a.detach()).detach() for k, a in self.alphas.items()}
 
     def derive_weights(self):
         return {k: F.softmax(a.detach(), dim=-1) for k, a in self.alphas.items()}

@@ -5,8 +5,11 @@ The α step is DARTS's. The w step trains the supernet at a perturbed point of t
 a = clip(softmax(α) + δ) with ‖δ‖∞ ≤ ε, ε growing linearly 0.03 → 0.3 over the epochs. SDARTS-RS draws δ
 uniformly; SDARTS-ADV finds δ by a 7-step sign-gradient ascent of the train loss (BN in eval mode, a
 random start, projection onto the ε-ball and the simplex after every step) and keeps the start point if
-the attack did not raise the loss. ``clip`` is the reference's: clamp to [0, 1], a row that became all
-zero gets 1 at its argmax, then each row is renormalised.
+the attack did not raise the loss. ``clip`` is the reference's (``model_search.clip``): clamp to [0, 1], a row
+that became all zero gets 1 where the row, before clamping, had its largest value (the *perturbed* row's argmax,
+not softmax(α)'s), then each row is renormalised. The presets follow the reference's schedule (its scheduler steps
+before each epoch: epoch e runs at lr(e + 1), ``lr_offset: 1``) and, on the DARTS space, its 7 ops (``none`` is
+commented out in ``sota/cnn/spaces.py``: ``space: darts_7op``).
 """
 
 import torch
@@ -17,11 +20,11 @@ from ..graphs import copy_from_host
 from .darts import Darts
 
 
-def clip_simplex(w, before):
-    """Clamp rows to [0, 1], put 1 at the argmax of ``before`` in rows that became all zero, renormalise."""
+def clip_simplex(w):
+    """Clamp rows to [0, 1], put 1 at each all-zero row's argmax before the clamp, renormalise (SmoothDARTS's clip)."""
+    top = torch.zeros_like(w).scatter_(-1, w.argmax(-1, keepdim=True), 1.0)  # one-hot without F.one_hot's host check
     w = w.clamp(0, 1)
     dead = w.sum(-1, keepdim=True) == 0
-    top = torch.zeros_like(w).scatter_(-1, before.argmax(-1, keepdim=True), 1.0)  # one-hot without F.one_hot's host check
     w = torch.where(dead, top, w)
     return w / w.sum(-1, keepdim=True)
 
@@ -52,7 +55,7 @@ class SDarts(Darts):
         self.epsilon = epsilon_min
 
     def graph_tensors(self):
-        return [self._epsilon, *self._noise.values()]
+        return [*super().graph_tensors(), self._epsilon, *self._noise.values()]
 
     def on_epoch_start(self, epoch, epochs):
         super().on_epoch_start(epoch, epochs)
@@ -76,7 +79,7 @@ class SDarts(Darts):
         eps = self._epsilon
         with torch.no_grad():
             base = {k: F.softmax(a.detach(), dim=-1) for k, a in self.alphas.items()}
-            start = {k: clip_simplex(w + eps * self._noise[k], w) for k, w in base.items()}
+            start = {k: clip_simplex(w + eps * self._noise[k]) for k, w in base.items()}
         if self.perturbation == "random":
             return start
         return self.attack(batch, base, start)
@@ -95,8 +98,8 @@ class SDarts(Darts):
             loss = self.loss(x, y, leaves)[0]
             grads = torch.autograd.grad(loss, list(leaves.values()))
             with torch.no_grad():
-                w = {k: clip_simplex(base[k] + (v + 2 * eps / self.attack_steps * g.sign() - base[k]).clamp(-eps, eps),
-                                     base[k]) for (k, v), g in zip(leaves.items(), grads)}
+                w = {k: clip_simplex(base[k] + (v + 2 * eps / self.attack_steps * g.sign() - base[k]).clamp(-eps, eps))
+                     for (k, v), g in zip(leaves.items(), grads)}
         with torch.no_grad():
             loss_after = self.loss(x, y, w)[0]
             keep = loss_after >= loss_before  # the reference reverts to α when the attack lowered the loss

@@ -139,7 +139,7 @@ class Snas(Darts):
         self._penalty_steps = 0
 
     def graph_tensors(self):
-        return [self._temp, *self._gumbel.values(), self._penalty_sum]
+        return [*super().graph_tensors(), self._temp, *self._gumbel.values(), self._penalty_sum]
 
     def on_epoch_start(self, epoch, epochs):
         super().on_epoch_start(epoch, epochs)

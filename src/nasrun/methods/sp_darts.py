@@ -39,9 +39,10 @@ class SpDarts(Darts):
                  w_weight_decay=5e-4, grad_clip=5.0, arch_lr=3e-4, arch_betas=(0.5, 0.999), arch_weight_decay=0.0,
                  arch_first=False, train_arch=True, t_sp=1.1e-3, sm_factor=10.0, warmup_factor=10.0, warmup_epochs=1,
                  p_low=0.0, p_up=1.0, schedule_offset=0, monitor_temperature=1e-4, monitor_factor=None, late_epoch=None,
-                 late_t_sp=None, w_double_softmax=False, lr_offset=0):
+                 late_t_sp=None, w_double_softmax=False, lr_offset=0, grad_clip_scope="weights"):
         super().__init__(supernet, space, name, w_lr, w_lr_min, w_momentum, w_nesterov, w_weight_decay, grad_clip,
-                         arch_lr, arch_betas, arch_weight_decay, arch_first, False, 0.01, train_arch, lr_offset)
+                         arch_lr, arch_betas, arch_weight_decay, arch_first, False, 0.01, train_arch, lr_offset,
+                         grad_clip_scope=grad_clip_scope)
         self.t_sp, self.sm_factor, self.warmup_factor, self.warmup_epochs = t_sp, sm_factor, warmup_factor, warmup_epochs
         self.p_low, self.p_up, self.schedule_offset = p_low, p_up, schedule_offset
         self.monitor_temperature, self.monitor_factor = monitor_temperature, monitor_factor
@@ -53,7 +54,7 @@ class SpDarts(Darts):
         self._epoch_stats = None
 
     def graph_tensors(self):
-        return [self._temperature, *(self._epoch_stats or {}).values()]
+        return [*super().graph_tensors(), self._temperature, *(self._epoch_stats or {}).values()]
 
     def graph_key(self):
         return super().graph_key(), self.monitor()  # the monitor temperature is a Python number in the step
@@ -113,7 +114,7 @@ class SpDarts(Darts):
     def weight_step_weights(self):
         if not self.w_double_softmax:
             return super().weight_step_weights()
-        return {k: F.softmax(F.softmax(a.detach(), dim=-1) / self._temperature, dim=-1) for k, a in self.alphas.items()}
+        return {k: F.softmax(F.softmax(a, dim=-1) / self._temperature, dim=-1) for k, a in self.alphas.items()}
 
     def derive_weights(self):
         return {k: F.softmax(a.detach(), dim=-1) for k, a in self.alphas.items()}

@@ -22,16 +22,17 @@ MAX_NODES = 4
 EDGES = tuple(f"{i}<-{j}" for i in range(1, MAX_NODES) for j in range(i))
 
 
-def make_op(name, C, affine, track_running_stats):
-    """One NB201 candidate op at C channels, stride 1 (the only kind inside NB201 cells)."""
+def make_op(name, C, affine, track_running_stats, bias=None):
+    """One NB201 candidate op at C channels, stride 1 (the only kind inside NB201 cells); ``bias``: the convs' bias
+    (None: AutoDL's rule, a bias exactly when the BN is not affine)."""
     if name == "none":
         return Zero()
     if name == "skip_connect":
         return Identity()
     if name == "nor_conv_1x1":
-        return ReLUConvBN(C, C, 1, 1, 0, affine=affine, track_running_stats=track_running_stats)
+        return ReLUConvBN(C, C, 1, 1, 0, affine=affine, track_running_stats=track_running_stats, bias=bias)
     if name == "nor_conv_3x3":
-        return ReLUConvBN(C, C, 3, 1, 1, affine=affine, track_running_stats=track_running_stats)
+        return ReLUConvBN(C, C, 3, 1, 1, affine=affine, track_running_stats=track_running_stats, bias=bias)
     if name == "avg_pool_3x3":
         return Pooling()
     raise ValueError(f"unknown NB201 op {name!r}")
@@ -73,14 +74,16 @@ class SearchCell(FusedCellMixin, nn.Module):
     go through its ops; the rest bypass them, then the channels are shuffled.
     """
 
-    def __init__(self, C, ops, affine, track_running_stats, partial=1):
+    def __init__(self, C, ops, affine, track_running_stats, partial=1, conv_bias=None):
         super().__init__()
         if C % partial:
             raise UserError(f"space.partial_channels={partial} must divide every stage's width (C={C})")
-        self.init_args = dict(C=C, ops=ops, affine=affine, track_running_stats=track_running_stats, partial=partial)
+        self.init_args = dict(C=C, ops=ops, affine=affine, track_running_stats=track_running_stats, partial=partial,
+                              conv_bias=conv_bias)
         self.partial, self.active = partial, None  # active: per edge, the ops still searched (DrNAS pruning)
         self.edges = nn.ModuleDict(
-            {e: nn.ModuleList(make_op(o, C // partial, affine, track_running_stats) for o in ops) for e in EDGES})
+            {e: nn.ModuleList(make_op(o, C // partial, affine, track_running_stats, conv_bias) for o in ops)
+             for e in EDGES})
         self.set_active(None)
 
     def set_active(self, active):
@@ -213,18 +216,21 @@ class NB201Space(SearchSpace):
         track_running_stats: BN running statistics in search cells (AutoDL False, darts-pt and DrNAS True).
         partial_channels: K of partial channels (PC-DARTS; DrNAS's progressive search): 1/K of each edge's input
             goes through its mixed op (1: all).
+        conv_bias: whether the search cells' convs have a bias (null: AutoDL's rule, one exactly when the BN is not
+            affine, i.e. yes in search cells; DrNAS's NB201 code: false).
     """
 
     benchmark = "nb201"
     default_split = "nb201"
 
     def __init__(self, name="nb201", ops=NB201_OPS, C=16, N=5, affine=False, track_running_stats=False,
-                 partial_channels=1):
+                 partial_channels=1, conv_bias=None):
         unknown = [o for o in ops if o not in NB201_OPS]
         if unknown:
             raise UserError(f"space {name}: unknown op(s) {unknown}; NB201 ops are {list(NB201_OPS)}")
         self.name, self.ops, self.C, self.N = name, tuple(ops), C, N
         self.affine, self.track_running_stats, self.partial_channels = affine, track_running_stats, partial_channels
+        self.conv_bias = conv_bias
         self.edges = EDGES
 
     def alpha_shapes(self):
@@ -236,7 +242,8 @@ class NB201Space(SearchSpace):
 
     def build_supernet(self, num_classes, in_channels=3):
         return NB201Supernet(self.C, self.N, num_classes,
-                             lambda c: SearchCell(c, self.ops, self.affine, self.track_running_stats, self.partial_channels),
+                             lambda c: SearchCell(c, self.ops, self.affine, self.track_running_stats, self.partial_channels,
+                                                  self.conv_bias),
                              in_channels, self.partial_channels)
 
     def build_network(self, genotype, num_classes, C=None, N=None, in_channels=3):
