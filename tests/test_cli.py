@@ -82,6 +82,24 @@ def test_multirun_over_seeds(tmp_path):
     (["eval", "genotype=|nor_conv_3x3~0|+|none~0|none~1|+|none~0|none~1|pool~2|"], ["unknown op 'pool'"]),
     (["eval", "genotype=Genotype(normal=[('sep_conv_3x3', 0)], normal_concat=[2], reduce=[], reduce_concat=[2])"],
      ["space=darts"]),
+    (["eval", "genotype=/nonexistent/run_dir"], ["genotype=/nonexistent/run_dir: no such run directory or genotype file"]),
+    (["eval", "genotype=DARTS_V2", "space=nb201"], ["DARTS_V2 is a DARTS-space genotype name"]),
+    (["eval", "genotype=DARTS_V2", "trainer.epochs=5"], ["retrain.epochs"]),
+    (["search", "-m", "--cfg", "job"], ["-m and --cfg cannot be combined"]),
+])
+def test_user_errors_refused_before_hydra_runs(tmp_path, monkeypatch, capsys, args, needles):
+    """One line, exit 2, no traceback; checked in this process (see :func:`refused_in_process`)."""
+    code, stderr = refused_in_process(monkeypatch, capsys, [*args, f"hydra.run.dir={tmp_path / 'r'}",
+                                                            f"hydra.sweep.dir={tmp_path / 'm'}"])
+    lines = [ln for ln in stderr.splitlines() if ln.strip()]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("nasrun: error: "), stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("args, needles", [
+    (["search", "method=nope"], ["unknown method 'nope'", "darts, darts_2nd"]),
     (["eval", f"genotype={ARCH}", "benchmark=nb201", "benchmark.path=/nonexistent/nb201.pth"],
      ["not found", "/nonexistent/nb201.pth", "bench convert"]),
     (["search", "dataset=cifar10", "dataset.download=false", "trainer.device=cpu", "benchmark=none"],
@@ -345,11 +363,7 @@ def test_sweep_jobs_with_nonsense_values_fail_alone(tmp_path):
     assert json.loads((tmp_path / "0" / "status.json").read_text())["status"] == "finished"
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["eval", "genotype=/nonexistent/run_dir"], "genotype=/nonexistent/run_dir: no such run directory or genotype file"),
-    (["eval", "genotype=DARTS_V2", "space=nb201"], "DARTS_V2 is a DARTS-space genotype name"),
-    (["eval", "genotype=DARTS_V2", "trainer.epochs=5"], "retrain.epochs"),
-    (["search", "-m", "--cfg", "job"], "-m and --cfg cannot be combined"),
+@pytest.mark.parametrize("args, needle", [  # the cases refused before Hydra are in test_user_errors_refused_before...
     (["eval", "space=darts", "genotype=DARTS_V2", "dataset=digits", "retrain.epochs=1", "retrain.C=8", "retrain.layers=3",
       "retrain.cutout=0", "trainer.device=cpu"], "set retrain.auxiliary_weight=0 for this dataset"),
     (["eval", "space=darts", "genotype=DARTS_V2", "dataset=digits", "retrain.cutout=8", "retrain.auxiliary_weight=0",
