@@ -1041,3 +1041,59 @@ def test_drnas_nb201_search_cells_have_no_conv_bias():
         assert convs and all(m.bias is None for m in convs), preset
     convs = search_convs(["space=nb201"])
     assert convs and all(m.bias is not None for m in convs)
+
+
+@pytest.mark.parametrize("fused", [False, True])
+@pytest.mark.parametrize("reduction", [False, True])
+def test_gaea_pc_darts_bypass_is_scaled_by_the_edge_weight_alone(fused, reduction):
+    """Issue 23 item 4: GAEA PC-DARTS's reference multiplies each edge's whole partial-channel output by the edge
+    weight, its MixedOp summing α_k·op_k (no softmax) on C/K channels beside the untouched rest. Restated here on one
+    DARTS search cell in float64 from the cell's own modules; nasrun's cell (per-op and fused) with the edge weights
+    as bypass scales gives the same output and the same α and edge gradients. Scaling the bypass by the weight sum
+    (the PC-DARTS fold) would add e·⟨g, bypass⟩ to every α of the row: the test sees it."""
+    from nasrun.spaces import get_space
+    from nasrun.spaces.fused import set_fused
+    from nasrun.spaces.ops import channel_shuffle
+
+    torch.manual_seed(0)
+    space = get_space("darts", C=8, layers=3, partial_channels=2)
+    sup = space.build_supernet(10).to(torch.float64)
+    cell = sup.cells[1 if reduction else 0]
+    assert cell.reduction == reduction
+    set_fused(cell, fused)
+    E, K = len(cell.ops), len(cell.ops[0])
+    alpha = torch.rand(E, K, dtype=torch.float64)
+    alpha = (alpha / alpha.sum(-1, keepdim=True)).requires_grad_()
+    edge = torch.rand(E, dtype=torch.float64).requires_grad_()
+    C_pp, C_p = cell.init_args["C_pp"], cell.init_args["C_p"]
+    side = 8
+    side0 = side * (2 if cell.init_args["reduction_prev"] else 1)
+    s0 = torch.randn(2, C_pp, side0, side0, dtype=torch.float64)
+    s1 = torch.randn(2, C_p, side, side, dtype=torch.float64)
+    probe = None
+
+    def reference():
+        states = [cell.preprocess0(s0), cell.preprocess1(s1)]
+        for node in cell.by_node:
+            total = 0
+            for e, j in node:
+                h = states[j]
+                c = h.shape[1] // 2
+                mixed = sum(alpha[e, k] * op(h[:, :c]) for k, op in enumerate(cell.ops[e]))
+                rest = h[:, c:] if cell.bypass_pool is None or mixed.shape[-1] == h.shape[-1] else cell.bypass_pool(h[:, c:])
+                total = total + edge[e] * channel_shuffle(torch.cat([mixed, rest], 1), 2)
+            states.append(total)
+        return torch.cat(states[2:], 1)
+
+    outs = {}
+    for name, run in (("reference", reference), ("nasrun", lambda: cell(s0, s1, alpha * edge[:, None], None, edge)),
+                      ("weight_sum", lambda: cell(s0, s1, alpha * edge[:, None], None))):
+        torch.manual_seed(1)
+        y = run()
+        if probe is None:
+            probe = torch.randn_like(y)
+        grads = torch.autograd.grad((y * probe).sum(), [alpha, edge])
+        outs[name] = (y.detach(), *grads)
+    for got, want in zip(outs["nasrun"], outs["reference"]):
+        assert torch.allclose(got, want, rtol=1e-10, atol=1e-12)
+    assert not torch.allclose(outs["weight_sum"][1], outs["reference"][1], rtol=1e-6, atol=1e-8)

@@ -128,13 +128,15 @@ class Method(abc.ABC):
     def loss(self, x, y, weights, params=None, model=None):
         """Cross-entropy and logits of the supernet; ``params`` evaluates it functionally at other weights,
         ``model`` evaluates another module (a copy) instead."""
+        bypass = self.bypass_scales()
+        args = (x, weights) if bypass is None else (x, weights, bypass)
         with self.autocast():
             if model is not None:
-                out = model(x, weights)
+                out = model(*args)
             elif params is None:
-                out = self.supernet(x, weights)
+                out = self.supernet(*args)
             else:
-                out = functional_call(self.supernet, params, (x, weights))
+                out = functional_call(self.supernet, params, args)
         # a supernet with an auxiliary tower returns (logits, logits_aux) in training
         logits, aux = out if isinstance(out, tuple) else (out, None)
         if logits.dtype in (torch.float16, torch.bfloat16):
@@ -143,6 +145,11 @@ class Method(abc.ABC):
         if aux is not None:
             loss = loss + (model if model is not None else self.supernet).aux_weight * F.cross_entropy(aux, y)
         return loss, logits
+
+    def bypass_scales(self):
+        """``{cell type: [E]}`` scales of the partial-channel bypass when they are not the rows' weight sums (GAEA
+        PC-DARTS: the edge weights alone), else None."""
+        return None
 
     def on_epoch_start(self, epoch, epochs):
         """Set per-epoch schedules (learning rates, temperatures)."""

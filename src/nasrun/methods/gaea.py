@@ -10,7 +10,9 @@ which drives α towards sparse rows. ``single_level`` is the paper's ERM form: t
 training data (an independent batch of the same training set the weights see) instead of a held-out split.
 With ``learn_edges`` (GAEA PC-DARTS) each edge also carries a weight that is updated the same way and
 normalised over the edges into its node; an edge mixes with α_e · edge_e, and the genotype is read from that
-product. The α step comes first in each iteration; there is no Adam and no softmax anywhere in it.
+product. With partial channels the bypassed channels are scaled by edge_e alone (:meth:`Gaea.bypass_scales`), as the
+reference multiplies the whole edge output by it: scaling them by the weight sum Σ α_e·edge_e, as PC-DARTS's fold
+does, would give every α of the row the same extra gradient (PC-DARTS's softmax cancels it, GAEA's α has none). The α step comes first in each iteration; there is no Adam and no softmax anywhere in it.
 """
 
 import math
@@ -73,6 +75,11 @@ class Gaea(Darts):
 
     def arch_parameters(self):
         return [self.alphas[k] for k in sorted(self.alphas)] + [self.edges[k] for k in sorted(self.edges)]
+
+    def bypass_scales(self):
+        """The partial-channel bypass is scaled by the edge weight alone, as in the reference (the weight sum α·edge
+        would pass every α of the row the same gradient: GAEA's α has no softmax to cancel it)."""
+        return dict(self.edges) if self.edges else None
 
     def edge_weights(self, alphas=None):
         """α itself (already on the simplex), times the edge weight with ``learn_edges``."""

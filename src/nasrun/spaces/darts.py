@@ -105,19 +105,20 @@ class SearchCell(FusedCellMixin, nn.Module):
             for j in range(STEPS + 1)], K).to(device)
         pack_parameters(self)
 
-    def forward(self, s0, s1, w, drop_prob=None):
+    def forward(self, s0, s1, w, drop_prob=None, bypass=None):
+        """``bypass``: per-edge scales of the partial-channel bypass (None: each edge's weight sum)."""
         if isinstance(w, HardPath):
             return self.forward_hard(s0, s1, w)
         drop = drop_prob is not None and self.training
         skip = self.skip_dropout is not None and self.training
         if ((drop or skip) and self.noise_rows) or not self.sources.complete:
             # per-edge work: the per-op cell
-            return self.forward_reference(s0, s1, w, drop_prob)
+            return self.forward_reference(s0, s1, w, drop_prob, bypass)
         if not self.fused:
-            return self.forward_reference(s0, s1, w, drop_prob)
-        return self.forward_fused(s0, s1, w, drop_prob if drop else None)
+            return self.forward_reference(s0, s1, w, drop_prob, bypass)
+        return self.forward_fused(s0, s1, w, drop_prob if drop else None, bypass)
 
-    def _edge(self, e, x, w, index=None, terms=None):
+    def _edge(self, e, x, w, index=None, terms=None, scale=None):
         """One edge: the mixed op (GDAS: only op ``index``); with partial channels (PC-DARTS) only the first
         C/K channels go through it, the rest bypass (max-pooled in a reduction) scaled by the edge's weight
         sum (its edge normalisation β when the method folds β into w), then the channels are shuffled."""
@@ -129,16 +130,17 @@ class SearchCell(FusedCellMixin, nn.Module):
                                    else op(part)) for o, op in enumerate(ops) if active is None or o in active)
             return mixed(ops, part, w, active) if index is None else mixed_hard(ops, part, w, index, terms)
 
-        return partial_edge(x, self.partial, mix, w, self.bypass_pool)
+        return partial_edge(x, self.partial, mix, w, self.bypass_pool, scale)
 
-    def forward_reference(self, s0, s1, w, drop_prob=None):
+    def forward_reference(self, s0, s1, w, drop_prob=None, bypass=None):
         """The per-op cell; ``drop_prob`` drops each mixed edge's output per sample (training only), as the
         search cells of SDARTS / SP-DARTS (``drop_path`` on every edge, identity included)."""
         states = [self.preprocess0(s0), self.preprocess1(s1)]
         drop = drop_prob is not None and self.training
         for node in self.by_node:
-            states.append(sum(drop_path(self._edge(e, states[j], w[e]), drop_prob) if drop
-                              else self._edge(e, states[j], w[e]) for e, j in node))
+            scales = [None if bypass is None else bypass[e] for e, _ in node]
+            states.append(sum(drop_path(self._edge(e, states[j], w[e], scale=b), drop_prob) if drop
+                              else self._edge(e, states[j], w[e], scale=b) for (e, j), b in zip(node, scales)))
         return torch.cat(states[2:], dim=1)
 
     def forward_hard(self, s0, s1, path):
@@ -149,13 +151,13 @@ class SearchCell(FusedCellMixin, nn.Module):
             states.append(add_all(self._edge(e, states[j], terms[e][0], path.index[e], terms[e][1:]) for e, j in node))
         return torch.cat(states[2:], dim=1)
 
-    def forward_fused(self, s0, s1, w, drop_prob=None):
+    def forward_fused(self, s0, s1, w, drop_prob=None, bypass=None):
         states = [self.preprocess0(s0), self.preprocess1(s1)]
         noise = self._draw_noise(states[1][:, :states[1].shape[1] // self.partial])
         drop, skip = self._draw_drops(states, drop_prob)
         W, acc = self.sources.gather(w), {}
         for j in range(len(self.sources)):
-            self.sources.run(j, states[j], W, acc, noise, self.partial, w, self.bypass_pool, drop, skip)
+            self.sources.run(j, states[j], W, acc, noise, self.partial, w, self.bypass_pool, drop, skip, bypass)
             if j >= 1:
                 states.append(acc[j - 1])
         return torch.cat(states[2:], dim=1)
@@ -238,12 +240,14 @@ class DartsSupernet(ProgressiveSupernet, nn.Module):
             for cell in self.cells:
                 cell.skip_dropout = rate
 
-    def forward(self, x, weights):
+    def forward(self, x, weights, bypass=None):
+        """``bypass``: ``{cell type: [E]}`` scales of the partial-channel bypass (None: each edge's weight sum)."""
         s0 = s1 = self.stem(x)
         drop = self.drop_prob if self.max_drop_path > 0 else None
         logits_aux = None
         for i, (cell, key) in enumerate(zip(self.cells, self.keys)):
-            s0, s1 = s1, cell(s0, s1, weights[key], drop)
+            s0, s1 = s1, (cell(s0, s1, weights[key], drop) if bypass is None
+                          else cell(s0, s1, weights[key], drop, bypass[key]))
             if i == self.aux_index and self.auxiliary_head is not None and self.training:
                 check_aux_input(s1, "space.search_auxiliary", "turn it off for this dataset")
                 logits_aux = self.auxiliary_head(s1)

@@ -466,12 +466,13 @@ class CellPlans(nn.Module):
         flat = (F.pad(w, (0, 1)) if self.needs_zero else w).reshape(-1)
         return flat[self.widx].split(self.sizes)
 
-    def run(self, j, x, W, acc, noise=None, partial=1, w=None, pool=None, drop=None, skip=None):
+    def run(self, j, x, W, acc, noise=None, partial=1, w=None, pool=None, drop=None, skip=None, bypass=None):
         """Add state j's outgoing edges' contributions to ``acc`` (node → running sum).
 
         ``partial`` K > 1 (PC-DARTS): the ops see the first C/K channels of x; every edge's output is joined by the
         other channels (``pool`` ed when the ops halve the resolution), scaled by the edge's row sum of the cell's
-        weights ``w``, and the channels are shuffled: :func:`~nasrun.spaces.ops.partial_edge` for all outgoing edges
+        weights ``w`` (or by ``bypass[e]``, the edge weights alone, when given), and the channels are shuffled:
+        :func:`~nasrun.spaces.ops.partial_edge` for all outgoing edges
         at once. ``drop``: ``(keep probability, {α row: [B, 1, 1, 1] mask})``, drop-path on every edge's output
         (``x / keep · mask``, as :func:`~nasrun.spaces.darts.drop_path`) before the node sums."""
         plan = self.plans[j]
@@ -484,7 +485,8 @@ class CellPlans(nn.Module):
             out, rest = plan(x[:, :c], W[j], noise, skip), x[:, c:]
             if out.shape[-1] != x.shape[-1]:
                 rest = pool(rest)
-            scale = w.index_select(0, plan.row_index).sum(-1).view(1, -1, 1, 1, 1)
+            scale = (w.index_select(0, plan.row_index).sum(-1) if bypass is None
+                     else bypass.index_select(0, plan.row_index)).view(1, -1, 1, 1, 1)
             joined = torch.cat([out, scale * rest.unsqueeze(1)], dim=2)  # [B, edges, C, H, W]
             B, n, C, H, Wd = joined.shape
             contrib = joined.view(B, n, partial, C // partial, H, Wd).transpose(2, 3).reshape(B, n, C, H, Wd)

@@ -99,29 +99,33 @@ class SearchCell(FusedCellMixin, nn.Module):
             for j in range(MAX_NODES - 1)], K).to(device)
         pack_parameters(self)
 
-    def forward(self, x, w):
+    def forward(self, x, w, bypass=None):
+        """``bypass``: per-edge scales of the partial-channel bypass (None: each edge's weight sum)."""
         if isinstance(w, HardPath):
             return self.forward_hard(x, w)
-        return self.forward_fused(x, w) if self.fused and self.sources.complete else self.forward_reference(x, w)
+        if self.fused and self.sources.complete:
+            return self.forward_fused(x, w, bypass)
+        return self.forward_reference(x, w, bypass)
 
-    def _edge(self, r, x, w, index=None, terms=None):
+    def _edge(self, r, x, w, index=None, terms=None, scale=None):
         """Edge ``r``: the mixed op (GDAS: only op ``index``), on the first C/K input channels when partial; the
         bypassed channels are scaled by the edge's weight sum (1, or PC-DARTS's β̂ when folded into w) and
         shuffled back in."""
         ops, active = self.edges[EDGES[r]], None if self.active is None else self.active[r]
         return partial_edge(x, self.partial, lambda part: mixed(ops, part, w, active) if index is None
-                            else mixed_hard(ops, part, w, index, terms), w)
+                            else mixed_hard(ops, part, w, index, terms), w, scale=scale)
 
     @property
     def ops(self):
         """The candidate ops of every edge, in α-row order (as the DARTS cell's ``ops``)."""
         return [self.edges[e] for e in EDGES]
 
-    def forward_reference(self, x, w):
+    def forward_reference(self, x, w, bypass=None):
         nodes = [x]
         for i in range(1, MAX_NODES):
-            nodes.append(sum(self._edge(EDGES.index(f"{i}<-{j}"), nodes[j], w[EDGES.index(f"{i}<-{j}")])
-                             for j in range(i)))
+            rows = [EDGES.index(f"{i}<-{j}") for j in range(i)]
+            nodes.append(sum(self._edge(r, nodes[j], w[r], scale=None if bypass is None else bypass[r])
+                             for j, r in enumerate(rows)))
         return nodes[-1]
 
     def forward_hard(self, x, path):
@@ -133,10 +137,10 @@ class SearchCell(FusedCellMixin, nn.Module):
                                  for j, r in enumerate(rows)))
         return nodes[-1]
 
-    def forward_fused(self, x, w):
+    def forward_fused(self, x, w, bypass=None):
         W, acc, nodes = self.sources.gather(w), {}, [x]
         for j in range(len(self.sources)):
-            self.sources.run(j, nodes[j], W, acc, partial=self.partial, w=w)
+            self.sources.run(j, nodes[j], W, acc, partial=self.partial, w=w, bypass=bypass)
             nodes.append(acc[j + 1])
         return nodes[-1]
 
@@ -185,11 +189,12 @@ class NB201Supernet(ProgressiveSupernet, TinyNetwork):
     def search_cells(self):
         return [(i, c, "normal") for i, c in enumerate(self.cells) if isinstance(c, SearchCell)]
 
-    def forward(self, x, weights):
-        w = weights["normal"]
+    def forward(self, x, weights, bypass=None):
+        """``bypass``: ``{"normal": [E]}`` scales of the partial-channel bypass (None: each edge's weight sum)."""
+        w, b = weights["normal"], None if bypass is None else bypass["normal"]
         x = self.stem(x)
         for cell in self.cells:
-            x = cell(x, w) if isinstance(cell, SearchCell) else cell(x)
+            x = (cell(x, w) if b is None else cell(x, w, b)) if isinstance(cell, SearchCell) else cell(x)
         return self._head(x)
 
 

@@ -98,16 +98,17 @@ def mixed(ops, x, w, active=None):
     return out
 
 
-def partial_edge(x, k, mix, w, pool=None):
+def partial_edge(x, k, mix, w, pool=None, scale=None):
     """PC-DARTS's partial channels (K = ``k``): ``mix`` runs on the first C/K channels of x, the rest bypass it
-    (through ``pool`` when the mixed op halves the resolution), scaled by the edge's weight sum (1, or PC-DARTS's
-    β̂ when folded into w), and the channels are shuffled; K = 1 is the plain mixed op."""
+    (through ``pool`` when the mixed op halves the resolution), scaled by ``scale`` (the edge weight alone: GAEA
+    PC-DARTS) or else the edge's weight sum (1, or PC-DARTS's β̂ when folded into w; a softmax row's sum passes α no
+    gradient), and the channels are shuffled; K = 1 is the plain mixed op."""
     if k == 1:
         return mix(x)
     out, rest = mix(x[:, :x.shape[1] // k]), x[:, x.shape[1] // k:]
     if out.shape[-1] != x.shape[-1]:
         rest = pool(rest)
-    return channel_shuffle(torch.cat([out, w.sum() * rest], dim=1), k)
+    return channel_shuffle(torch.cat([out, (w.sum() if scale is None else scale) * rest], dim=1), k)
 
 
 def channel_shuffle(x, groups):
