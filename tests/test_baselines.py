@@ -1097,3 +1097,68 @@ def test_gaea_pc_darts_bypass_is_scaled_by_the_edge_weight_alone(fused, reductio
     for got, want in zip(outs["nasrun"], outs["reference"]):
         assert torch.allclose(got, want, rtol=1e-10, atol=1e-12)
     assert not torch.allclose(outs["weight_sum"][1], outs["reference"][1], rtol=1e-6, atol=1e-8)
+
+
+def reference_pgd(net, x, y, base, noise, eps, steps):
+    """SmoothDARTS ``attacker/perturb.py::Linf_PGD_alpha`` restated on the simplex point ``base`` (float64): eval
+    mode, random start base + ε·noise then clip, ``steps`` Linf_SGD steps of 2ε/steps on −loss (an ascent along the
+    gradient's sign), each projected onto the ε-ball around base and clipped; back to base if the loss fell."""
+    training = net.training
+    net.eval()
+    with torch.no_grad():
+        loss_before = F.cross_entropy(net(x, base), y)
+    a = {k: reference_clip(v + eps * noise[k]) for k, v in base.items()}
+    for _ in range(steps):
+        leaves = {k: v.clone().requires_grad_() for k, v in a.items()}
+        grads = torch.autograd.grad(-F.cross_entropy(net(x, leaves), y), list(leaves.values()))
+        with torch.no_grad():
+            stepped = {k: v - 2 * eps / steps * torch.sign(g) for (k, v), g in zip(leaves.items(), grads)}
+            a = {k: reference_clip(base[k] + (v - base[k]).clamp(-eps, eps)) for k, v in stepped.items()}
+    with torch.no_grad():
+        loss_after = F.cross_entropy(net(x, a), y)
+    net.train(training)
+    return dict(base) if loss_before > loss_after else a
+
+
+@pytest.mark.parametrize("method", ["sdarts_rs", "sdarts_adv"])
+def test_sdarts_step_equals_the_reference_step(method):
+    """Issue 23, "also build": one whole SDARTS iteration against SmoothDARTS's train loop restated in float64 with
+    the same δ: quark0's first-order α step (Adam on the valid loss at softmax(α)), then the perturbation (RS:
+    clip(softmax(α) + ε·δ); ADV: the PGD above), then the w step at the perturbed point in training mode, the weights'
+    norm clipped to 5, SGD. Weights and α after two iterations agree to 1e-12."""
+    import copy
+
+    _, sup, m = tiny_method([f"method={method}"], dtype=torch.float64)
+    m._epsilon = torch.zeros((), dtype=torch.float64)  # the method's device scalars in the test's float64 too
+    m._noise = {k: torch.zeros_like(a) for k, a in m.alphas.items()}
+    m.on_epoch_start(30, 50)
+    ref = copy.deepcopy(sup)
+    alphas = {k: a.detach().clone().requires_grad_() for k, a in m.alphas.items()}
+    g = m.w_opt.param_groups[0]
+    w_opt = torch.optim.SGD(ref.parameters(), lr=g["lr"], momentum=g["momentum"], nesterov=g["nesterov"],
+                            weight_decay=g["weight_decay"])
+    g = m.arch_opt.param_groups[0]
+    a_opt = torch.optim.Adam([alphas[k] for k in sorted(alphas)], lr=g["lr"], betas=g["betas"], eps=g["eps"],
+                             weight_decay=g["weight_decay"])
+    for t in range(2):
+        (x, y), (xv, yv) = batch(2 * t), batch(2 * t + 1)
+        torch.manual_seed(10 + t)
+        m.prepare_step()
+        noise = {k: v.clone() for k, v in m._noise.items()}
+        m.device_step((x, y), (xv, yv))
+        a_opt.zero_grad()
+        F.cross_entropy(ref(xv, {k: F.softmax(a, -1) for k, a in alphas.items()}), yv).backward()
+        a_opt.step()
+        base = {k: F.softmax(a.detach(), -1) for k, a in alphas.items()}
+        if method == "sdarts_rs":
+            point = {k: reference_clip(v + m.epsilon * noise[k]) for k, v in base.items()}
+        else:
+            point = reference_pgd(ref, x, y, base, noise, m.epsilon, m.attack_steps)
+        w_opt.zero_grad()
+        F.cross_entropy(ref(x, point), y).backward()
+        torch.nn.utils.clip_grad_norm_(ref.parameters(), 5.0)
+        w_opt.step()
+    for (name, p), q in zip(sup.named_parameters(), ref.parameters()):
+        assert torch.allclose(p, q, rtol=0, atol=1e-12), name
+    for k in alphas:
+        assert torch.allclose(m.alphas[k], alphas[k], rtol=0, atol=1e-12), k
