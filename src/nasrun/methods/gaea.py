@@ -12,7 +12,8 @@ With ``learn_edges`` (GAEA PC-DARTS) each edge also carries a weight that is upd
 normalised over the edges into its node; an edge mixes with α_e · edge_e, and the genotype is read from that
 product. With partial channels the bypassed channels are scaled by edge_e alone (:meth:`Gaea.bypass_scales`), as the
 reference multiplies the whole edge output by it: scaling them by the weight sum Σ α_e·edge_e, as PC-DARTS's fold
-does, would give every α of the row the same extra gradient (PC-DARTS's softmax cancels it, GAEA's α has none). The α step comes first in each iteration; there is no Adam and no softmax anywhere in it.
+does, would give every α of the row the same extra gradient (PC-DARTS's softmax cancels it, GAEA's α has none).
+The α step comes first in each iteration; there is no Adam and no softmax anywhere in it.
 """
 
 import math
