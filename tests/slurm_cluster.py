@@ -110,7 +110,25 @@ class LocalSlurm:
         for p in pids.values():
             if _alive(p):
                 _kill(p, signal.SIGKILL)
-        return pids
+        steps = {f"job process {i}": p for i, p in enumerate(self.job_processes())}  # left by the stopped slurmd
+        for p in steps.values():
+            _kill(p, signal.SIGKILL)
+        deadline = time.time() + timeout
+        while time.time() < deadline and any(_alive(p) for p in steps.values()):
+            time.sleep(0.2)
+        return {**pids, **steps}
+
+    def job_processes(self):
+        """PIDs of the processes this cluster started for jobs (slurmstepd, the batch script, srun and the job's own
+        processes), found by the ``SLURM_CONF`` they inherited; this process excluded."""
+        want = f"SLURM_CONF={self.conf}".encode()
+        found = []
+        for environ in Path("/proc").glob("[0-9]*/environ"):
+            with contextlib.suppress(OSError, ValueError):
+                pid = int(environ.parent.name)
+                if pid != os.getpid() and want in environ.read_bytes().split(b"\0"):
+                    found.append(pid)
+        return found
 
 
 def _kill(pid, sig):
