@@ -1162,3 +1162,53 @@ def test_sdarts_step_equals_the_reference_step(method):
         assert torch.allclose(p, q, rtol=0, atol=1e-12), name
     for k in alphas:
         assert torch.allclose(m.alphas[k], alphas[k], rtol=0, atol=1e-12), k
+
+
+def test_pdarts_step_equals_the_reference_step():
+    """Issue 23, "also build": P-DARTS (chenxin061/pdarts ``train_search.py::train``), restated in float64 on a
+    DARTS-space supernet with skip dropout on: once α trains, each iteration zeroes α's optimiser, takes the valid
+    loss at softmax(α) in training mode, clips α's gradient norm, steps Adam; then zeroes the network optimiser, takes
+    the train loss, clips the network parameters' norm alone and steps SGD. The clips are set small enough to act.
+    Both draw the skip dropout from the same seed. Weights and α after three iterations agree to 1e-12."""
+    import copy
+
+    from nasrun.config import build
+
+    cfg = make_cfg(["method=pdarts", "space=darts", "space.skip_dropout=0.3", "method.arch_grad_clip=1e-3",
+                    "method.grad_clip=0.05"])
+    assert cfg.method.arch_first and cfg.method.grad_clip_scope == "weights" and cfg.method.arch_start_epoch == 10
+    torch.manual_seed(0)
+    space = build(cfg.space)
+    sup = space.build_supernet(4).to(torch.float64)
+    m = build(cfg.method, supernet=sup, space=space)
+    with torch.no_grad():
+        for a in m.alphas.values():
+            a.data = a.data.to(torch.float64).normal_(0, 0.5)
+    m.arch_opt = torch.optim.Adam(m.arch_parameters(), lr=6e-4, betas=(0.5, 0.999), weight_decay=1e-3)
+    m.on_epoch_start(12, 25)
+    sup.on_epoch_start(12, 25)
+    assert m.train_arch and sup.cells[0].skip_dropout > 0
+    ref = copy.deepcopy(sup)
+    alphas = {k: a.detach().clone().requires_grad_() for k, a in m.alphas.items()}
+    g = m.w_opt.param_groups[0]
+    w_opt = torch.optim.SGD(ref.parameters(), lr=g["lr"], momentum=g["momentum"], weight_decay=g["weight_decay"])
+    a_opt = torch.optim.Adam([alphas[k] for k in sorted(alphas)], lr=6e-4, betas=(0.5, 0.999), weight_decay=1e-3)
+    clipped = []
+    for t in range(3):
+        (x, y), (xv, yv) = batch(2 * t), batch(2 * t + 1)
+        torch.manual_seed(100 + t)
+        m.device_step((x, y), (xv, yv))
+        torch.manual_seed(100 + t)
+        a_opt.zero_grad()
+        F.cross_entropy(ref(xv, {k: F.softmax(a, -1) for k, a in alphas.items()}), yv).backward()
+        clipped.append(float(torch.nn.utils.clip_grad_norm_([alphas[k] for k in sorted(alphas)], 1e-3)) > 1e-3)
+        a_opt.step()
+        w_opt.zero_grad()
+        F.cross_entropy(ref(x, {k: F.softmax(a.detach(), -1) for k, a in alphas.items()}), y).backward()
+        clipped.append(float(torch.nn.utils.clip_grad_norm_(ref.parameters(), 0.05)) > 0.05)
+        w_opt.step()
+    assert all(clipped)
+    for (name, p), q in zip(sup.named_parameters(), ref.parameters()):
+        assert torch.allclose(p, q, rtol=0, atol=1e-12), name
+    for k in alphas:
+        assert torch.allclose(m.alphas[k], alphas[k], rtol=0, atol=1e-12), k
