@@ -955,18 +955,11 @@ def test_snas_resource_preset_follows_the_readme_command():
     assert full.space.search_drop_path == 0.3 and full.method.temp_min == 0.03
 
 
-@pytest.mark.parametrize("scope", ["alpha_stale", "alpha", "weights"])
-def test_weight_step_clipping_scope_follows_the_reference_loop(scope):
-    """Issue 23 item 5: AutoDL's DARTS-V1 (and GDAS, and their copies in the SS/SP-DARTS repos) clip the norm of
-    network.parameters(), α included, whose .grad at the w step holds this train loss's α gradient plus what the last
-    α step left (only the weight optimiser is zeroed); DrNAS's NB201 code zeroes α's gradient first (``alpha``);
-    quark0 clips the weights alone. The AutoDL loop restated in float64 (w step, then α step) with a clip small
-    enough to act, three iterations: weights and α equal nasrun's."""
+def reference_twin(sup, m):
+    """For a reference loop restated in a test: a deep copy of the supernet, a copy of α, and the reference's SGD
+    and Adam with the method's hyper-parameters (as they are now: call after ``on_epoch_start``)."""
     import copy
 
-    _, sup, m = tiny_method(["method=darts", f"method.grad_clip_scope={scope}", "method.grad_clip=0.05"],
-                            dtype=torch.float64)
-    m.on_epoch_start(0, 10)
     ref = copy.deepcopy(sup)
     alphas = {k: a.detach().clone().requires_grad_() for k, a in m.alphas.items()}
     g = m.w_opt.param_groups[0]
@@ -975,6 +968,29 @@ def test_weight_step_clipping_scope_follows_the_reference_loop(scope):
     g = m.arch_opt.param_groups[0]
     a_opt = torch.optim.Adam([alphas[k] for k in sorted(alphas)], lr=g["lr"], betas=g["betas"], eps=g["eps"],
                              weight_decay=g["weight_decay"])
+    return ref, alphas, w_opt, a_opt
+
+
+def assert_same_state(sup, ref, m, alphas, atol=1e-12):
+    """nasrun's weights and α equal the reference loop's, to ``atol``."""
+    for (name, p), q in zip(sup.named_parameters(), ref.parameters()):
+        assert torch.allclose(p, q, rtol=0, atol=atol), name
+    for k in alphas:
+        assert torch.allclose(m.alphas[k], alphas[k], rtol=0, atol=atol), k
+
+
+@pytest.mark.parametrize("scope", ["alpha_stale", "alpha", "weights"])
+def test_weight_step_clipping_scope_follows_the_reference_loop(scope):
+    """Issue 23 item 5: AutoDL's DARTS-V1 (and GDAS, and their copies in the SS/SP-DARTS repos) clip the norm of
+    network.parameters(), α included, whose .grad at the w step holds this train loss's α gradient plus what the last
+    α step left (only the weight optimiser is zeroed); DrNAS's NB201 code zeroes α's gradient first (``alpha``);
+    quark0 clips the weights alone. The AutoDL loop restated in float64 (w step, then α step) with a clip small
+    enough to act, three iterations: weights and α equal nasrun's."""
+
+    _, sup, m = tiny_method(["method=darts", f"method.grad_clip_scope={scope}", "method.grad_clip=0.05"],
+                            dtype=torch.float64)
+    m.on_epoch_start(0, 10)
+    ref, alphas, w_opt, a_opt = reference_twin(sup, m)
     norms = []
     for t in range(3):
         (x, y), (xv, yv) = batch(2 * t), batch(2 * t + 1)
@@ -990,10 +1006,7 @@ def test_weight_step_clipping_scope_follows_the_reference_loop(scope):
         F.cross_entropy(ref(xv, {k: F.softmax(a, -1) for k, a in alphas.items()}), yv).backward()
         a_opt.step()
     assert min(norms) > 0.05  # the clip acted at every step
-    for (name, p), q in zip(sup.named_parameters(), ref.parameters()):
-        assert torch.allclose(p, q, rtol=0, atol=1e-12), name
-    for k in alphas:
-        assert torch.allclose(m.alphas[k], alphas[k], rtol=0, atol=1e-12), k
+    assert_same_state(sup, ref, m, alphas)
     assert all(a.grad is None for a in m.arch_parameters())  # α's gradient of the w step leaves no trace
 
 
@@ -1126,20 +1139,12 @@ def test_sdarts_step_equals_the_reference_step(method):
     the same δ: quark0's first-order α step (Adam on the valid loss at softmax(α)), then the perturbation (RS:
     clip(softmax(α) + ε·δ); ADV: the PGD above), then the w step at the perturbed point in training mode, the weights'
     norm clipped to 5, SGD. Weights and α after two iterations agree to 1e-12."""
-    import copy
 
     _, sup, m = tiny_method([f"method={method}"], dtype=torch.float64)
     m._epsilon = torch.zeros((), dtype=torch.float64)  # the method's device scalars in the test's float64 too
     m._noise = {k: torch.zeros_like(a) for k, a in m.alphas.items()}
     m.on_epoch_start(30, 50)
-    ref = copy.deepcopy(sup)
-    alphas = {k: a.detach().clone().requires_grad_() for k, a in m.alphas.items()}
-    g = m.w_opt.param_groups[0]
-    w_opt = torch.optim.SGD(ref.parameters(), lr=g["lr"], momentum=g["momentum"], nesterov=g["nesterov"],
-                            weight_decay=g["weight_decay"])
-    g = m.arch_opt.param_groups[0]
-    a_opt = torch.optim.Adam([alphas[k] for k in sorted(alphas)], lr=g["lr"], betas=g["betas"], eps=g["eps"],
-                             weight_decay=g["weight_decay"])
+    ref, alphas, w_opt, a_opt = reference_twin(sup, m)
     for t in range(2):
         (x, y), (xv, yv) = batch(2 * t), batch(2 * t + 1)
         torch.manual_seed(10 + t)
@@ -1158,10 +1163,7 @@ def test_sdarts_step_equals_the_reference_step(method):
         F.cross_entropy(ref(x, point), y).backward()
         torch.nn.utils.clip_grad_norm_(ref.parameters(), 5.0)
         w_opt.step()
-    for (name, p), q in zip(sup.named_parameters(), ref.parameters()):
-        assert torch.allclose(p, q, rtol=0, atol=1e-12), name
-    for k in alphas:
-        assert torch.allclose(m.alphas[k], alphas[k], rtol=0, atol=1e-12), k
+    assert_same_state(sup, ref, m, alphas)
 
 
 def test_pdarts_step_equals_the_reference_step():
@@ -1170,7 +1172,6 @@ def test_pdarts_step_equals_the_reference_step():
     loss at softmax(α) in training mode, clips α's gradient norm, steps Adam; then zeroes the network optimiser, takes
     the train loss, clips the network parameters' norm alone and steps SGD. The clips are set small enough to act.
     Both draw the skip dropout from the same seed. Weights and α after three iterations agree to 1e-12."""
-    import copy
 
     from nasrun.config import build
 
@@ -1188,11 +1189,7 @@ def test_pdarts_step_equals_the_reference_step():
     m.on_epoch_start(12, 25)
     sup.on_epoch_start(12, 25)
     assert m.train_arch and sup.cells[0].skip_dropout > 0
-    ref = copy.deepcopy(sup)
-    alphas = {k: a.detach().clone().requires_grad_() for k, a in m.alphas.items()}
-    g = m.w_opt.param_groups[0]
-    w_opt = torch.optim.SGD(ref.parameters(), lr=g["lr"], momentum=g["momentum"], weight_decay=g["weight_decay"])
-    a_opt = torch.optim.Adam([alphas[k] for k in sorted(alphas)], lr=6e-4, betas=(0.5, 0.999), weight_decay=1e-3)
+    ref, alphas, w_opt, a_opt = reference_twin(sup, m)
     clipped = []
     for t in range(3):
         (x, y), (xv, yv) = batch(2 * t), batch(2 * t + 1)
@@ -1208,7 +1205,4 @@ def test_pdarts_step_equals_the_reference_step():
         clipped.append(float(torch.nn.utils.clip_grad_norm_(ref.parameters(), 0.05)) > 0.05)
         w_opt.step()
     assert all(clipped)
-    for (name, p), q in zip(sup.named_parameters(), ref.parameters()):
-        assert torch.allclose(p, q, rtol=0, atol=1e-12), name
-    for k in alphas:
-        assert torch.allclose(m.alphas[k], alphas[k], rtol=0, atol=1e-12), k
+    assert_same_state(sup, ref, m, alphas)
