@@ -630,8 +630,8 @@ def test_pdarts_stages_chain_through_the_pruned_ops(tmp_path):
 
 def test_snas_single_level_step_through_the_relaxed_sample():
     """The α gradient of SNAS's joint step is ∂L_train/∂α at w = softmax((α + g)/τ), g = −log(−log u) from the CPU
-    generator (no validation batch), and τ follows (1 − e/150)(1 − 0.03) + 0.03."""
-    _, sup, m = tiny_method(["method=snas"], dtype=torch.float64)
+    generator (no validation batch), and τ follows (1 − e/150)(1 − 0.03) + 0.03, one epoch ahead (``temp_offset``)."""
+    _, sup, m = tiny_method(["method=snas", "method.temp_offset=0"], dtype=torch.float64)
     for e, tau in [(0, 1.0), (75, 0.515), (149, (1 / 150) * 0.97 + 0.03), (200, 0.03)]:
         m.on_epoch_start(e, 150)
         assert m.temp == pytest.approx(tau)
@@ -957,7 +957,8 @@ def test_snas_resource_preset_follows_the_readme_command():
 
 def reference_twin(sup, m):
     """For a reference loop restated in a test: a deep copy of the supernet, a copy of α, and the reference's SGD
-    and Adam with the method's hyper-parameters (as they are now: call after ``on_epoch_start``)."""
+    and Adam (None where the method's α optimiser is not Adam) with the method's hyper-parameters (as they are now:
+    call after ``on_epoch_start``)."""
     import copy
 
     ref = copy.deepcopy(sup)
@@ -966,8 +967,8 @@ def reference_twin(sup, m):
     w_opt = torch.optim.SGD(ref.parameters(), lr=g["lr"], momentum=g["momentum"], nesterov=g["nesterov"],
                             weight_decay=g["weight_decay"])
     g = m.arch_opt.param_groups[0]
-    a_opt = torch.optim.Adam([alphas[k] for k in sorted(alphas)], lr=g["lr"], betas=g["betas"], eps=g["eps"],
-                             weight_decay=g["weight_decay"])
+    a_opt = (torch.optim.Adam([alphas[k] for k in sorted(alphas)], lr=g["lr"], betas=g["betas"], eps=g["eps"],
+                              weight_decay=g["weight_decay"]) if isinstance(m.arch_opt, torch.optim.Adam) else None)
     return ref, alphas, w_opt, a_opt
 
 
@@ -1205,4 +1206,84 @@ def test_pdarts_step_equals_the_reference_step():
         clipped.append(float(torch.nn.utils.clip_grad_norm_(ref.parameters(), 0.05)) > 0.05)
         w_opt.step()
     assert all(clipped)
+    assert_same_state(sup, ref, m, alphas)
+
+
+def preset_method(overrides, seed=0, spread=0.5):
+    """A method built from its config as a run builds it (its own optimisers) on a tiny float64 supernet, α redrawn
+    away from uniform (N(0, spread²); None: as initialised); returns ``(cfg, space, supernet, method)``."""
+    from nasrun.config import build
+
+    cfg = make_cfg(list(overrides))
+    torch.manual_seed(seed)
+    space = build(cfg.space)
+    sup = space.build_supernet(4).to(torch.float64)
+    m = build(cfg.method, supernet=sup, space=space)
+    with torch.no_grad():
+        for a in m.arch_parameters():
+            a.data = a.data.to(torch.float64) if spread is None else a.data.to(torch.float64).normal_(0, spread)
+    return cfg, space, sup, m
+
+
+def reference_cosine(epoch, epochs, lr0, lr_min, offset=1):
+    """``CosineAnnealingLR(T=epochs, eta_min)`` after ``epoch + offset`` steps (offset 1: stepped before the epoch)."""
+    e = epoch + offset
+    return lr_min + (lr0 - lr_min) * (1 + math.cos(math.pi * e / epochs)) / 2
+
+
+@pytest.mark.parametrize("overrides, adam", [(["+experiment=snas_darts", "space=darts"], False),
+                                             (["+experiment=snas_darts_resource", "space=darts"], False),
+                                             pytest.param(["method=snas", "space=darts"], True, marks=pytest.mark.slow)],
+                         ids=["snas_darts", "snas_resource", "adam"])
+def test_snas_step_equals_the_reference_step(overrides, adam):
+    """Issue 23, "also build": SNAS-Series/SNAS ``train_search.py::train`` restated in float64. The single-GPU branch
+    (the presets): α are not model parameters; per step both optimisers zeroed, one Gumbel sample per cell type
+    w = softmax((α + g)/τ), the train loss (+ λ·penalty, the reference's per-cell loop, with the resource term) backward,
+    the weights' norm clipped to 5, α's to 10, SGD on the weights, then plain SGD(3e-4) on α (the distributed branch:
+    Adam). Search drop-path on, drawn from the same seed. Two steps agree to 1e-12; τ and lr over the whole run are
+    the reference schedulers' stepped before each epoch; α starts at N(·, 0.01²)."""
+    _, _, sup, m = preset_method(overrides)
+    assert isinstance(m.arch_opt, torch.optim.Adam if adam else torch.optim.SGD)
+    if not adam:
+        g = m.arch_opt.param_groups[0]
+        assert (g["lr"], g["momentum"], g["weight_decay"]) == (3e-4, 0, 0)
+    initial = torch.cat([a.detach().flatten() for a in preset_method(overrides, spread=None)[3].alphas.values()])
+    assert 0.007 < float(initial.std()) < 0.014
+    for e in (0, 1, 75, 148, 149):
+        m.on_epoch_start(e, 150)
+        assert m.temp == pytest.approx(max((1 - (e + 1) / 150) * 0.97 + 0.03, 0.03), rel=1e-12)
+        assert m.w_opt.param_groups[0]["lr"] == pytest.approx(reference_cosine(e, 150, 0.025, 0.001), rel=1e-12)
+    m._temp = m._temp.double()  # the method's device scalars in the test's float64 too
+    m._gumbel = {k: v.double() for k, v in m._gumbel.items()}
+    m.on_epoch_start(30, 150)
+    sup.on_epoch_start(30, 150)
+    if m.resource:
+        m.costs = {k: v.double() for k, v in m.measure_costs(torch.randn(1, 3, 8, 8, dtype=torch.float64)).items()}
+    ref, alphas, w_opt, _ = reference_twin(sup, m)
+    order = sorted(alphas)
+    a_opt = (torch.optim.Adam([alphas[k] for k in order], lr=3e-4, betas=(0.5, 0.999), weight_decay=1e-3) if adam
+             else torch.optim.SGD([alphas[k] for k in order], lr=3e-4))
+    tau = max((1 - 31 / 150) * 0.97 + 0.03, 0.03)
+    for t in range(2):
+        x, y = batch(t)
+        torch.manual_seed(20 + t)
+        m.prepare_step()
+        torch.manual_seed(20 + t)
+        gumbel = {k: -(-torch.rand(alphas[k].shape, dtype=torch.float64).log()).log() for k in m._gumbel}
+        torch.manual_seed(40 + t)
+        m.device_step((x, y), None)
+        torch.manual_seed(40 + t)
+        w_opt.zero_grad()
+        a_opt.zero_grad()
+        w = {k: F.softmax((a + gumbel[k]) / tau, -1) for k, a in alphas.items()}
+        loss = F.cross_entropy(ref(x, w), y)
+        if m.resource:
+            twin = type("Ref", (), {"costs": m.costs, "alphas": alphas, "resource_ratio": 1.0, "_temp": m._temp,
+                                    "resource_lambda": 1.5e-3})
+            loss = loss + reference_penalty(twin, w, "reparametrization", "all", True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(ref.parameters(), 5.0)
+        torch.nn.utils.clip_grad_norm_([alphas[k] for k in order], 10.0)
+        w_opt.step()
+        a_opt.step()
     assert_same_state(sup, ref, m, alphas)

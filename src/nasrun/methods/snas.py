@@ -5,7 +5,11 @@ Single level: each step draws one relaxed one-hot sample per edge, w = softmax((
 noise g, and one backward pass of the training loss updates both the weights and α (the gradient reaches α
 through the relaxed sample). There is no validation split: the search trains on the whole training set
 (``merge_train_val``). τ falls linearly from ``temp`` to ``temp_min`` over the reference's 150 epochs,
-(1 − e/150)(τ₀ − τ_min) + τ_min. The α gradient is clipped to norm 10 as the reference does.
+(1 − e'/150)(τ₀ − τ_min) + τ_min with e' = e + ``temp_offset`` (the reference steps its temperature scheduler,
+like its lr scheduler, before each epoch: epoch e runs at τ(e+1)). The α gradient is clipped to norm 10 as the
+reference does. α starts at N(0, ``alpha_init_std``²) (the reference's N(1, 0.01²); softmax and the Concrete
+density do not see the shift). The reference's single-GPU script steps α with plain SGD (``arch_optimizer=sgd``,
+no momentum or decay); its distributed branch with Adam (``adam``).
 
 Resource constraint (``resource``; the reference's ``--resource_efficient --loss``): λ·(P_normal/n_normal +
 ratio·P_reduce/n_reduce) joins the step's loss, P summing a per-edge cost over every cell of the type. An op's
@@ -108,6 +112,10 @@ class Snas(Darts):
         resource_lambda: λ; null: the reference's default for the estimator and ``resource_log``.
         resource_ratio: weight of the reduction cells' term (``--ratio``).
         resource_minus_baseline: policy gradient only: R minus the cell's mean op cost (``--minus_baseline``).
+        temp_offset: epoch e runs at τ(e + temp_offset) (the reference: 1).
+        alpha_init_std: standard deviation of α's initial draw (the reference's ``--loc_std`` 0.01).
+        arch_optimizer: ``adam`` (``arch_lr``, ``arch_betas``, ``arch_weight_decay``; the reference's distributed
+            branch) or ``sgd`` (``arch_lr`` and ``arch_weight_decay`` only; its single-GPU branch, decay 0).
         Other arguments: as :class:`~nasrun.methods.darts.Darts` (``arch_first`` does not apply: one joint step).
     """
 
@@ -115,9 +123,14 @@ class Snas(Darts):
                  w_weight_decay=3e-4, grad_clip=5.0, arch_lr=3e-4, arch_betas=(0.5, 0.999), arch_weight_decay=1e-3,
                  train_arch=True, lr_offset=1, temp=1.0, temp_min=0.03, temp_epochs=150, merge_train_val=True,
                  resource=None, resource_separation="all", resource_log=False, resource_lambda=None, resource_ratio=1.0,
-                 resource_minus_baseline=False):
+                 resource_minus_baseline=False, temp_offset=1, alpha_init_std=0.01, arch_optimizer="adam"):
+        if arch_optimizer not in ("adam", "sgd"):
+            raise UserError(f"method.arch_optimizer={arch_optimizer!r}: choose adam or sgd")
+        self.alpha_init_std, self.temp_offset = alpha_init_std, temp_offset
         super().__init__(supernet, space, name, w_lr, w_lr_min, w_momentum, w_nesterov, w_weight_decay, grad_clip,
                          arch_lr, arch_betas, arch_weight_decay, False, False, 0.01, train_arch, lr_offset)
+        if arch_optimizer == "sgd":
+            self.arch_opt = torch.optim.SGD(self.arch_parameters(), lr=arch_lr, weight_decay=arch_weight_decay)
         self.temp0, self.temp_min, self.temp_epochs, self.merge_train_val = temp, temp_min, temp_epochs, merge_train_val
         device = next(supernet.parameters()).device
         self._temp = torch.tensor(temp, device=device)  # filled in place each epoch: a captured step reads it
@@ -138,12 +151,16 @@ class Snas(Darts):
         self._penalty_sum = torch.zeros((), device=device, dtype=torch.float64)
         self._penalty_steps = 0
 
+    def init_alphas(self, scale=None):
+        super().init_alphas(self.alpha_init_std)
+
     def graph_tensors(self):
         return [*super().graph_tensors(), self._temp, *self._gumbel.values(), self._penalty_sum]
 
     def on_epoch_start(self, epoch, epochs):
         super().on_epoch_start(epoch, epochs)
-        self.temp = max((1 - epoch / self.temp_epochs) * (self.temp0 - self.temp_min) + self.temp_min, self.temp_min)
+        e = epoch + self.temp_offset
+        self.temp = max((1 - e / self.temp_epochs) * (self.temp0 - self.temp_min) + self.temp_min, self.temp_min)
         self._temp.fill_(self.temp)
         self._penalty_sum.zero_()
         self._penalty_steps = 0
