@@ -1287,3 +1287,67 @@ def test_snas_step_equals_the_reference_step(overrides, adam):
         w_opt.step()
         a_opt.step()
     assert_same_state(sup, ref, m, alphas)
+
+
+def test_sgas_step_with_decided_edges_equals_the_reference_step():
+    """Issue 23, "also build": lightaime/sgas ``train_search.py`` restated in float64 over four short epochs with a
+    decision after each: one α tensor per edge under one Adam; a decided or pruned edge's tensor is switched off
+    (its gradient None, so Adam's weight decay no longer moves it) and the edge runs its chosen op alone (pruned: no
+    output); per step the first-order α step on the valid batch, then the weights' SGD with their norm clipped to 5;
+    decisions by the reference scores (criterion 1) with the two-inputs rule; lr stepped before each epoch. The
+    decided edges, the weights and every α row (the frozen ones included) agree to 1e-12."""
+    import numpy as np
+
+    _, space, sup, m = preset_method(["+experiment=sgas_darts", "space=darts", "method.warmup_dec_epoch=0",
+                                      "method.decision_freq=1"])
+    m.on_epoch_start(0, 50)
+    ref, alphas, w_opt, _ = reference_twin(sup, m)
+    order = sorted(alphas)
+    rows = {k: [alphas[k][e].detach().clone().requires_grad_() for e in range(len(alphas[k]))] for k in order}
+    a_opt = torch.optim.Adam([r for k in ("normal", "reduce") for r in rows[k]], lr=3e-4, betas=(0.5, 0.999),
+                             weight_decay=1e-3)
+    chosen = {k: [-1] * len(rows[k]) for k in order}  # -1 undecided, 0 ('none') pruned, else the op
+
+    def mixing():
+        out = {}
+        for k in order:
+            w = []
+            for e, r in enumerate(rows[k]):
+                w.append(F.softmax(r, -1) if chosen[k][e] == -1 else F.one_hot(torch.tensor(chosen[k][e]), len(r)).double()
+                         * (chosen[k][e] != 0))
+            out[k] = torch.stack(w)
+        return out
+
+    def decide():
+        for k in order:
+            score, probs = sgas_reference_scores(torch.stack(rows[k]).detach().numpy())
+            candidates = [e for e, c in enumerate(chosen[k]) if c == -1]
+            edge = max(candidates, key=lambda e: (score[e], -e))
+            chosen[k][edge] = int(np.argmax(probs[edge])) + 1
+            for node in range(4):
+                node_edges = [e for e, (n, _) in enumerate(space.edges) if n == node]
+                if sum(chosen[k][e] > 0 for e in node_edges) >= 2:
+                    for e in node_edges:
+                        chosen[k][e] = 0 if chosen[k][e] == -1 else chosen[k][e]
+
+    for epoch in range(4):
+        if epoch:
+            m.on_epoch_start(epoch, 50)
+            decide()
+            for g in w_opt.param_groups:
+                g["lr"] = reference_cosine(epoch, 50, 0.025, 0.001)
+        for t in range(2):
+            (x, y), (xv, yv) = batch(10 * epoch + 2 * t), batch(10 * epoch + 2 * t + 1)
+            m.device_step((x, y), (xv, yv))
+            a_opt.zero_grad()
+            F.cross_entropy(ref(xv, mixing()), yv).backward()
+            a_opt.step()
+            w_opt.zero_grad()
+            F.cross_entropy(ref(x, {k: w.detach() for k, w in mixing().items()}), y).backward()
+            torch.nn.utils.clip_grad_norm_(ref.parameters(), 5.0)
+            w_opt.step()
+    got = {k: [s if s >= 0 else (0 if s == -2 else -1) for s in m.selected[k]] for k in order}
+    assert got == chosen and sum(c > 0 for k in order for c in chosen[k]) == 6
+    for k in order:
+        alphas[k].data.copy_(torch.stack(rows[k]))
+    assert_same_state(sup, ref, m, alphas)

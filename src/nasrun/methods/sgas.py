@@ -3,8 +3,8 @@
 
 DARTS first order, plus a greedy decision after epoch ``warmup_dec_epoch`` and every ``decision_freq`` epochs
 from then on: per cell type, the undecided edge with the best score gets its strongest non-``none`` op for good
-(its mixing weight becomes that one-hot; its α is no longer used) and, in DARTS cells, a node with two decided
-inputs drops its other inputs. Criterion 1 scores an edge by normalise(edge importance) · normalise(selection
+(its mixing weight becomes that one-hot; its α row is frozen, as the reference's per-edge α) and, in DARTS
+cells, a node with two decided inputs drops its other inputs (their rows frozen too). Criterion 1 scores an edge by normalise(edge importance) · normalise(selection
 certainty), importance = Σ of its non-``none`` softmax(α) and certainty = 1 − the normalised entropy of their
 renormalised distribution; criterion 2 (``use_history``) multiplies by normalise(selection stability), the mean
 histogram intersection with the last ``history_size`` epochs' distributions. ``normalise`` is min-max over all
@@ -72,6 +72,17 @@ class Sgas(Darts):
                     if s != PRUNED:
                         values[i, s] = 1.0
                 self._fixed[k] = (torch.tensor([e for e, _ in fixed], device=a.device), values)
+
+    def arch_step(self, train_batch, valid_batch):
+        """The α step, with the decided rows held where they were: the reference keeps one α tensor per edge and
+        turns a decided edge's off (``requires_grad = False``, its grad set to None before Adam), so Adam's weight
+        decay no longer moves it; those rows still enter the min-max normalisation of later decisions."""
+        held = {k: self.alphas[k].detach()[rows].clone() for k, (rows, _) in self._fixed.items()}
+        out = super().arch_step(train_batch, valid_batch)
+        with torch.no_grad():
+            for k, (rows, _) in self._fixed.items():
+                self.alphas[k].index_copy_(0, rows, held[k])
+        return out
 
     def derive_weights(self):
         return {k: v.detach() for k, v in self.edge_weights().items()}
