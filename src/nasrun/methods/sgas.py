@@ -4,11 +4,11 @@
 DARTS first order, plus a greedy decision after epoch ``warmup_dec_epoch`` and every ``decision_freq`` epochs
 from then on: per cell type, the undecided edge with the best score gets its strongest non-``none`` op for good
 (its mixing weight becomes that one-hot; its α row is frozen, as the reference's per-edge α) and, in DARTS
-cells, a node with two decided inputs drops its other inputs (their rows frozen too). Criterion 1 scores an edge by normalise(edge importance) · normalise(selection
-certainty), importance = Σ of its non-``none`` softmax(α) and certainty = 1 − the normalised entropy of their
-renormalised distribution; criterion 2 (``use_history``) multiplies by normalise(selection stability), the mean
-histogram intersection with the last ``history_size`` epochs' distributions. ``normalise`` is min-max over all
-edges of the cell type.
+cells, a node with two decided inputs drops its other inputs (their rows frozen too). Criterion 1 scores an edge
+by normalise(edge importance) · normalise(selection certainty), importance = Σ of its non-``none`` softmax(α)
+and certainty = 1 − the normalised entropy of their renormalised distribution; criterion 2 (``use_history``)
+multiplies by normalise(selection stability), the mean histogram intersection with the last ``history_size``
+epochs' distributions. ``normalise`` is min-max over all edges of the cell type.
 """
 
 
