@@ -1351,3 +1351,52 @@ def test_sgas_step_with_decided_edges_equals_the_reference_step():
     for k in order:
         alphas[k].data.copy_(torch.stack(rows[k]))
     assert_same_state(sup, ref, m, alphas)
+
+
+def test_rsps_step_equals_the_reference_step():
+    """Issue 23, "also build": AutoDL ``RANDOM-NAS.py::search_func`` restated in float64 on NB201: per step one op
+    per edge, the network run with ``forward_dynamic`` (only the sampled ops are computed), the train loss backward,
+    the norm of all parameters clipped to 5, SGD with Nesterov momentum and decay 5e-4. Under the PyTorch 1.x the
+    reference ran on, ``zero_grad`` zeroes an existing gradient, so an op off this step's path still gets decay and
+    momentum once it has been sampled; the restatement starts with every op sampled before (nasrun decays an op from
+    the first step; README). The path is nasrun's uniform draw, read from the method. Four steps agree to 1e-12."""
+    from nasrun.spaces.nb201 import EDGES, MAX_NODES, SearchCell
+
+    _, _, sup, m = preset_method(["+experiment=rsps_nb201"])
+    g = m.w_opt.param_groups[0]
+    assert (g["lr"], g["momentum"], g["nesterov"], g["weight_decay"], m.grad_clip, m.lr_offset) == (0.025, 0.9, True, 5e-4, 5, 0)
+    m.on_epoch_start(100, 250)
+    assert g["lr"] == pytest.approx(reference_cosine(100, 250, 0.025, 0.001, offset=0), rel=1e-12)
+    m._sampled = {k: v.double() for k, v in m._sampled.items()}  # the method's device buffers in float64 too
+    ref, _, w_opt, _ = reference_twin(sup, m)
+    for p in ref.parameters():
+        p.grad = torch.zeros_like(p)
+
+    def forward_dynamic(x, path):
+        x = ref.stem(x)
+        for cell in ref.cells:
+            if isinstance(cell, SearchCell):
+                nodes = [x]
+                for i in range(1, MAX_NODES):
+                    nodes.append(sum(cell.edges[f"{i}<-{j}"][path[EDGES.index(f"{i}<-{j}")]](nodes[j]) for j in range(i)))
+                x = nodes[-1]
+            else:
+                x = cell(x)
+        return ref._head(x)
+
+    paths = set()
+    for t in range(4):
+        x, y = batch(t)
+        torch.manual_seed(t)
+        m.prepare_step()
+        path = m._sampled["normal"].argmax(-1).tolist()
+        assert m._sampled["normal"].sum(-1).eq(1).all()
+        paths.add(tuple(path))
+        m.device_step((x, y), None)
+        w_opt.zero_grad(set_to_none=False)  # PyTorch 1.x: existing gradients zeroed, not dropped
+        F.cross_entropy(forward_dynamic(x, path), y).backward()
+        torch.nn.utils.clip_grad_norm_(ref.parameters(), 5.0)
+        w_opt.step()
+    assert len(paths) == 4
+    for p, q in zip(sup.parameters(), ref.parameters()):
+        assert torch.allclose(p, q, rtol=0, atol=1e-12)
