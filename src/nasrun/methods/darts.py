@@ -116,7 +116,8 @@ class Darts(Method):
             raise UserError(f"method.stage_epochs sum to {self.stage_total} but trainer.epochs={epochs}; make them equal")
 
     def enter_stage(self, index):
-        """DrNAS's stage change: keep each edge's ``keep`` ops of largest α (``prune``), widen the partial channels
+        """DrNAS's stage change: keep each edge's ``keep`` ops of largest α and set the others' α to 0 (``prune``:
+        their concentration ELU(0) + 1 = 1 still enters each row's Dirichlet draw before the mask), widen the partial channels
         (``model.wider``) carrying the SGD momentum along (``configure_optimizer``)."""
         start, partial, keep = self.stages[index]
         masks = {}
@@ -126,6 +127,7 @@ class Darts(Method):
                 if self.op_mask is not None:
                     scores[~self.op_mask[k]] = -math.inf
                 masks[k] = torch.zeros_like(scores, dtype=torch.bool).scatter_(1, scores.topk(keep, -1).indices, True)
+                a.masked_fill_(~masks[k], 0.0)  # the reference's prune() rewrites α with the kept entries alone
         self.op_mask = masks
         if partial != int(self.supernet.partial_channels):
             remap = self.supernet.set_partial(partial)
