@@ -1473,3 +1473,35 @@ def test_drnas_darts_space_progressive_step_equals_the_reference_step():
     assert compared > 10 and pruned
     for k in alphas:
         assert torch.allclose(m.alphas[k], alphas[k], rtol=0, atol=1e-12), k
+
+
+@pytest.mark.parametrize("eta", [0.1, 300.0], ids=["preset", "floor"])
+def test_gaea_nb201_step_equals_the_reference_step(eta):
+    """Issue 23, "also build": GAEA DARTS on NB201 (liamcli/gaea_release ``train_search.py::train`` with
+    ``architect_edarts.py``) restated in float64: α starts at normalize(ones) and mixes the ops directly; each
+    iteration zeroes the gradients, takes the valid loss (ERM: a second training batch), multiplies α by
+    exp(−η∇α), clamps at 1e-5 and renormalises each row; then the train loss at the new α, the weights' norm clipped
+    to 5 (α is not a model parameter), SGD with plain momentum, wd 3e-4, lr on a cosine over 50 epochs (stepped after
+    each epoch). η = 300 drives entries onto the 1e-5 floor. Weights and α agree to 1e-12 after three iterations."""
+    _, _, sup, m = preset_method(["+experiment=gaea_nb201_erm", f"method.arch_lr={eta}"], spread=None)
+    assert m.single_level and m.grad_clip_scope == "weights" and m.arch_grad_clip is None and m.entropic_reg == 0
+    assert torch.equal(m.alphas["normal"], torch.full((6, 4), 0.25, dtype=torch.float64))
+    m.on_epoch_start(7, 25)
+    assert m.w_opt.param_groups[0]["lr"] == pytest.approx(reference_cosine(7, 50, 0.025, 0.001, offset=0), rel=1e-12)
+    ref, alphas, w_opt, _ = reference_twin(sup, m)
+    alpha = alphas["normal"]
+    for t in range(3):
+        (x, y), (xv, yv) = batch(2 * t), batch(2 * t + 1)
+        m.device_step((x, y), (xv, yv))
+        w_opt.zero_grad()
+        (grad,) = torch.autograd.grad(F.cross_entropy(ref(xv, {"normal": alpha}), yv), [alpha])
+        with torch.no_grad():
+            new = (alpha * torch.exp(-eta * grad)).clamp(min=1e-5)
+            alpha.copy_(new / new.sum(-1, keepdim=True))
+        w_opt.zero_grad()
+        F.cross_entropy(ref(x, {"normal": alpha.detach()}), y).backward()
+        torch.nn.utils.clip_grad_norm_(ref.parameters(), 5.0)
+        w_opt.step()
+    if eta > 1:
+        assert (alpha <= 1.0001e-5).any()
+    assert_same_state(sup, ref, m, alphas)
