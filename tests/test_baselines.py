@@ -1427,8 +1427,8 @@ def test_drnas_darts_space_progressive_step_equals_the_reference_step():
     each edge's 4 largest α and sets the others' α to 0, and every later draw is masked and renormalised. The stage
     keeps K here (widening draws its own channel maps, tested in tests/test_progressive.py); the reference's PyTorch
     1.x still decays the pruned ops' weights, which nasrun no longer computes: those are left out of the comparison.
-    Weights, α and the masks agree to 1e-12 over two iterations in each stage."""
-    _, _, sup, m = preset_method(["+experiment=drnas_darts", "space=darts_7op", "space.C=12", "space.layers=3",
+    Weights, α and the masks agree to 1e-12 over two iterations in each stage, and the genotypes are the same."""
+    _, space, sup, m = preset_method(["+experiment=drnas_darts", "space=darts_7op", "space.C=12", "space.layers=3",
                                   "method.stage_partial_channels=[6,6]"])
     assert (m.arch_opt.param_groups[0]["lr"], m.arch_opt.param_groups[0]["weight_decay"]) == (6e-4, 1e-3)
     assert m.grad_clip_scope == "weights" and m.arch_first and m.lr_offset == 0
@@ -1473,6 +1473,18 @@ def test_drnas_darts_space_progressive_step_equals_the_reference_step():
     assert compared > 10 and pruned
     for k in alphas:
         assert torch.allclose(m.alphas[k], alphas[k], rtol=0, atol=1e-12), k
+    genotype = space.derive(m.derive_weights())
+    for k in alphas:  # the reference's genotype(): _parse of the masked softmax (renormalised over the kept ops)
+        w = F.softmax(alphas[k].detach(), -1) * masks[k]
+        w = (w / w.sum(-1, keepdim=True)).tolist()
+        gene, start = [], 0
+        for n in range(2, 6):
+            rows = w[start:start + n]
+            for j in sorted(range(n), key=lambda j: -max(rows[j]))[:2]:
+                best = max(range(len(rows[j])), key=lambda o: (rows[j][o], -o))
+                gene.append((space.op_names(k)[start + j][best], j))
+            start += n
+        assert list(getattr(genotype, k)) == gene, k
 
 
 @pytest.mark.parametrize("eta", [0.1, 300.0], ids=["preset", "floor"])
