@@ -3,8 +3,10 @@ PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
 # Pins that work on a CPU-only machine (CI). GPU users: install your CUDA torch first, then `pip install -e .`.
+# The trackers (logger group) are optional extras for users; the tests read back what each one writes.
 PINS    := torch==2.13.0 torchvision==0.28.0 hydra-core==1.3.8 "omegaconf>=2.3,<2.4" rich scikit-learn scipy nas-bench-201==2.1 \
-           hydra-submitit-launcher==1.2.0 hydra-joblib-launcher==1.2.0 matplotlib
+           hydra-submitit-launcher==1.2.0 hydra-joblib-launcher==1.2.0 matplotlib \
+           tensorboard==2.21.0 mlflow-skinny==3.18.0 sqlalchemy==2.1.9 alembic==1.20.1 wandb==0.31.0
 STAMP   := $(VENV)/.installed
 
 .PHONY: help install test test-slow test-slurm test-all test-gpu demo lint bench clean

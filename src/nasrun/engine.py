@@ -196,6 +196,7 @@ class EpochLoop:
         self.frozen, self.selection = None, None  # see :meth:`freeze`; a selector's saved progress
         self.last_batch, self.stop_epoch = None, None
         self.events = []  # run-level events that survive rollbacks (DARTS-ADA), saved in the checkpoint
+        self.trackers = None  # live trackers (nasrun.loggers.Trackers): each committed epoch's record goes to them
 
     def _zero(self):
         return {k: torch.zeros((), device=self.device, dtype=torch.float64) for k in SUMS}
@@ -319,6 +320,8 @@ class EpochLoop:
                     self.overhead += time.perf_counter() - tic
                     tic = time.perf_counter()
                     self.checkpoint(snapshot=snapshot_fn is not None and snapshot_fn(self.epoch - 1))
+                    if self.trackers is not None:  # after the checkpoint: a tracker never sees an uncommitted epoch
+                        self.trackers.log(record)
                     self.overhead += time.perf_counter() - tic
         except torch.OutOfMemoryError:
             total = (torch.cuda.get_device_properties(self.device).total_memory / 2**30

@@ -9,6 +9,7 @@ from .benchmarks import benchmark_class, open_benchmark
 from .config import build, validate
 from .errors import UserError
 from .files import read_json
+from .loggers import build_trackers
 from .rundir import RunDir
 from .utils import count_flops, count_parameters, resolve_device
 
@@ -57,6 +58,7 @@ def preflight(cfg):
     if mode == "retrain" and not space.retrainable:
         raise UserError(f"space {space.name} is evaluated by its benchmark ({space.benchmark}), not retrained; "
                         "drop mode=retrain")
+    build_trackers(cfg.get("logger"))  # each tracker's package imports
     return space, mode, space.parse_genotype(read_genotype_arg(cfg.genotype))
 
 
@@ -64,9 +66,19 @@ def run_eval(cfg, out_dir):
     """Evaluate ``cfg.genotype``: NB201 benchmark table (``mode=benchmark``) or retraining (``mode=retrain``)."""
     validate(cfg)
     space, mode, genotype = preflight(cfg)
+    trackers = build_trackers(cfg.get("logger"))
+    try:
+        return _run_eval(cfg, out_dir, space, mode, genotype, trackers)
+    except BaseException:
+        if trackers is not None:
+            trackers.close()
+        raise
+
+
+def _run_eval(cfg, out_dir, space, mode, genotype, trackers):
     run = RunDir(out_dir, cfg)
     if mode == "retrain":
-        return _retrain(cfg, run, space, genotype)
+        return _retrain(cfg, run, space, genotype, trackers)
     run.start()
     bench = open_benchmark(cfg.benchmark.name, cfg.benchmark.path, space.benchmark)
     rows = {}
@@ -83,6 +95,10 @@ def run_eval(cfg, out_dir):
     summary = {"genotype": space.format_genotype(genotype), "space": space.name, "mode": mode,
                "benchmark_source": getattr(bench, "source", None), "results": rows}
     run.write("summary.json", summary)
+    if trackers is not None:  # one "epoch": the table's numbers per dataset
+        trackers.start(run, run.config, 0)
+        trackers.log({"epoch": 0, **rows, "genotype": summary["genotype"]})
+        trackers.finish([run.path / "summary.json"])
     table = Table(title=f"{space.name}: {summary['genotype']}")
     for col in ("dataset", "valid acc %", "test acc %", "params (M)", "FLOPs (M)" if space.retrainable else "train s"):
         table.add_column(col, justify="right")
@@ -103,7 +119,7 @@ def run_eval(cfg, out_dir):
     return summary
 
 
-def _retrain(cfg, run, space, genotype):
+def _retrain(cfg, run, space, genotype, trackers=None):
     from .retrain import run_retrain
 
     state = run.load_checkpoint()
@@ -111,7 +127,7 @@ def _retrain(cfg, run, space, genotype):
         summary = state["summary"]
     else:
         run.start()
-        summary = run_retrain(cfg, run, state, space, genotype, resolve_device(cfg.trainer.device))
+        summary = run_retrain(cfg, run, state, space, genotype, resolve_device(cfg.trainer.device), trackers)
     table = Table(title=f"nasrun eval (retrain, {summary['protocol']})", show_header=False)
     table.add_column("key", style="bold")
     table.add_column("value", overflow="fold")

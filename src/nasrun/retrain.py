@@ -125,7 +125,7 @@ class Retrainer:
         self.graphs.reset()
 
 
-def run_retrain(cfg, run, state, space, genotype, device):
+def run_retrain(cfg, run, state, space, genotype, device, trackers=None):
     """Retrain ``genotype`` on the full training set, evaluating on the test set every epoch."""
     p = Protocol(**cfg.retrain)
     warning = p.idle_warning()
@@ -158,6 +158,9 @@ def run_retrain(cfg, run, state, space, genotype, device):
     loop = EpochLoop(run, {"retrainer": trainer}, stream, device, t.progress, layout)
     if state is not None:
         loop.resume(state)
+    if trackers is not None:
+        trackers.start(run, run.config, loop.epoch)
+        loop.trackers = trackers
     console.print(f"retrain: {space.name} C={p.C} layers={p.layers} on {data.name} ({len(data.train_x)} train, "
                   f"{len(data.test_x)} test), {params / 1e6:.3f}M params, {p.epochs} epochs → {run.path}")
 
@@ -180,4 +183,6 @@ def run_retrain(cfg, run, state, space, genotype, device):
                "overhead_seconds": round(loop.overhead, 2), "run_dir": str(run.path)}
     run.write("summary.json", summary)
     loop.checkpoint(finished=True, summary=summary)
+    if trackers is not None:
+        trackers.finish([run.path / "summary.json"])
     return summary

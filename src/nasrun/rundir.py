@@ -13,7 +13,7 @@ from .utils import atomic_torch_save, environment, json_line, set_threads, write
 # The fused ops and CUDA graphs compute the same function as the per-op eager path (perf.md §4).
 RESUME_FREE = ("trainer.progress", "trainer.device", "trainer.log_every", "trainer.fused", "trainer.cuda_graphs",
                "trainer.cuda_graphs_verify",
-               "trainer.compile")
+               "trainer.compile", "logger")
 
 
 def _flat(d, prefix=""):

@@ -19,6 +19,7 @@ from .diagnostics import discretised_accuracy, hessian_eigenvalue, ies_entropy, 
 from .engine import EpochLoop, console, seed_everything
 from .errors import UserError
 from .graphs import graphs_wanted
+from .loggers import build_trackers
 from .rundir import RunDir
 from .spaces.fused import compile_cells, set_fused
 from .utils import count_parameters, resolve_device
@@ -95,6 +96,7 @@ def preflight(cfg):
     if hasattr(method, "check_epochs"):
         method.check_epochs(cfg.trainer.epochs)
     check_combination(space, method, build(cfg.selector), build(cfg.stop), cfg.diagnostics)
+    build_trackers(cfg.get("logger"))  # each tracker's package imports
 
 
 def record_keys(space, method, diagnostics):
@@ -120,6 +122,16 @@ def run_search(cfg, out_dir):
     """Run (or resume) one search in ``out_dir`` and return its summary dict."""
     validate(cfg)
     preflight(cfg)
+    trackers = build_trackers(cfg.get("logger"))  # a tracker whose package is missing is refused here
+    try:
+        return _run_search(cfg, out_dir, trackers)
+    except BaseException:
+        if trackers is not None:
+            trackers.close()  # the tracker run stays open for the resume
+        raise
+
+
+def _run_search(cfg, out_dir, trackers):
     run = RunDir(out_dir, cfg)
     state = run.load_checkpoint()
     if state is not None and state.get("finished"):
@@ -144,6 +156,9 @@ def run_search(cfg, out_dir):
     if state is not None:
         loop.resume(state)
         loop.selection = state.get("selection")  # a selector's progress (DARTS-PT), resumed where it stopped
+    if trackers is not None:
+        trackers.start(run, run.config, loop.epoch, ops={k: space.op_names(k)[0] for k in method.alphas})
+        loop.trackers = trackers
     console.print(f"search: space={space.name} method={method.name} dataset={data.name} ({protocol} split, "
                   f"{stream.steps} steps/epoch) device={device} → {run.path}")
 
@@ -218,8 +233,22 @@ def run_search(cfg, out_dir):
     run.write("summary.json", summary)
     loop.checkpoint(finished=True, summary=summary)
     loop.drop_snapshots()
+    if trackers is not None:
+        trackers.finish(run_artefacts(run))
     print_summary(summary)
     return summary
+
+
+def run_artefacts(run):
+    """The files a finished run hands to its trackers: genotype.json, summary.json (and the other genotypes) and
+    the run's report plot (``plots/curves.png``, drawn here)."""
+    from .report import load_run, plot_group
+
+    plot = run.path / "plots" / "curves.png"
+    plot.parent.mkdir(exist_ok=True)
+    plot_group(run.path.name, [load_run(run.path)], plot)
+    return [run.path / "genotype.json", run.path / "summary.json", *sorted((run.path / "genotypes").glob("*.json")),
+            plot]
 
 
 def derived_params_m(space, genotype, num_classes, in_channels=3):
