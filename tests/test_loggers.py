@@ -229,3 +229,29 @@ def test_retraining_and_benchmark_evals_reach_the_trackers(tmp_path):
     (text,) = acc.Tensors("genotype/text_summary")
     assert text.step == 0 and arch in text.tensor_proto.string_val[0].decode()
     assert "cifar10/params_m" in acc.Tags()["scalars"]
+
+
+def test_a_sweep_is_one_group_its_jobs_named_by_their_overrides(tmp_path):
+    """``nasrun search -m seed=0,1 logger=[mlflow,tensorboard]``: one MLflow experiment named by the sweep directory
+    holding a run per job, named by that job's overrides; TensorBoard folders named the same under each job."""
+    import subprocess
+    import sys
+
+    from mlflow.tracking import MlflowClient
+
+    from .conftest import TINY
+
+    sweep, uri = tmp_path / "sweep", f"sqlite:///{tmp_path / 'mlflow.db'}"
+    proc = subprocess.run([sys.executable, "-m", "nasrun.cli", "search", "-m", "seed=0,1", *TINY, "trainer.epochs=1",
+                           "logger=[mlflow,tensorboard]", f"logger.mlflow.tracking_uri={uri}",
+                           f"logger.mlflow.artifact_location={tmp_path / 'artefacts'}", f"hydra.sweep.dir={sweep}"],
+                          capture_output=True, text=True, timeout=600, cwd=tmp_path,
+                          env={**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(str(sweep))
+    runs = client.search_runs([exp.experiment_id])
+    assert sorted(r.info.run_name for r in runs) == ["seed=0", "seed=1"]
+    assert {r.data.params["seed"] for r in runs} == {"0", "1"}
+    for job, seed in ((0, 0), (1, 1)):
+        assert (sweep / str(job) / "tensorboard" / f"seed={seed}").is_dir()
