@@ -28,7 +28,8 @@ def main():
     ap.add_argument("--run", help="an existing run or sweep directory with tensorboard/ event files")
     ap.add_argument("--out", default="docs/tensorboard_demo.png")
     ap.add_argument("--chromium", default="/usr/bin/chromium")
-    ap.add_argument("--filter", default="train_loss|valid_acc|skip_count|benchmark|alpha", help="TensorBoard's tag filter (a regex)")
+    ap.add_argument("--filter", default="train_loss|valid_acc|skip_count|benchmark|alpha",
+                    help="TensorBoard's tag filter (a regex)")
     args = ap.parse_args()
     from playwright.sync_api import sync_playwright
 

@@ -255,3 +255,22 @@ def test_a_sweep_is_one_group_its_jobs_named_by_their_overrides(tmp_path):
     assert {r.data.params["seed"] for r in runs} == {"0", "1"}
     for job, seed in ((0, 0), (1, 1)):
         assert (sweep / str(job) / "tensorboard" / f"seed={seed}").is_dir()
+    from nasrun.loggers import safe_name
+
+    long = [safe_name("a=" + "x" * 300 + str(i)) for i in (1, 2)]
+    assert all(len(n) == 100 for n in long) and long[0] != long[1] and safe_name("a/b") == "a_b"
+
+
+def test_darts_pt_phases_reach_the_trackers(tmp_path):
+    """DARTS-PT's projections after the search: each tuning epoch's projected genotype, its count and the projected
+    mixing weights go to the trackers at steps after the search's epochs."""
+    run = tmp_path / "run"
+    summary = run_search(make_cfg(["selector=pt", "selector.proj_intv=1", "trainer.epochs=2", "logger=tensorboard"]),
+                         run)
+    acc = tensorboard_events(run)
+    steps = [e.step for e in acc.Scalars("pt_projections")]
+    assert steps and steps[0] >= 2 and steps == sorted(set(steps))
+    assert acc.Scalars("pt_projections")[-1].value == 6  # NB201: one projection per edge
+    texts = acc.Tensors("genotype/text_summary")
+    assert [t.step for t in texts][:2] == [0, 1] and summary["genotype"] in texts[-1].tensor_proto.string_val[0].decode()
+    assert [e.step for e in acc.Images("alpha/normal")][-len(steps):] == steps

@@ -156,8 +156,9 @@ def _run_search(cfg, out_dir, trackers):
     if state is not None:
         loop.resume(state)
         loop.selection = state.get("selection")  # a selector's progress (DARTS-PT), resumed where it stopped
-    if trackers is not None:
-        trackers.start(run, run.config, loop.epoch, ops={k: space.op_names(k)[0] for k in method.alphas})
+    if trackers is not None:  # in the selection phase every metrics line is committed, and the phase's records too
+        committed = None if state is not None and state.get("trained") else loop.epoch
+        trackers.start(run, run.config, committed, ops={k: space.op_names(k)[0] for k in method.alphas})
         loop.trackers = trackers
     console.print(f"search: space={space.name} method={method.name} dataset={data.name} ({protocol} split, "
                   f"{stream.steps} steps/epoch) device={device} → {run.path}")
@@ -274,6 +275,11 @@ class SelectionProgress:
     def save(self, state):
         self.loop.selection = state
         self.loop.checkpoint(trained=True)
+
+    def report(self, record):
+        """Send a selection phase's record (``epoch`` counting on after the search's epochs) to the trackers."""
+        if self.loop.trackers is not None:
+            self.loop.trackers.log(record)
 
 
 def _with_dataset(result, dataset):

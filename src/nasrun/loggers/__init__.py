@@ -58,9 +58,35 @@ def run_info(run_dir, config):
     hc, task = hydra_config(), str(config.get("task_name", "run"))
     name, group = Path(run_dir).name, f"nasrun-{task}"
     if hc is not None and str(hc.mode) == "RunMode.MULTIRUN":
-        name = hc.job.override_dirname or str(hc.job.num)
+        swept = swept_keys(Path(hc.sweep.dir))
+        job = [o for o in hc.overrides.task if swept is None or o.split("=", 1)[0].lstrip("+~") in swept]
+        name = ",".join(job) or str(hc.job.num)
         group = str(Path(hc.sweep.dir))
     return RunInfo(name, group, flatten(config), config)
+
+
+def swept_keys(sweep_dir):
+    """The keys a sweep varies (``seed=0,1`` → ``seed``), from the command line Hydra saved in its multirun.yaml;
+    None where that file is missing."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    path = sweep_dir / "multirun.yaml"
+    if not path.exists():
+        return None
+    raw = list(OmegaConf.load(path).hydra.overrides.task)
+    return {o.key_or_group if not o.package else f"{o.key_or_group}@{o.package}"
+            for o in OverridesParser.create().parse_overrides(raw) if o.is_sweep_override()}
+
+
+def safe_name(name, limit=100):
+    """A run name usable as one folder name: no slashes, and long ones cut with a hash to keep them apart."""
+    import hashlib
+
+    name = name.replace("/", "_").replace("\\", "")
+    if len(name) > limit:
+        name = f"{name[:limit - 9]}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
+    return name
 
 
 def flatten(tree, prefix="", sep="."):
@@ -129,8 +155,8 @@ class Trackers:
 
     def start(self, run, config, committed, ops=None):
         """Open every tracker for ``run`` (continuing the runs named in trackers.json) and send each the committed
-        epochs (the first ``committed`` lines of metrics.jsonl) it has not had yet. ``ops``: ``{cell type: op
-        names}`` for the heat maps' columns."""
+        epochs (the first ``committed`` lines of metrics.jsonl; None: all, and what was sent after them stays) it
+        has not had yet. ``ops``: ``{cell type: op names}`` for the heat maps' columns."""
         self.run_dir, self.ops = Path(run.path), dict(ops or {})
         try:
             self.state = json.loads((self.run_dir / STATE_FILE).read_text())
@@ -139,11 +165,12 @@ class Trackers:
         info = run_info(self.run_dir, config)
         for t in self.trackers:
             old = self.state.get(t.name, {})
-            logged = min(old.get("logged", 0), committed)
+            limit = float("inf") if committed is None else committed
+            logged = min(old.get("logged", 0), limit)
             new = t.open(self.run_dir, info, old, logged)  # may know better what its store holds (MLflow)
-            self.state[t.name] = {**new, "logged": min(committed, max(logged, new.get("logged", 0)))}
+            self.state[t.name] = {**new, "logged": min(limit, max(logged, new.get("logged", 0)))}
         self._save()
-        first = min((self.sent(t) for t in self.trackers), default=committed)
+        first = min((self.sent(t) for t in self.trackers), default=0)
         for record in run.read_metrics()[first:committed]:
             self.log(record)
 

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from . import require
+from . import require, safe_name
 
 
 class TensorBoardLogger:
@@ -23,7 +23,7 @@ class TensorBoardLogger:
 
     def open(self, run_dir, info, state, logged):
         path = Path(self.log_dir) if self.log_dir else Path(run_dir) / "tensorboard"
-        path = Path(state.get("dir") or path / info.name.replace("/", "_"))
+        path = Path(state.get("dir") or path / safe_name(info.name))
         # resuming: TensorBoard drops whatever these files hold from step `logged` on (it is sent again)
         self.writer = self.summary.SummaryWriter(str(path), purge_step=logged if state.get("dir") else None)
         if not logged:

@@ -122,14 +122,19 @@ class PerturbationSelector:
                 out[k] = w * keep + onehot
             return out
 
-        def annotate(when):
-            """Attach the partially projected genotype (and its benchmark result) to the new decisions."""
+        def annotate(when, step):
+            """Attach the partially projected genotype (and its benchmark result) to the new decisions, and send it
+            to the run's trackers at ``step`` (the search's epochs, then the tuning epochs)."""
             g = space.derive({k: v.detach() for k, v in projected().items()})
-            for d in self.decisions:
-                if "genotype" not in d:
-                    d["genotype"] = space.format_genotype(g)
-                    d["benchmark"] = bench.query(g, bench_dataset) if bench is not None else None
-                    console.print(f"pt: {when}: {d['kind']} projection → {d['genotype']}")
+            new = [d for d in self.decisions if "genotype" not in d]
+            for d in new:
+                d["genotype"] = space.format_genotype(g)
+                d["benchmark"] = bench.query(g, bench_dataset) if bench is not None else None
+                console.print(f"pt: {when}: {d['kind']} projection → {d['genotype']}")
+            if new and progress is not None and hasattr(progress, "report"):
+                progress.report({"epoch": step, "pt_projections": len(self.decisions), "genotype": new[-1]["genotype"],
+                                 "benchmark": new[-1]["benchmark"],
+                                 "alpha": {k: v.detach().tolist() for k, v in projected().items()}})
 
         method.edge_weights = projected
         topo_nodes = self._topology_nodes(space)
@@ -177,7 +182,7 @@ class PerturbationSelector:
                                 self._project_topology(k, method, stream, fixed, removed, space, topo_nodes, gen,
                                                        projected)
                             if i == len(keys) - 1:
-                                annotate(f"tune epoch {e + 1}")
+                                annotate(f"tune epoch {e + 1}", first_epoch + e)
                                 method.reset_graphs()  # the projected weights changed
                             save((e, i + 1, 0), stop)
                     if e == tune_epochs - 1:
@@ -194,7 +199,7 @@ class PerturbationSelector:
                     self._project_op(k, method, stream, fixed, removed, edges, gen, projected)
                 while any(len([x for x in es if x not in removed[k]]) > 2 for es in topo_nodes.values()):
                     self._project_topology(k, method, stream, fixed, removed, space, topo_nodes, gen, projected)
-            annotate("final")
+            annotate("final", first_epoch + tune_epochs)
         finally:
             method.edge_weights = base
         final = {k: v.detach() for k, v in projected().items()}
