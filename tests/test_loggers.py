@@ -141,15 +141,16 @@ def test_wandb_offline_run_holds_the_history(tmp_path):
 
 def test_a_resumed_run_sends_each_epoch_once(tmp_path, monkeypatch):
     """Killed in epoch 2 (SIGUSR1 after epoch 1 was sent) and resumed: TensorBoard and MLflow hold epochs 0-2 once
-    each, in the same tracker runs. A kill between the checkpoint and the send (trackers.json one epoch behind) is
-    caught up on resume without a duplicate."""
+    each, in the same tracker runs; W&B's two offline files (before and after the resume) of the same run id hold
+    them once between them. A kill between the checkpoint and the send (trackers.json one epoch behind for
+    TensorBoard and MLflow) is caught up on resume without a duplicate."""
     import nasrun.engine as engine
     from mlflow.tracking import MlflowClient
 
     from nasrun.loggers import Trackers
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    cfg = make_cfg(["logger=[tensorboard,mlflow]", "trainer.epochs=3", f"logger.mlflow.tracking_uri={uri}",
+    cfg = make_cfg(["logger=[tensorboard,mlflow,wandb]", "trainer.epochs=3", f"logger.mlflow.tracking_uri={uri}",
                     f"logger.mlflow.artifact_location={tmp_path / 'artefacts'}"])
     run = tmp_path / "run"
     armed, original_log, original_acc = {"on": False}, Trackers.log, engine.accumulate
@@ -168,6 +169,9 @@ def test_a_resumed_run_sends_each_epoch_once(tmp_path, monkeypatch):
     monkeypatch.setattr(engine, "accumulate", accumulate)
     with pytest.raises(Interrupted):
         run_search(cfg, run)
+    import gc
+
+    gc.collect()  # the interrupted run's frames (and its run-directory lock) sit in a reference cycle
     monkeypatch.setattr(Trackers, "log", original_log)
     state = json.loads((run / "trackers.json").read_text())
     assert state["tensorboard"]["logged"] == state["mlflow"]["logged"] == 1
@@ -185,6 +189,11 @@ def test_a_resumed_run_sends_each_epoch_once(tmp_path, monkeypatch):
     history = client.get_metric_history(found.info.run_id, "train_loss")
     assert [m.step for m in history] == [0, 1, 2]
     assert [m.value for m in history] == pytest.approx([r["train_loss"] for r in recs])
+    files = sorted((run / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(files) == 2 and {f.stem for f in files} == {f"run-{state['wandb']['run_id']}"}
+    steps = [json.loads(i.value_json) for f in files for r in wandb_records(f) if r.WhichOneof("record_type") == "history"
+             for i in r.history.item if (i.key or "/".join(i.nested_key)) == "_step"]
+    assert steps == [0, 1, 2]
 
 
 def test_a_missing_tracker_package_is_refused_before_the_run(tmp_path, monkeypatch):
