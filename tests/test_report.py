@@ -236,3 +236,62 @@ def test_every_figure_has_a_legend_when_the_benchmark_panel_is_empty(tmp_path):
                                 for x in lines))
     groups = [("method=darts", [load_run(tmp_path / "d" / "0")]), ("method=tse_darts", [load_run(tmp_path / "t" / "0")])]
     assert compare_figure(groups).axes[0].get_title() == "benchmark test accuracy on cifar100"
+
+
+def test_report_puts_the_papers_numbers_beside_ours(tmp_path):
+    """``nasrun report --paper FILE``: each row of a table file matches our finished runs by config values; per
+    column the paper's mean ± std, ours (mean ± std, n), the difference and whether ours is in the paper's band;
+    rows nobody ran say so; report_paper.csv and report.md carry the same; a malformed file is one line."""
+    import csv
+
+    import yaml
+
+    from nasrun.report import compare_paper
+
+    def fake(name, method, dataset, test):
+        run = tmp_path / "runs" / name
+        run.mkdir(parents=True)
+        (run / "config.yaml").write_text(yaml.safe_dump({"method": {"name": method}, "dataset": {"name": dataset},
+                                                         "seed": int(name[-1])}))
+        (run / "summary.json").write_text(json.dumps({"benchmark": {"cifar10": {"valid_acc": 90.0, "test_acc": test}}}))
+
+    fake("a0", "sp_darts", "cifar10", 94.0)
+    fake("a1", "sp_darts", "cifar10", 93.0)
+    fake("b0", "darts", "cifar10", 54.3)
+    ref = tmp_path / "ref.yaml"
+    ref.write_text(yaml.safe_dump({"paper": "P", "table": "T1", "metric": "acc", "rows": [
+        {"row": "SP c10", "match": {"method.name": "sp_darts", "dataset.name": "cifar10"},
+         "values": {"cifar10 test": [94.01, 0.31]}},
+        {"row": "DARTS", "match": {"method.name": "darts"}, "values": {"cifar10 test": [54.30, 0.0]}},
+        {"row": "SP c100", "match": {"method.name": "sp_darts", "dataset.name": "cifar100"},
+         "values": {"cifar10 test": [94.02, 0.20]}}]}))
+    _, rows = compare_paper([tmp_path / "runs"], ref, tmp_path / "out")
+    sp, darts, missing = rows
+    assert sp["ours"] == pytest.approx((93.5, 0.5, 2)) and sp["diff"] == pytest.approx(93.5 - 94.01)
+    assert sp["within"] is False  # 0.51 from the paper's mean, its std is 0.31
+    assert darts["ours"] == pytest.approx((54.3, 0.0, 1)) and darts["within"] is True
+    assert missing["ours"] is None and missing["within"] is None
+    written = list(csv.DictReader(open(tmp_path / "out" / "report_paper.csv")))
+    assert [w["row"] for w in written] == ["SP c10", "DARTS", "SP c100"] and written[0]["ours n"] == "2"
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "| SP c10 | cifar10 test | 94.01 ± 0.31 | 93.50 ± 0.50 (2) | -0.51 | no |" in md and "not run" in md
+    proc = subprocess.run([sys.executable, "-m", "nasrun.cli", "report", str(tmp_path / "runs"), "--no-plots", "-o",
+                           str(tmp_path / "cli"), "--paper", str(ref)], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "COLUMNS": "200"})
+    assert proc.returncode == 0, proc.stderr
+    assert "paper beside ours" in proc.stdout and "not run" in proc.stdout and "93.50 ± 0.50 (2)" in proc.stdout
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"rows": [{"row": "x", "match": {}}]}))
+    with pytest.raises(UserError, match="row 1 \\(x\\): bad or missing 'values'"):
+        compare_paper([tmp_path / "runs"], bad)
+
+
+@pytest.mark.parametrize("name", ["sp_darts_table1", "tse_darts_table4"])
+def test_paper_table_files_parse_and_name_our_columns(name):
+    """The shipped table files parse, and each row's match keys are config keys its script's presets set."""
+    from pathlib import Path
+
+    from nasrun.report import read_paper
+
+    ref = read_paper(Path(__file__).parent.parent / "scripts" / "tables" / "ref" / f"{name}.yaml")
+    assert ref["rows"] and all(set(r["match"]) <= {"method.name", "dataset.name", "space.name"} for r in ref["rows"])

@@ -8,5 +8,5 @@ OUT=${OUT:-multirun/tse_darts_table4}
 source "$(dirname "$0")/_common.sh" "$@"
 run nasrun search -m +experiment=darts_nb1shot1,tse_darts_nb1shot1 space=nb1shot1_s1,nb1shot1_s2,nb1shot1_s3 \
     seed=0,1,2,3 hydra.sweep.dir="$OUT" "${LAUNCH[@]}" "${SEARCH[@]}"
-run nasrun report "$OUT"
+run nasrun report "$OUT" --paper "$(dirname "$0")/ref/tse_darts_table4.yaml"
 exit $STATUS

@@ -264,7 +264,8 @@ def bench_main(argv):
 
 
 def report_main(argv):
-    """``nasrun report DIR... [-o OUT] [--protocol mean|best-of-n] [--select-by COL] [--pool KEY]... [--no-plots]``."""
+    """``nasrun report DIR... [-o OUT] [--protocol mean|best-of-n] [--select-by COL] [--pool KEY]... [--no-plots]
+    [--paper FILE]``."""
     parser = argparse.ArgumentParser(prog="nasrun report", description="Group runs by the config keys that differ "
                                      "(except the seed) and print mean ± std (n); writes report.csv, report.md, plots/.")
     parser.add_argument("dirs", nargs="+", help="run directories or folders holding them (multirun/..., outputs/...)")
@@ -277,16 +278,21 @@ def report_main(argv):
     parser.add_argument("--pool", metavar="KEY", action="append", default=[],
                         help="a config key that does not split groups, like the seed (repeatable; e.g. method.t_sp)")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
+    parser.add_argument("--paper", metavar="FILE",
+                        help="a paper's table as data (scripts/tables/ref/*.yaml): print the paper's numbers beside ours, "
+                             "the difference and whether ours lies in the paper's band (also report_paper.csv, report.md)")
     args = parser.parse_args(argv)
     import warnings
 
-    from .report import print_report, run_report
+    from .report import compare_paper, print_paper, print_report, run_report
 
     warnings.formatwarning = lambda message, *_a, **_k: f"nasrun: warning: {message}\n"  # one line, no source line
 
     try:
         print_report(*run_report(args.dirs, args.out, args.protocol, plots=not args.no_plots, pool=args.pool,
                                  select_by=args.select_by))
+        if args.paper:
+            print_paper(*compare_paper(args.dirs, args.paper, args.out))
     except UserError as exc:
         fail(str(exc))
 

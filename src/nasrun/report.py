@@ -421,3 +421,82 @@ def print_report(rows, cols, out, failed=()):
     for r in failed:
         console.print(f"[yellow]not in the table[/yellow]: {r['dir']}: {r['problem']}", soft_wrap=True)
     print(f"wrote {out / 'report.csv'}, {out / 'report.md'}" + (f", {out / 'plots'}/" if (out / "plots").exists() else ""))
+
+
+def read_paper(path):
+    """A paper's table as data (``scripts/tables/ref/<paper>_<table>.yaml``): ``paper``, ``table``, ``metric``,
+    and ``rows``, each with ``row`` (its name in the paper), ``match`` (the config values of our runs that produce
+    it, dotted keys) and ``values`` (our report column → the paper's ``[mean, std]``, std null where the paper gives
+    none)."""
+    fix = "give a table file like scripts/tables/ref/sp_darts_table1.yaml"
+    ref = OmegaConf.to_container(read_yaml(path, fix))
+    rows = ref.get("rows")
+    if not isinstance(rows, list) or not rows:
+        raise UserError(f"{path}: no rows; {fix}")
+    for i, row in enumerate(rows):
+        bad = [k for k in ("row", "match", "values") if k not in row] or \
+            [c for c, v in row["values"].items() if not (isinstance(v, list) and len(v) == 2)]
+        if bad:
+            raise UserError(f"{path}: row {i + 1} ({row.get('row', '?')}): bad or missing {bad[0]!r}; each row needs "
+                            "row, match {key: value} and values {column: [mean, std or null]}")
+    return ref
+
+
+def _matches(config, match):
+    return all(config.get(k) == v or str(config.get(k)) == str(v) for k, v in match.items())
+
+
+def compare_paper(paths, ref_path, out=None):
+    """Paper against ours, per row and column of the table file ``ref_path``: ``[{row, column, paper, ours,
+    diff, within}]`` (ours: mean, std, n over the finished runs the row's ``match`` selects; within: ours lies
+    in the paper's band, mean ± std widened by its rounding to 0.01; None where the paper gives no std or
+    nothing ran). Writes ``report_paper.csv`` and a section of ``report.md`` to ``out`` (default: the first of
+    ``paths``)."""
+    ref = read_paper(ref_path)
+    runs = [r for r in (load_run(p) for p in find_runs(paths)) if r["summary"] is not None]
+    result = []
+    for row in ref["rows"]:
+        members = [r for r in runs if _matches(r["config"], row["match"])]
+        for column, (mean, std) in row["values"].items():
+            xs = np.array([v[column] for v in map(run_values, members) if column in v], dtype=float)
+            ours = (float(xs.mean()), float(xs.std()), len(xs)) if len(xs) else None
+            diff = None if ours is None else ours[0] - mean
+            within = None if diff is None or std is None else bool(abs(diff) <= std + 0.005)  # + the paper's rounding
+            result.append({"row": row["row"], "column": column, "paper": (mean, std), "ours": ours, "diff": diff,
+                           "within": within})
+    out = Path(out) if out else Path(paths[0])
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "report_paper.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["row", "column", "paper mean", "paper std", "ours mean", "ours std", "ours n", "diff", "within"])
+        for r in result:
+            w.writerow([r["row"], r["column"], *r["paper"], *(r["ours"] or ("", "", 0)),
+                        "" if r["diff"] is None else r["diff"], "" if r["within"] is None else r["within"]])
+    title = f"{ref.get('paper', '')} {ref.get('table', '')}: {ref.get('metric', '')}".strip()
+    lines = ["", f"## {title} (paper beside ours)", "", "| row | column | paper | ours | diff | in the paper's band |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {c} |" for c in map(" | ".join, (paper_cells(r) for r in result))]
+    md = out / "report.md"
+    md.write_text((md.read_text() if md.exists() else "") + "\n".join(lines) + "\n")
+    return ref, result
+
+
+def paper_cells(r):
+    """One comparison row as text: row, column, paper, ours, diff, within."""
+    mean, std = r["paper"]
+    paper = f"{mean:.2f}" if std is None else f"{mean:.2f} ± {std:.2f}"
+    within = {None: "-", True: "yes", False: "no"}[r["within"]]
+    return [r["row"], r["column"], paper, "not run" if r["ours"] is None else fmt(r["ours"]),
+            "-" if r["diff"] is None else f"{r['diff']:+.2f}", within]
+
+
+def print_paper(ref, result):
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{ref.get('paper', '')} {ref.get('table', '')}: {ref.get('metric', '')} (paper beside ours)")
+    for i, h in enumerate(("row", "column", "paper", "ours", "diff", "in band")):
+        table.add_column(h, justify="left" if i < 2 else "right")
+    for r in result:
+        table.add_row(*paper_cells(r))
+    Console().print(table)
