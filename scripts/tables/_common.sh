@@ -26,3 +26,16 @@ if [ -n "${DETACH:-}" ] && [ -z "${NASRUN_DETACHED:-}" ]; then
     echo "running in the background (pid $!); log: $OUT/table.log; results so far: nasrun report $OUT"
     exit 0
 fi
+
+# DRY=1: list every job a script would run (its overrides, epochs and estimated GPU-hours; EPOCH_S=seconds per epoch
+# sets your own per-epoch time) and the script's total, and run nothing (nasrun.plan).
+if [ -n "${DRY:-}" ]; then
+    PLAN_TOTAL=$(mktemp)
+    export PLAN_TOTAL
+    NASRUN_PY="$(dirname "$(command -v nasrun)")/python"
+    [ -x "$NASRUN_PY" ] || NASRUN_PY=python3
+    run() {
+        "$NASRUN_PY" -m nasrun.plan "$@" || STATUS=1
+    }
+    trap 'awk "{s += \$1} END {printf \"total: about %.1f GPU-hours (set EPOCH_S=seconds per epoch for your own figure)\\n\", s}" "$PLAN_TOTAL"; rm -f "$PLAN_TOTAL"' EXIT
+fi

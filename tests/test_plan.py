@@ -1,0 +1,37 @@
+"""``DRY=1 scripts/tables/X.sh`` (nasrun.plan): every job of a table script and its GPU-hours, nothing run."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from nasrun.plan import jobs, plan
+
+ROOT = Path(__file__).parent.parent
+
+
+def test_sweeps_expand_as_hydras_basic_sweeper():
+    got = jobs(["+experiment=a,b", "seed=0,1,2", "trainer.epochs=3", "method.t_sp=range(1,3)"])
+    assert len(got) == 2 * 3 * 2 and got[0] == ["+experiment=a", "seed=0", "trainer.epochs=3", "method.t_sp=1"]
+    assert got[-1] == ["+experiment=b", "seed=2", "trainer.epochs=3", "method.t_sp=2"]
+
+
+def test_plan_counts_epochs_and_hours(monkeypatch, capsys):
+    monkeypatch.delenv("EPOCH_S", raising=False)
+    hours = plan(["nasrun", "search", "-m", "method=darts,darts_2nd", "trainer.epochs=10", "hydra.sweep.dir=x"])
+    assert hours == 10 * 105 / 3600 + 10 * 105 * 2.8 / 3600  # NB201, measured; the unrolled step 2.8× as long
+    monkeypatch.setenv("EPOCH_S", "36")
+    assert plan(["nasrun", "eval", "space=darts", "genotype=DARTS_V2", "retrain.epochs=600"]) == 600 * 36 / 3600
+    assert plan(["nasrun", "report", "dir"]) == 0.0
+    out = capsys.readouterr().out
+    assert "method=darts_2nd trainer.epochs=10: 10 epochs" in out and "would run: nasrun report dir" in out
+
+
+def test_a_dry_table_script_lists_its_jobs_and_runs_nothing(tmp_path):
+    env = {**os.environ, "DRY": "1", "OUT": str(tmp_path / "out"),
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "tables" / "tse_darts_table4.sh")], capture_output=True,
+                          text=True, env=env, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "nasrun search: 24 jobs" in proc.stdout and "total: about 13.3 GPU-hours" in proc.stdout
+    assert "would run: nasrun report" in proc.stdout and not (tmp_path / "out").exists()
