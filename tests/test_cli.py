@@ -621,3 +621,17 @@ def test_paths_with_spaces_non_ascii_letters_and_tilde(tmp_path):
                               f"hydra.run.dir={tmp_path / 'eval'}"], capture_output=True, text=True, env=env, timeout=300)
     assert literal.returncode == 0, literal.stderr
     assert json.loads((tmp_path / "eval" / "summary.json").read_text())["results"]["cifar10"]["test_acc"] is not None
+
+
+def test_a_sweep_takes_plain_overrides_of_keys_only_its_presets_have(tmp_path):
+    """``selector.proj_intv=1`` beside a sweep over presets that bring selector=pt: Hydra's first compose (without
+    the sweep) has no such key and would stop; nasrun passes it as ``++`` and every job gets it. A sweep with a job
+    whose config lacks the key is refused in one line."""
+    proc = nasrun("search", "-m", "+experiment=darts_pt_nb201,fixed_alpha_pt_nb201", "selector.proj_intv=1",
+                  "selector.max_valid_batches=1", *TINY, "trainer.epochs=1", f"hydra.sweep.dir={tmp_path / 's'}")
+    assert proc.returncode == 0, proc.stderr
+    for job in (0, 1):
+        assert "proj_intv: 1" in (tmp_path / "s" / str(job) / "config.yaml").read_text()
+    proc = nasrun("search", "-m", "selector=pt,random_ranking", "selector.proj_intv=1", *TINY,
+                  f"hydra.sweep.dir={tmp_path / 't'}")
+    assert_user_error(proc, "selector.proj_intv=1: the sweep's job selector=random_ranking has no key selector.proj_intv")

@@ -5,7 +5,8 @@
 # override goes to the searches. A failed job or sweep does not stop the script (`run`): the later steps and the
 # report still run, and the script exits 1 at the end. DETACH=1 runs the whole script in the background (nohup,
 # log in $OUT/table.log): it survives a logout, and `nasrun report $OUT` shows what has finished at any time;
-# rerunning the script skips finished jobs.
+# rerunning the script skips finished jobs. Overrides are plain `key=value`, also for keys that only the swept
+# presets have (e.g. `scripts/tables/darts_pt_table.sh selector.proj_intv=1`: nasrun passes them on as ++key=value).
 LAUNCH=()
 SEARCH=()
 for arg in "$@"; do

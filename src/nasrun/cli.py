@@ -297,6 +297,41 @@ def report_main(argv):
         fail(str(exc))
 
 
+def force_sweep_keys(config_name, args):
+    """A sweep's plain override of a key that only the swept presets have (``selector.proj_intv=1`` beside
+    ``+experiment=darts_pt_nb201,...``) fails in Hydra's first compose, which leaves the sweeps out; such an override
+    becomes ``++key=value`` (set, or add) when every job's config has the key, and is refused in one line otherwise.
+    Returns the arguments to hand to Hydra."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    from .plan import jobs
+
+    overrides = [a for a in args if not a.startswith("-") and "=" in a]
+    parsed = dict(zip(overrides, OverridesParser.create().parse_overrides(overrides)))
+    plain = [a for a, o in parsed.items() if not o.is_sweep_override() and a[0] not in "+~" and "." in o.key_or_group
+             and not o.key_or_group.startswith("hydra") and o.package is None]
+    if not plain:
+        return args
+    missing = object()
+    fixed = [a for a in overrides if a not in plain and not parsed[a].is_sweep_override()]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        base = compose(config_name=config_name, overrides=[a for a in fixed if not a.lstrip("+~").startswith("hydra")])
+        absent = [a for a in plain if OmegaConf.select(base, parsed[a].key_or_group, default=missing) is missing]
+        if not absent:
+            return args
+        keep = [a for a in overrides if not a.lstrip("+~").startswith("hydra") and a not in absent]
+        for job in jobs(keep):
+            cfg = compose(config_name=config_name, overrides=job)
+            for a in absent:
+                if OmegaConf.select(cfg, parsed[a].key_or_group, default=missing) is missing:
+                    chosen = " ".join(o for o in job if o not in overrides)
+                    fail(f"{a}: the sweep's job {chosen} has no key {parsed[a].key_or_group}; sweep only over choices "
+                         "that have it")
+    return [f"++{a}" if a in absent else a for a in args]
+
+
 def rerun_argv(run_dir, extra=()):
     """``(task, argv)`` that run a job of a sweep (or any run) again in its own directory, resuming it:
     its recorded overrides (``.hydra/overrides.yaml``), then ``extra``, then ``hydra.run.dir``."""
@@ -340,6 +375,8 @@ def main():
     sys.argv[1:] = quote_args(sys.argv[1:])
     app, config_name = apps[cmd]
     check_overrides(config_name, sys.argv[1:])
+    if any(a in ("-m", "--multirun") for a in sys.argv[1:]):
+        sys.argv[1:] = force_sweep_keys(config_name, sys.argv[1:])
     from .sweep import FAILED, SweepStopped, stopped_sweep
 
     try:
