@@ -27,7 +27,8 @@ def fake_run(path, method, seed, valid, test, seconds, device="cuda", epochs=4):
     (path / "summary.json").write_text(json.dumps({"benchmark": bench, "search_seconds": seconds, "seed": seed}))
     rng = np.random.default_rng(seed)
     lines = [{"epoch": e, "valid_acc": 50 + e, "skip_count": e % 3, "depth": 2, "hessian_eigenvalue": 0.1 * e,
-              "op_magnitude": {"skip": 0.2 + 0.01 * e, "conv": 0.8 - 0.01 * e},
+              "ies_entropy": 1.5 - 0.1 * e, "discrete_valid_acc": 30 + e,
+              "op_magnitude": {"skip_connect": 0.2 + 0.01 * e, "nor_conv_3x3": 0.5 - 0.01 * e, "nor_conv_1x1": 0.3},
               "benchmark": {"test_acc": float(rng.uniform(80, 90))}} for e in range(epochs)]
     (path / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
 
@@ -198,12 +199,16 @@ def test_plots_say_what_they_show(tmp_path):
     assert list(axes[1].lines[0].get_xdata()) == [1, 2, 3, 4, 5]
     assert axes[4].lines[0].get_drawstyle().startswith("steps") and axes[5].lines[0].get_drawstyle().startswith("steps")
     legend = axes[2].get_legend()
-    assert [t.get_text() for t in legend.get_texts()] == ["conv", "skip"]
+    assert [t.get_text() for t in legend.get_texts()] == ["nor_conv_1x1", "nor_conv_3x3", "skip_connect"]
+    assert [ax.get_title() for ax in axes[6:9]] == ["IES: entropy of the mixing weights",
+                                                    "discretised supernet accuracy (argmax α)", "α_skip − α_conv (normal cell)"]
+    # α_skip − mean(α_conv): 0.2 + 0.01e − (0.5 − 0.01e + 0.3)/2 = −0.2 + 0.015e, the same in both runs
+    assert list(axes[8].lines[0].get_ydata()) == pytest.approx([-0.2 + 0.015 * e for e in range(5)])
     assert legend.get_bbox_to_anchor().x0 > axes[2].get_window_extent().x1 - 1  # outside the data area
     tse = [load_run(tmp_path / "t" / "0")]
     both = compare_figure([("method=darts", darts), ("method=tse_darts", tse)])
-    assert [len(ax.lines) for ax in both.axes] == [2, 2, 2, 2, 2, 0]  # five metrics, then the legend's slot
-    legend = both.axes[5].get_legend()
+    assert [len(ax.lines) for ax in both.axes] == [2] * 8 + [0]  # eight metrics, then the legend's slot
+    legend = both.axes[8].get_legend()
     assert {t.get_text() for t in legend.get_texts()} == {"method=darts (n=2)", "method=tse_darts (n=1)"}
 
 
@@ -221,7 +226,7 @@ def test_every_figure_has_a_legend_when_the_benchmark_panel_is_empty(tmp_path):
     groups = [("method=darts", [load_run(tmp_path / "d" / "0")]), ("method=tse_darts", [load_run(tmp_path / "t" / "0")])]
     both = compare_figure(groups)
     assert not both.axes[0].lines  # nothing logged in the benchmark panel
-    legend = both.axes[5].get_legend()
+    legend = both.axes[8].get_legend()
     assert legend is not None and [t.get_text() for t in legend.get_texts()] == ["method=darts (n=1)",
                                                                                "method=tse_darts (n=1)"]
     assert [ln.get_color() for ln in both.axes[1].lines] == [h.get_color() for h in legend.legend_handles]
@@ -295,3 +300,29 @@ def test_paper_table_files_parse_and_name_our_columns(name):
 
     ref = read_paper(Path(__file__).parent.parent / "scripts" / "tables" / "ref" / f"{name}.yaml")
     assert ref["rows"] and all(set(r["match"]) <= {"method.name", "dataset.name", "space.name"} for r in ref["rows"])
+
+
+def test_genotype_cells_are_drawn_edge_for_edge(tmp_path):
+    """The cell drawing's edges are the genotype's: DARTS_V2's two (op, input) pairs per node into nodes 0-3 plus the
+    concatenation into the output, per cell type; NB201's six edges less the ``none`` ones. ``nasrun report`` draws
+    each group's cell beside its curves."""
+    from nasrun.report import cell_edges, draw_genotype
+    from nasrun.spaces import get_space
+
+    darts = get_space("darts").parse_genotype("DARTS_V2")
+    cells = cell_edges(darts)
+    labels, edges = cells["normal"]
+    assert set(cells) == {"normal", "reduce"} and labels == ["c_{k-2}", "c_{k-1}", "0", "1", "2", "3", "c_{k}"]
+    assert edges[:2] == [(0, 2, "sep_conv_3x3"), (1, 2, "sep_conv_3x3")] and edges[-4:] == [(n, 6, "") for n in (2, 3, 4, 5)]
+    assert [(j, op) for j, _, op in edges[:8]] == [(j, op) for op, j in darts.normal]
+    arch = "|nor_conv_3x3~0|+|nor_conv_3x3~0|none~1|+|skip_connect~0|nor_conv_3x3~1|avg_pool_3x3~2|"
+    (labels, edges), = cell_edges(get_space("nb201").parse_genotype(arch)).values()
+    assert labels == ["0", "1", "2", "3"] and len(edges) == 5 and (1, 2, "none") not in edges
+    draw_genotype(darts, tmp_path / "cell.svg", "DARTS_V2")
+    assert (tmp_path / "cell.svg").read_text().lstrip().startswith("<?xml")
+    run = tmp_path / "runs" / "0"
+    fake_run(run, "darts", 0, 90.0, 91.0, 60)
+    summary = json.loads((run / "summary.json").read_text())
+    (run / "summary.json").write_text(json.dumps({**summary, "genotype": arch}))
+    run_report([tmp_path / "runs"], tmp_path / "out")
+    assert len(list((tmp_path / "out" / "plots").glob("*_cell.png"))) == 1

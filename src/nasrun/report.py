@@ -241,12 +241,24 @@ PANELS = [  # (metrics key, panel title, y label, step plot)
     ("hessian_eigenvalue", "dominant Hessian eigenvalue", "λ_max of ∇²_α L_valid", False),
     ("skip_count", "skip connections in the genotype", "count", True),
     ("depth", "cell depth of the genotype", "nodes on the longest path", True),
+    ("ies_entropy", "IES: entropy of the mixing weights", "entropy (nats)", False),
+    ("discrete_valid_acc", "discretised supernet accuracy (argmax α)", "valid accuracy (%)", False),
+    ("skip_minus_conv", "α_skip − α_conv (normal cell)", "mean softmax(α): skip − mean conv", False),
 ]
+
+
+def skip_minus_conv(rec):
+    """The skip connection's mean mixing weight minus the mean over the convolutions (normal cell), or None."""
+    om = rec.get("op_magnitude") or {}
+    convs = [v for k, v in om.items() if "conv" in k and v is not None]
+    return om["skip_connect"] - sum(convs) / len(convs) if om.get("skip_connect") is not None and convs else None
 
 
 def _getter(key):
     if key == "benchmark":
         return lambda rec: (rec.get("benchmark") or {}).get("test_acc")
+    if key == "skip_minus_conv":
+        return skip_minus_conv
     return lambda rec: rec.get(key)
 
 
@@ -273,7 +285,7 @@ def group_figure(label, members):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 3, figsize=(17, 8))
+    fig, axes = plt.subplots(3, 3, figsize=(17, 12))
     for ax, (key, title, ylabel, step) in zip(axes.flat, PANELS):
         if key == "benchmark" and _bench_dataset(members):
             title = f"{title} on {_bench_dataset(members)}"
@@ -309,7 +321,7 @@ def compare_figure(groups):
     import matplotlib.pyplot as plt
 
     panels = [p for p in PANELS if p[0] != "op_magnitude"]
-    fig, grid = plt.subplots(2, 3, figsize=(17, 8))
+    fig, grid = plt.subplots(3, 3, figsize=(17, 12))
     axes = list(grid.flat)
     datasets = _bench_dataset([r for _, members in groups for r in members])
     colours = {label: f"C{i % 10}" for i, (label, _) in enumerate(groups)}  # one colour per group in every panel
@@ -319,7 +331,7 @@ def compare_figure(groups):
         _panel(ax, title, ylabel, counts=step)
         for label, members in groups:
             _band(ax, _curve(members, _getter(key)), f"{label} (n={len(members)})", step=step, colour=colours[label])
-    legend_ax = axes[len(panels)]  # the free sixth slot holds the legend
+    legend_ax = axes[len(panels)]  # the free last slot holds the legend
     legend_ax.axis("off")
     from matplotlib.lines import Line2D
 
@@ -383,6 +395,8 @@ def run_report(paths, out=None, protocol="mean", plots=True, pool=(), select_by=
         drawn = [(label, members) for label, members in groups if any(r["history"] for r in members)]
         for label, members in drawn:
             plot_group(label, members, out / "plots" / f"{slug(label)}.png")
+        for label, members in groups:
+            draw_group_cell(label, members, out / "plots" / f"{slug(label)}_cell.png")
         if len(drawn) > 1:
             fig = compare_figure(drawn)
             fig.savefig(out / "plots" / "all_groups.png", dpi=80)
@@ -500,3 +514,75 @@ def print_paper(ref, result):
     for r in result:
         table.add_row(*paper_cells(r))
     Console().print(table)
+
+
+def draw_group_cell(label, members, path):
+    """The cell of the group's first run that has a genotype (a warning where its genotype does not parse)."""
+    from .spaces import get_space
+
+    run = next((r for r in members if (r["summary"] or {}).get("genotype") and r["config"].get("space.name")), None)
+    if run is None:
+        return
+    try:
+        genotype = get_space(str(run["config"]["space.name"])).parse_genotype(run["summary"]["genotype"])
+    except UserError as exc:
+        warnings.warn(f"{run['dir']}: no cell drawing ({exc})", stacklevel=2)
+        return
+    draw_genotype(genotype, path, f"{label}: {Path(run['dir']).name}")
+
+
+def cell_edges(genotype):
+    """``{cell name: ([node labels], [(from, to, op)])}`` of a parsed genotype: NB201's four nodes (``none`` edges
+    left out), or a DARTS-family cell's two inputs, four intermediate nodes and the concatenated output."""
+    if hasattr(genotype, "nodes"):  # NB201
+        edges = [(j, i + 1, op) for i, node in enumerate(genotype.nodes) for op, j in node if op != "none"]
+        return {"cell": ([f"{n}" for n in range(len(genotype.nodes) + 1)], edges)}
+    out = {}
+    concat = getattr(genotype, "normal_concat", None) or getattr(genotype, "concat", (2, 3, 4, 5))
+    for name, genes in genotype.cells().items():
+        steps = len(genes) // 2
+        labels = ["c_{k-2}", "c_{k-1}", *map(str, range(steps)), "c_{k}"]
+        edges = [(j, 2 + g // 2, op) for g, (op, j) in enumerate(genes)]
+        cat = getattr(genotype, f"{name}_concat", concat)
+        edges += [(n, len(labels) - 1, "") for n in cat]
+        out[name] = (labels, edges)
+    return out
+
+
+def draw_genotype(genotype, path, title=""):
+    """A drawing of each cell of ``genotype`` (a parsed genotype of any space), nodes left to right and each edge
+    labelled with its op, saved as PNG or SVG by ``path``'s suffix."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cells = cell_edges(genotype)
+    fig, axes = plt.subplots(len(cells), 1, figsize=(9, 3.2 * len(cells)), squeeze=False)
+    for ax, (name, (labels, edges)) in zip(axes[:, 0], cells.items()):
+        n = len(labels)
+        first = 2 if labels[0].startswith("c_") else 1  # inputs stacked at the left
+        pos = {i: (0.0, 1.0 - 2.0 * i) if i < first else (float(i - first + 1), 0.8 * (-1) ** i) for i in range(n)}
+        if labels[-1] == "c_{k}":
+            pos[n - 1] = (float(n - first), 0.0)
+        for a, b, op in edges:
+            (x0, y0), (x1, y1) = pos[a], pos[b]
+            ax.annotate("", xy=(x1, y1), xytext=(x0, y0), arrowprops={"arrowstyle": "->", "color": "0.35",
+                                                                      "shrinkA": 14, "shrinkB": 14,
+                                                                      "connectionstyle": "arc3,rad=0.12"})
+            if op:
+                ax.text(0.45 * x0 + 0.55 * x1, 0.45 * y0 + 0.55 * y1, op, fontsize=7, ha="center", va="center",
+                        bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.85})
+        for i, label in enumerate(labels):
+            colour = "lightblue" if label.startswith("c_{k-") or (first == 1 and i == 0) else (
+                "palegreen" if label == "c_{k}" or (first == 1 and i == n - 1) else "khaki")
+            ax.text(*pos[i], label, ha="center", va="center", fontsize=9,
+                    bbox={"boxstyle": "circle", "fc": colour, "ec": "0.3"})
+        ax.set_title(name, fontsize=10)
+        ax.set_xlim(-0.6, max(x for x, _ in pos.values()) + 0.6)
+        ax.set_ylim(-2.0 if first == 2 else -1.4, 1.5)
+        ax.axis("off")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
