@@ -291,7 +291,7 @@ def test_report_puts_the_papers_numbers_beside_ours(tmp_path):
         compare_paper([tmp_path / "runs"], bad)
 
 
-@pytest.mark.parametrize("name", ["sp_darts_table1", "tse_darts_table4"])
+@pytest.mark.parametrize("name", ["sp_darts_table1", "ss_darts_table2", "tse_darts_table1", "tse_darts_table4"])
 def test_paper_table_files_parse_and_name_our_columns(name):
     """The shipped table files parse, and each row's match keys are config keys its script's presets set."""
     from pathlib import Path
@@ -299,7 +299,8 @@ def test_paper_table_files_parse_and_name_our_columns(name):
     from nasrun.report import read_paper
 
     ref = read_paper(Path(__file__).parent.parent / "scripts" / "tables" / "ref" / f"{name}.yaml")
-    assert ref["rows"] and all(set(r["match"]) <= {"method.name", "dataset.name", "space.name"} for r in ref["rows"])
+    known = {"method.name", "dataset.name", "space.name", "selector.name", "stop.name", "stop.criterion", "stop.k"}
+    assert ref["rows"] and all(set(r["match"]) <= known for r in ref["rows"])
 
 
 def test_genotype_cells_are_drawn_edge_for_edge(tmp_path):

@@ -15,5 +15,5 @@ if [ -n "$runs" ]; then
     run nasrun select -m run="$runs" selector=argmax stop=darts_plus stop.criterion=rt stop.k=10 \
         hydra.sweep.dir="$OUT/darts_plus_rt10" "${LAUNCH[@]}"
 fi
-run nasrun report "$OUT"
+run nasrun report "$OUT" --paper "$(dirname "$0")/ref/ss_darts_table2.yaml"
 exit $STATUS
