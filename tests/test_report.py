@@ -319,6 +319,11 @@ def test_genotype_cells_are_drawn_edge_for_edge(tmp_path):
     arch = "|nor_conv_3x3~0|+|nor_conv_3x3~0|none~1|+|skip_connect~0|nor_conv_3x3~1|avg_pool_3x3~2|"
     (labels, edges), = cell_edges(get_space("nb201").parse_genotype(arch)).values()
     assert labels == ["0", "1", "2", "3"] and len(edges) == 5 and (1, 2, "none") not in edges
+    nb101 = get_space("nb1shot1_s1").parse_genotype(
+        "input,conv3x3-bn-relu,maxpool3x3,conv1x1-bn-relu,output|01001/00100/00010/00001/00000")
+    (labels, edges), = cell_edges(nb101).values()
+    assert labels[0] == "input" and labels[-1] == "output" and (0, 1, "") in edges and (0, 4, "") in edges
+    draw_genotype(nb101, tmp_path / "nb101.png")
     draw_genotype(darts, tmp_path / "cell.svg", "DARTS_V2")
     assert (tmp_path / "cell.svg").read_text().lstrip().startswith("<?xml")
     run = tmp_path / "runs" / "0"

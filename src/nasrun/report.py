@@ -477,7 +477,7 @@ def compare_paper(paths, ref_path, out=None):
             diff = None if ours is None else ours[0] - mean
             within = None if diff is None or std is None else bool(abs(diff) <= std + 0.005)  # + the paper's rounding
             result.append({"row": row["row"], "column": column, "paper": (mean, std), "ours": ours, "diff": diff,
-                           "within": within})
+                           "within": within, "runs": len(members)})
     out = Path(out) if out else Path(paths[0])
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "report_paper.csv", "w", newline="") as f:
@@ -500,7 +500,8 @@ def paper_cells(r):
     mean, std = r["paper"]
     paper = f"{mean:.2f}" if std is None else f"{mean:.2f} ± {std:.2f}"
     within = {None: "-", True: "yes", False: "no"}[r["within"]]
-    return [r["row"], r["column"], paper, "not run" if r["ours"] is None else fmt(r["ours"]),
+    ours = fmt(r["ours"]) if r["ours"] is not None else (f"no value ({r['runs']} runs)" if r["runs"] else "not run")
+    return [r["row"], r["column"], paper, ours,
             "-" if r["diff"] is None else f"{r['diff']:+.2f}", within]
 
 
@@ -533,7 +534,11 @@ def draw_group_cell(label, members, path):
 
 def cell_edges(genotype):
     """``{cell name: ([node labels], [(from, to, op)])}`` of a parsed genotype: NB201's four nodes (``none`` edges
-    left out), or a DARTS-family cell's two inputs, four intermediate nodes and the concatenated output."""
+    left out), a DARTS-family cell's two inputs, four intermediate nodes and the concatenated output, or an
+    NB-101 cell's nodes labelled with their ops and its unlabelled edges."""
+    if hasattr(genotype, "matrix"):  # NAS-Bench-101 / 1Shot1: the ops sit on the nodes
+        edges = [(i, j, "") for i, row in enumerate(genotype.matrix) for j, v in enumerate(row) if v]
+        return {"cell": (list(genotype.ops), edges)}
     if hasattr(genotype, "nodes"):  # NB201
         edges = [(j, i + 1, op) for i, node in enumerate(genotype.nodes) for op, j in node if op != "none"]
         return {"cell": ([f"{n}" for n in range(len(genotype.nodes) + 1)], edges)}
