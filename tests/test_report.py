@@ -332,3 +332,14 @@ def test_genotype_cells_are_drawn_edge_for_edge(tmp_path):
     (run / "summary.json").write_text(json.dumps({**summary, "genotype": arch}))
     run_report([tmp_path / "runs"], tmp_path / "out")
     assert len(list((tmp_path / "out" / "plots").glob("*_cell.png"))) == 1
+
+
+def test_the_logger_does_not_split_groups(tmp_path):
+    """Runs that differ only in their trackers (``logger``) are one group, as runs that differ only in the device."""
+    for seed in (0, 1):
+        fake_run(tmp_path / "runs" / str(seed), "darts", seed, 90.0, 91.0 + seed, 60)
+    cfg = OmegaConf.load(tmp_path / "runs" / "1" / "config.yaml")
+    cfg.logger = {"tensorboard": {"name": "tensorboard", "log_dir": None}}
+    OmegaConf.save(cfg, tmp_path / "runs" / "1" / "config.yaml")
+    rows, *_ = run_report([tmp_path / "runs"], tmp_path / "out", plots=False)
+    assert len(rows) == 1 and rows[0]["n"] == 2 and rows[0]["cifar10 test"] == pytest.approx((91.5, 0.5, 2))

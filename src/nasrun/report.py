@@ -23,7 +23,7 @@ from .errors import UserError
 from .files import read_yaml
 
 IGNORED = ("seed", "run", "trainer.device", "trainer.progress", "dataset.root", "dataset.download", "benchmark.path",
-           "hydra")
+           "hydra", "logger")
 
 
 def find_runs(paths):
