@@ -263,6 +263,11 @@ def test_report_puts_the_papers_numbers_beside_ours(tmp_path):
     fake("a0", "sp_darts", "cifar10", 94.0)
     fake("a1", "sp_darts", "cifar10", 93.0)
     fake("b0", "darts", "cifar10", 54.3)
+    err = tmp_path / "err.yaml"
+    err.write_text(yaml.safe_dump({"error_of": True, "rows": [
+        {"row": "DARTS", "match": {"method.name": "darts"}, "values": {"cifar10 test": [45.7, None]}}]}))
+    _, (darts_err,) = compare_paper([tmp_path / "runs"], err, tmp_path / "err")
+    assert darts_err["ours"] == pytest.approx((45.7, 0.0, 1)) and darts_err["within"] is None  # 100 − 54.3
     ref = tmp_path / "ref.yaml"
     ref.write_text(yaml.safe_dump({"paper": "P", "table": "T1", "metric": "acc", "rows": [
         {"row": "SP c10", "match": {"method.name": "sp_darts", "dataset.name": "cifar10"},
@@ -291,7 +296,8 @@ def test_report_puts_the_papers_numbers_beside_ours(tmp_path):
         compare_paper([tmp_path / "runs"], bad)
 
 
-@pytest.mark.parametrize("name", ["sp_darts_table1", "ss_darts_table2", "tse_darts_table1", "tse_darts_table4"])
+@pytest.mark.parametrize("name", ["darts_pt_table", "sp_darts_table1", "ss_darts_table2", "tse_darts_table1",
+                                  "tse_darts_table4"])
 def test_paper_table_files_parse_and_name_our_columns(name):
     """The shipped table files parse, and each row's match keys are config keys its script's presets set."""
     from pathlib import Path

@@ -6,5 +6,5 @@ set -euo pipefail
 OUT=${OUT:-multirun/darts_pt_table}
 source "$(dirname "$0")/_common.sh" "$@"
 run nasrun search -m +experiment=darts_pt_nb201,fixed_alpha_pt_nb201 seed=0,1,2,3 hydra.sweep.dir="$OUT" "${LAUNCH[@]}" "${SEARCH[@]}"
-run nasrun report "$OUT"
+run nasrun report "$OUT" --paper "$(dirname "$0")/ref/darts_pt_table.yaml"
 exit $STATUS

@@ -441,7 +441,7 @@ def read_paper(path):
     """A paper's table as data (``scripts/tables/ref/<paper>_<table>.yaml``): ``paper``, ``table``, ``metric``,
     and ``rows``, each with ``row`` (its name in the paper), ``match`` (the config values of our runs that produce
     it, dotted keys) and ``values`` (our report column → the paper's ``[mean, std]``, std null where the paper gives
-    none)."""
+    none); ``error_of: true`` where the paper prints 100 − the column (a test error against our accuracy)."""
     fix = "give a table file like scripts/tables/ref/sp_darts_table1.yaml"
     ref = OmegaConf.to_container(read_yaml(path, fix))
     rows = ref.get("rows")
@@ -473,6 +473,8 @@ def compare_paper(paths, ref_path, out=None):
         members = [r for r in runs if _matches(r["config"], row["match"])]
         for column, (mean, std) in row["values"].items():
             xs = np.array([v[column] for v in map(run_values, members) if column in v], dtype=float)
+            if ref.get("error_of"):  # the paper prints the error of an accuracy column: 100 − ours
+                xs = 100.0 - xs
             ours = (float(xs.mean()), float(xs.std()), len(xs)) if len(xs) else None
             diff = None if ours is None else ours[0] - mean
             within = None if diff is None or std is None else bool(abs(diff) <= std + 0.005)  # + the paper's rounding
