@@ -46,7 +46,8 @@ TINY_NB201 = ["space.C=4", "space.N=1", "dataset=synthetic", "trainer.epochs=1",
 @pytest.mark.slow
 @pytest.mark.parametrize("script, overrides", [
     ("tse_darts_table1", TINY_NB201), ("sp_darts_table1", TINY_NB201), ("ss_darts_table2", TINY_NB201),
-    ("tse_darts_table4", ["space.C=4", *TINY_NB201[2:]])])
+    ("tse_darts_table4", ["space.C=4", *TINY_NB201[2:]]),
+    ("darts_pt_table", [*TINY_NB201, "selector.proj_intv=1", "selector.max_valid_batches=1"])])
 def test_table_scripts_run_end_to_end_and_report_every_row(tmp_path, script, overrides):
     """Each table script with a paper table file runs its sweeps on tiny settings (synthetic data, one epoch,
     C=4), and its report has every row and column of the paper's table beside ours."""
