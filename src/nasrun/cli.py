@@ -9,6 +9,7 @@ import os
 import re
 import shlex
 import sys
+import time
 from pathlib import Path
 
 import hydra
@@ -36,9 +37,16 @@ examples:
 """
 
 
+def is_main():
+    """Not one of ranks 1… of a run over several processes (:mod:`nasrun.distributed`, imported only by such runs)."""
+    world = sys.modules.get("nasrun.distributed")
+    return world is None or world.WORLD.main
+
+
 def fail(message, code=2):
-    """Print a one-line error and exit (no traceback for user errors)."""
-    print(f"nasrun: error: {message}", file=sys.stderr)
+    """Print a one-line error and exit (no traceback for user errors); of several processes, rank 0 prints it."""
+    if is_main():
+        print(f"nasrun: error: {message}", file=sys.stderr)
     sys.exit(code)
 
 
@@ -59,7 +67,8 @@ def _guard(fn, cfg):
         fail(str(exc))
     except Interrupted as exc:
         note_rerun(out, "interrupted", str(exc))
-        print(f"nasrun: {exc}; resume with: nasrun rerun {shlex.quote(str(out))}", file=sys.stderr)
+        if is_main():
+            print(f"nasrun: {exc}; resume with: nasrun rerun {shlex.quote(str(out))}", file=sys.stderr)
         sys.exit(exit_code(exc.signal))
     except KeyboardInterrupt:  # Ctrl-C outside the epoch loop (building, selecting): nothing half-written
         note_rerun(out, "interrupted", "Ctrl-C")
@@ -200,7 +209,7 @@ def check_overrides(config_name, args):
             from .search import preflight
 
             (preflight if config_name == "search" else eval_preflight)(cfg)
-        if target is not None:
+        if target is not None and is_main():  # ranks 1…: rank 0 checks (and then holds) the run directory
             from .rundir import check_run_target
 
             check_run_target(target, config_name, OmegaConf.to_container(cfg, resolve=True))
@@ -353,6 +362,33 @@ def rerun_argv(run_dir, extra=()):
     return task, [*overrides, *extra, f"hydra.run.dir={hydra_quote(str(run.resolve()))}"]
 
 
+def join_world(config_name, args, multirun):
+    """Started as one of several processes (torchrun, Slurm tasks): join the process group, quiet every rank but 0,
+    and give all ranks rank 0's run directory (the default one is named by the time each process reads). Returns the
+    overrides to run with."""
+    if "WORLD_SIZE" not in os.environ and "SLURM_STEP_NUM_TASKS" not in os.environ:
+        return args  # one process (and no torch import yet)
+    from .distributed import WORLD, broadcast, env_world, start
+
+    if env_world() is None:
+        return args
+    if config_name == "select":
+        fail("nasrun select runs in one process; start it without torchrun / Slurm tasks")
+    if multirun:
+        fail("a sweep (-m) cannot run under torchrun; sweep with hydra/launcher=slurm (tasks_per_node for several "
+             "processes per job) or run each setting as its own torchrun")
+    start()
+    if not WORLD.main:
+        from .console import console
+
+        console.quiet = True
+        args = [*args, "hydra.output_subdir=null"]  # rank 0 writes .hydra/
+    if not any(a.split("=", 1)[0].lstrip("+") == "hydra.run.dir" for a in args):
+        stamp = broadcast(time.strftime("%Y-%m-%d_%H-%M-%S"))
+        args = [*args, f"hydra.run.dir=outputs/{config_name}/{stamp}"]
+    return args
+
+
 def main():
     """Entry point of the ``nasrun`` console script."""
     if len(sys.argv) < 2 or sys.argv[1] in ("-h", "--help", "help"):
@@ -374,8 +410,10 @@ def main():
     sys.argv.pop(1)
     sys.argv[1:] = quote_args(sys.argv[1:])
     app, config_name = apps[cmd]
+    multirun = any(a in ("-m", "--multirun") for a in sys.argv[1:])
+    sys.argv[1:] = join_world(config_name, sys.argv[1:], multirun)
     check_overrides(config_name, sys.argv[1:])
-    if any(a in ("-m", "--multirun") for a in sys.argv[1:]):
+    if multirun:
         sys.argv[1:] = force_sweep_keys(config_name, sys.argv[1:])
     from .sweep import FAILED, SweepStopped, stopped_sweep
 

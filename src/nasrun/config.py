@@ -51,6 +51,7 @@ PROBABILITIES = ("drop", "prob", "momentum")  # a float key whose name contains 
 CHOICES = {"trainer.device": (r"auto|cpu|cuda|cuda:\d+|mps", "auto, cpu, cuda, cuda:N or mps"),
            "trainer.cuda_graphs": (("auto", True, False, "emulate"), "auto, true, false or emulate"),
            "trainer.threads": (("auto", int), "auto or a whole number ≥ 1"),
+           "trainer.dtype": (("float32", "float64"), "float32 or float64"),
            "diagnostics.hessian_mode": (("auto", "exact", "power"), "auto, exact or power"),
            "dataset.split": (("auto", "nb201", "darts"), "auto, nb201 or darts"),
            "dataset.train_draw": (("epoch", "fresh"), "epoch or fresh"),

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
+from .distributed import WORLD, check_batch, shard
 from .errors import UserError
 
 SPLIT_DIR = Path(__file__).resolve().parent / "splits"
@@ -307,6 +308,7 @@ class SearchStream:
             if idx is not None and len(idx) < batch_size:  # no full batch: no step, or a silently smaller batch
                 raise UserError(f"trainer.batch_size={batch_size} is larger than the {name} split ({len(idx)} images); "
                                 "lower trainer.batch_size or use more data")
+        check_batch("trainer.batch_size", batch_size)
         self.steps = -(-len(train_idx) // batch_size)
         self.gen = torch.Generator()
         self.epoch, self.tables = None, None
@@ -354,7 +356,7 @@ class SearchStream:
             drawn["pt"] = self.augment.draw(len(t), size, self.gen)
             if self.valid_idx is not None:
                 drawn["pv"] = self.augment.draw(len(drawn["v"]), size, self.gen)
-            steps.append(drawn)
+            steps.append(shard_step(drawn))
         self.tables = _to_device_once(steps, self.device)
 
     def batch(self, step):
@@ -382,6 +384,19 @@ class SearchStream:
             x = self.augment(self.x[i], d["p"]) if gen is not None else self.augment.normalise(self.x[i])
             yield x, self.y[i]
 
+
+
+def shard_step(drawn):
+    """This rank's share of one step's global draws (one process: all of them): the same rows of the train indices
+    and of their augmentation parameters, and of the valid ones (:func:`nasrun.distributed.shard`)."""
+    if not WORLD.collective:
+        return drawn
+    n_t, n_v = len(drawn["t"]), len(drawn["v"]) if "v" in drawn else 0
+    out = {"t": shard(drawn["t"]), "pt": {k: shard(v, n_t) for k, v in drawn["pt"].items()}}
+    if "v" in drawn:
+        out["v"] = shard(drawn["v"])
+        out["pv"] = {k: shard(v, n_v) for k, v in drawn["pv"].items()}
+    return out
 
 
 def _to_device_once(steps, device):

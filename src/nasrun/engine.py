@@ -20,6 +20,7 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from .console import console
+from .distributed import WORLD, agree, barrier, reduce_sums, shared
 from .errors import Interrupted, UserError
 from .files import read_checkpoint
 
@@ -54,6 +55,11 @@ class StopFlag:
             for sig in self.SIGNALS:
                 self._old[sig] = signal.signal(sig, self._handle)
         return self
+
+    def peer(self):
+        """Another rank received a signal (:func:`nasrun.distributed.agree`): stop here too."""
+        if self._signal is None:
+            self._signal = "SIGTERM"
 
     def _handle(self, signum, frame):
         if signum == signal.SIGINT and self._signal is not None:
@@ -139,6 +145,21 @@ def rng_state():
             "python": random.getstate(), "numpy": np.random.get_state()}
 
 
+def host_rng_state():
+    """The random state a rank shares with the others: torch's CPU generator, Python's, NumPy's, and the generator of
+    this process's CUDA device."""
+    cuda = torch.cuda.get_rng_state() if torch.cuda.is_available() else None
+    return {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state(), "cuda": cuda}
+
+
+def set_host_rng_state(state):
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    if state["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
 def set_rng_state(state):
     torch.set_rng_state(state["torch"])
     if state["cuda"] is not None and torch.cuda.is_available():
@@ -164,8 +185,9 @@ def accumulate(sums, out, n_train, n_valid):
 
 
 def means(sums):
-    """Epoch means (the only host sync of an epoch): losses, accuracies in %, image count."""
-    s = {k: v.item() for k, v in sums.items()}
+    """Epoch means (the only host sync of an epoch, and the one collective of the metrics: the sums of all ranks):
+    losses, accuracies in %, image count."""
+    s = {k: v.item() for k, v in reduce_sums(sums).items()}
 
     def ratio(a, b, scale=1.0):
         return scale * s[a] / s[b] if s[b] else None
@@ -233,7 +255,7 @@ class EpochLoop:
         self.run.truncate_metrics(self.epoch)
 
     def drop_snapshots(self):
-        if (self.run.path / "snapshots").exists():
+        if WORLD.main and (self.run.path / "snapshots").exists():
             shutil.rmtree(self.run.path / "snapshots")
 
     def freeze(self):
@@ -260,6 +282,15 @@ class EpochLoop:
         fmt = self.layout
         return ((train[0].contiguous(memory_format=fmt), train[1]),
                 (valid[0].contiguous(memory_format=fmt), valid[1]) if valid is not None else None)
+
+    def _epoch_end(self, epoch_end, m, seconds):
+        """``epoch_end``'s record; with several ranks computed by rank 0 alone (diagnostics, benchmark query) and sent
+        to every rank with rank 0's random state after it, so all ranks go on as one process would."""
+        if not WORLD.active:
+            return epoch_end(self.epoch, m, seconds)
+        record, state = shared(lambda: (epoch_end(self.epoch, m, seconds), host_rng_state()))
+        set_host_rng_state(state)
+        return record
 
     def fit(self, epochs, step_fn, epoch_start, epoch_end, log, group=1, stop_fn=None, snapshot_fn=None):
         """Run the remaining epochs; ``step_fn(train, valid)`` returns detached device tensors.
@@ -296,9 +327,11 @@ class EpochLoop:
                         accumulate(self.sums, out, len(train[1]), len(valid[1]) if valid is not None else 0)
                         self.step += n
                         bar.advance(task, n)
-                        if stop.signal:
+                        if agree(stop.signal):  # several ranks: a signal to any of them stops all at this step
+                            stop.peer()
                             self.elapsed += time.perf_counter() - tic
                             self.checkpoint()
+                            barrier()  # rank 0 has written it before any rank exits (torchrun ends the others)
                             stop_for_signal(stop, f"checkpoint written in epoch {self.epoch + 1} after step {self.step} in "
                                                   f"{self.run.path}")
                     bar.remove_task(task)
@@ -311,7 +344,7 @@ class EpochLoop:
                         raise UserError(f"loss became NaN/inf in epoch {self.epoch + 1}; {kept}; lower the learning rates "
                                         "or check the data (dataset.mean/std)")
                     tic = time.perf_counter()
-                    record = epoch_end(self.epoch, m, seconds)
+                    record = self._epoch_end(epoch_end, m, seconds)
                     record["epoch_end_seconds"] = round(time.perf_counter() - tic, 3)  # diagnostics, query, logging
                     self.history.append(record)
                     self.run.append_metrics(record)

@@ -7,6 +7,7 @@ from rich.table import Table
 
 from .benchmarks import benchmark_class, open_benchmark
 from .config import build, validate
+from .distributed import WORLD, main_only, world_settings
 from .errors import UserError
 from .files import read_json
 from .loggers import build_trackers
@@ -67,8 +68,13 @@ def run_eval(cfg, out_dir):
     validate(cfg)
     space, mode, genotype = preflight(cfg)
     trackers = build_trackers(cfg.get("logger"))
+    if not WORLD.main:
+        trackers = None  # several processes: rank 0 alone reports
+    if WORLD.active and mode != "retrain":
+        raise UserError(f"mode={mode} runs in one process; start it without torchrun / Slurm tasks")
     try:
-        return _run_eval(cfg, out_dir, space, mode, genotype, trackers)
+        with world_settings(cfg.trainer):
+            return _run_eval(cfg, out_dir, space, mode, genotype, trackers)
     except BaseException:
         if trackers is not None:
             trackers.close()
@@ -128,6 +134,11 @@ def _retrain(cfg, run, space, genotype, trackers=None):
     else:
         run.start()
         summary = run_retrain(cfg, run, state, space, genotype, resolve_device(cfg.trainer.device), trackers)
+    main_only(_print_retrain, summary)
+    return summary
+
+
+def _print_retrain(summary):
     table = Table(title=f"nasrun eval (retrain, {summary['protocol']})", show_header=False)
     table.add_column("key", style="bold")
     table.add_column("value", overflow="fold")
@@ -136,7 +147,6 @@ def _retrain(cfg, run, space, genotype, trackers=None):
         value = summary[key]
         table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
     Console().print(table)
-    return summary
 
 
 def _pct(x):

@@ -30,11 +30,17 @@ from .errors import UserError
 SETTINGS = ("auto", "true", "false", "emulate")
 
 
-def graphs_wanted(setting, device):
-    """``trainer.cuda_graphs`` (auto|true|false|emulate) on ``device`` → a capture backend, or None (eager)."""
+def graphs_wanted(setting, device, distributed=False):
+    """``trainer.cuda_graphs`` (auto|true|false|emulate) on ``device`` → a capture backend, or None (eager).
+    ``distributed``: several processes, whose steps run collectives between the kernels: eager (auto), or refused."""
     value = str(setting).lower()
     if value not in SETTINGS:
         raise UserError(f"trainer.cuda_graphs must be auto, true, false or emulate, not {setting!r}")
+    if distributed:
+        if value in ("true", "emulate"):
+            raise UserError(f"trainer.cuda_graphs={value} does not yet work with several processes (the steps average "
+                            "gradients between their kernels); use trainer.cuda_graphs=auto or false")
+        return None
     if value == "true" and device.type != "cuda":
         raise UserError(f"trainer.cuda_graphs=true needs a CUDA device (the run is on {device}); use auto or false "
                         "(or emulate: the CPU stand-in that checks the captured step)")

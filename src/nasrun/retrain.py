@@ -13,10 +13,11 @@ import torch
 import torch.nn.functional as F
 
 from .data import NORMALISATION, Augment, SearchStream, check_cutout, load_dataset
+from .distributed import WORLD, average_grads, convert_sync_bn
 from .engine import EpochLoop, console, seed_everything
 from .errors import UserError
 from .graphs import GraphSet, GraphState, graphs_wanted, optimizer_key
-from .utils import count_flops, count_parameters
+from .utils import count_flops, count_parameters, full_precision
 
 
 class Protocol:
@@ -88,11 +89,13 @@ class Retrainer:
         self.opt.zero_grad(set_to_none=True)
         with self.autocast():
             logits, aux = self.net(x)
-        loss = F.cross_entropy(logits.float(), y, label_smoothing=self.p.label_smoothing)
+        loss = F.cross_entropy(full_precision(logits), y, label_smoothing=self.p.label_smoothing)
         total = loss
         if aux is not None and self.p.auxiliary_weight:
-            total = loss + self.p.auxiliary_weight * F.cross_entropy(aux.float(), y, label_smoothing=self.p.label_smoothing)
+            total = loss + self.p.auxiliary_weight * F.cross_entropy(full_precision(aux), y,
+                                                                     label_smoothing=self.p.label_smoothing)
         total.backward()
+        average_grads(self.net.parameters())  # several processes: the global batch's gradient on every rank
         if self.p.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.p.grad_clip)
         self.opt.step()
@@ -114,7 +117,7 @@ class Retrainer:
     def _eval_batch(self, x, y):
         with self.autocast():
             logits, _ = self.net(x)
-        return F.cross_entropy(logits.float(), y, reduction="sum").double(), (logits.argmax(1) == y).sum()
+        return F.cross_entropy(full_precision(logits), y, reduction="sum").double(), (logits.argmax(1) == y).sum()
 
     def state_dict(self):
         return {"net": self.net.state_dict(), "opt": self.opt.state_dict()}
@@ -153,7 +156,9 @@ def run_retrain(cfg, run, state, space, genotype, device, trackers=None):
     net = net.to(memory_format=layout)
     autocast = (functools.partial(torch.autocast, "cuda", dtype=torch.bfloat16) if t.amp and device.type == "cuda"
                 else contextlib.nullcontext)
-    trainer = Retrainer(net, p, autocast, graphs_wanted(t.get("cuda_graphs", "auto"), device),
+    if t.get("sync_bn"):
+        convert_sync_bn(net)
+    trainer = Retrainer(net, p, autocast, graphs_wanted(t.get("cuda_graphs", "auto"), device, WORLD.active),
                         verify=t.get("cuda_graphs_verify", True))
     loop = EpochLoop(run, {"retrainer": trainer}, stream, device, t.progress, layout)
     if state is not None:

@@ -5,6 +5,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from .distributed import WORLD, main_only
 from .errors import UserError
 from .files import read_checkpoint, read_yaml
 from .utils import atomic_torch_save, environment, json_line, set_threads, write_json
@@ -133,13 +134,18 @@ class RunDir:
 
     def __init__(self, path, cfg):
         self.path = Path(path)
-        self.path.mkdir(parents=True, exist_ok=True)
-        self._lock = self._acquire()
-        for stale in self.path.glob(".*.tmp"):  # a write killed before its rename (we hold the lock: nobody writes)
-            stale.unlink(missing_ok=True)
+        self.writes = WORLD.main  # several processes (torch.distributed): rank 0 alone writes, every rank reads
+        self._lock = main_only(self._open)
         self.config = OmegaConf.to_container(cfg, resolve=True)
         self.ckpt = self.path / "checkpoint.pt"
         self.metrics = self.path / "metrics.jsonl"
+
+    def _open(self):
+        self.path.mkdir(parents=True, exist_ok=True)
+        lock = self._acquire()
+        for stale in self.path.glob(".*.tmp"):  # a write killed before its rename (we hold the lock: nobody writes)
+            stale.unlink(missing_ok=True)
+        return lock
 
     def _acquire(self):
         """An exclusive lock on ``<run>/.lock`` for this process's life (released when the object goes, or
@@ -165,6 +171,9 @@ class RunDir:
         start (a resume, a requeue) appended under ``resumes``."""
         from .console import console
 
+        if not self.writes:
+            set_threads(self.config.get("trainer", {}).get("threads", "auto"))
+            return
         console.log_path = self.path / f"{self.config.get('task_name', 'run')}.log"
         warning = set_threads(self.config.get("trainer", {}).get("threads", "auto"))
         if warning:
@@ -194,6 +203,8 @@ class RunDir:
 
     def save_checkpoint(self, state, also=None):
         """Save atomically to checkpoint.pt (and first to ``also``, a rollback snapshot, when given)."""
+        if not self.writes:
+            return
         state = {**state, "config": self.config}
         if also is not None:
             atomic_torch_save(state, also)
@@ -201,12 +212,14 @@ class RunDir:
 
     def truncate_metrics(self, epochs_done):
         """Keep the first ``epochs_done`` lines (a kill between metrics and checkpoint leaves one extra)."""
-        if not self.metrics.exists():
+        if not self.writes or not self.metrics.exists():
             return
         lines = self.metrics.read_text().splitlines()[:epochs_done]
         self.metrics.write_text("".join(line + "\n" for line in lines))
 
     def append_metrics(self, record):
+        if not self.writes:
+            return
         with open(self.metrics, "a") as f:
             f.write(json_line(record) + "\n")
 
@@ -216,4 +229,6 @@ class RunDir:
         return [json.loads(line) for line in self.metrics.read_text().splitlines() if line.strip()]
 
     def write(self, name, obj):
+        if not self.writes:
+            return
         write_json(self.path / name, obj)

@@ -15,6 +15,7 @@ from rich.table import Table
 from .benchmarks import open_benchmark
 from .config import build, validate
 from .data import BENCHMARK_NAMES, build_search_stream, check_cutout, load_dataset
+from .distributed import WORLD, check_world, convert_sync_bn, main_only, shared, world_settings
 from .diagnostics import discretised_accuracy, hessian_eigenvalue, ies_entropy, operation_magnitudes, tse_estimators
 from .engine import EpochLoop, console, seed_everything
 from .errors import UserError
@@ -60,6 +61,8 @@ def build_search(cfg, device):
     space = build(cfg.space)
     data, stream, protocol = build_data(cfg, space, device)
     supernet = space.build_supernet(data.num_classes, in_channels=data.train_x.shape[1]).to(device)
+    if t.get("sync_bn"):
+        convert_sync_bn(supernet)
     set_fused(supernet, t.get("fused", True))
     if t.get("compile", False):
         compile_cells(supernet)
@@ -72,7 +75,8 @@ def build_search(cfg, device):
         stream.single_level()
     if t.amp and device.type == "cuda":
         method.autocast = functools.partial(torch.autocast, "cuda", dtype=torch.bfloat16)
-    method.use_cuda_graphs(graphs_wanted(t.get("cuda_graphs", "auto"), device), verify=t.get("cuda_graphs_verify", True))
+    method.use_cuda_graphs(graphs_wanted(t.get("cuda_graphs", "auto"), device, distributed=WORLD.active),
+                           verify=t.get("cuda_graphs_verify", True))
     return space, data, stream, protocol, supernet, method
 
 
@@ -123,8 +127,11 @@ def run_search(cfg, out_dir):
     validate(cfg)
     preflight(cfg)
     trackers = build_trackers(cfg.get("logger"))  # a tracker whose package is missing is refused here
+    if not WORLD.main:
+        trackers = None  # several processes: rank 0 alone reports
     try:
-        return _run_search(cfg, out_dir, trackers)
+        with world_settings(cfg.trainer):
+            return _run_search(cfg, out_dir, trackers)
     except BaseException:
         if trackers is not None:
             trackers.close()  # the tracker run stays open for the resume
@@ -142,6 +149,7 @@ def _run_search(cfg, out_dir, trackers):
     t = cfg.trainer
     device = resolve_device(t.device)
     space, data, stream, protocol, supernet, method = build_search(cfg, device)
+    check_world(method, "method", f"method={method.name}")
     selector = build(cfg.selector)
     stop = build(cfg.stop)
     if getattr(selector, "reads_alpha", False) and not getattr(method, "learns_alpha", True):
@@ -214,9 +222,9 @@ def _run_search(cfg, out_dir, trackers):
     loop.checkpoint(trained=True)
     loop.freeze()  # checkpoints from here on keep the trained supernet, whatever the selector does to it
 
-    try:
-        selections = choose(run, space, method, history, selector, stop, loop.stop_epoch, stream=stream, bench=bench,
-                            bench_dataset=bench_ds, progress=SelectionProgress(loop))
+    try:  # several processes: rank 0 selects alone (its supernet is every rank's) and sends the genotypes to all
+        selections = shared(choose, run, space, method, history, selector, stop, loop.stop_epoch, stream=stream,
+                            bench=bench, bench_dataset=bench_ds, progress=SelectionProgress(loop))
     except UserError as e:
         raise UserError(f"{e} (training finished and is kept in {run.path}: select from it with `nasrun select "
                         f"run={run.path} selector=...`)") from None
@@ -236,7 +244,7 @@ def _run_search(cfg, out_dir, trackers):
     loop.drop_snapshots()
     if trackers is not None:
         trackers.finish(run_artefacts(run))
-    print_summary(summary)
+    main_only(print_summary, summary)
     return summary
 
 

@@ -73,9 +73,11 @@ def print_row(row):
 
 
 def note_rerun(run_dir, status, error=None, summary=None):
-    """A job of a sweep run again alone (``nasrun rerun``): its ``status.json`` follows this attempt."""
+    """A job of a sweep run again alone (``nasrun rerun``): its ``status.json`` follows this attempt (written by rank 0
+    of several processes)."""
+    world = sys.modules.get("nasrun.distributed")
     path = Path(run_dir) / STATUS
-    if not path.exists():
+    if not path.exists() or (world is not None and not world.WORLD.main):
         return
     try:
         job = json.loads(path.read_text()).get("job")

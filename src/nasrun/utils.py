@@ -108,6 +108,13 @@ def count_flops(module, input_shape):
     return total[0] / input_shape[0]
 
 
+def full_precision(t):
+    """``t`` in float32 when autocast left it in half precision, else as it is (float64 stays float64)."""
+    import torch
+
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
 def hydra_config():
     """The running Hydra job's config (``HydraConfig``), or None outside a Hydra app (tests, the Python API)."""
     from hydra.core.hydra_config import HydraConfig
@@ -214,6 +221,10 @@ def resolve_device(name):
     """``auto`` picks CUDA when available."""
     import torch
 
+    from .distributed import WORLD
+
+    if WORLD.active and name in ("auto", "cuda") and torch.cuda.is_available():  # one device per rank
+        return torch.device("cuda", WORLD.local_rank % torch.cuda.device_count())
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():

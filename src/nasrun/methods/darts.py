@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch.distributions import Dirichlet
 
+from ..distributed import average, average_grads
 from ..errors import UserError
 from .base import Method, cosine_lr
 
@@ -52,6 +53,8 @@ class Darts(Method):
             under PyTorch ≥ 1.4, whose re-created SGD restarts the recursive cosine from ``w_lr``, so a stage
             starting at s runs at η_min + (η0 − η_min)(1 + cos πe/T)/(1 + cos πs/T).
     """
+
+    distributed = True  # its steps average every gradient over the ranks (torch.distributed; nasrun.distributed)
 
     def __init__(self, supernet, space, name="darts", w_lr=0.025, w_lr_min=0.001, w_momentum=0.9,
                  w_nesterov=True, w_weight_decay=5e-4, grad_clip=5.0, arch_lr=3e-4, arch_betas=(0.5, 0.999),
@@ -238,6 +241,7 @@ class Darts(Method):
         self.w_opt.zero_grad(set_to_none=True)
         loss, logits = self.loss(x, y, weights)
         loss.backward()  # with_alpha: α.grad gets the train loss's gradient too, as in the references
+        average_grads([*self.supernet.parameters(), *(self.arch_parameters() if with_alpha else [])])
         if with_alpha:
             alphas = self.arch_parameters()
             if self._stale is not None:
@@ -290,7 +294,7 @@ class Darts(Method):
         """∇_α L_val(w, α) (no weight gradients are accumulated)."""
         x, y = valid_batch
         loss, logits = self.loss(x, y, self.edge_weights())
-        return torch.autograd.grad(loss, self.arch_parameters()), loss, logits
+        return average(list(torch.autograd.grad(loss, self.arch_parameters()))), loss, logits
 
     def unrolled_grad(self, train_batch, valid_batch):
         """DARTS-V2 hypergradient d_α − ξ·[∇_α L_tr(w⁺) − ∇_α L_tr(w⁻)]/(2ε) (methods.md §4.2)."""
@@ -302,7 +306,7 @@ class Darts(Method):
         # Virtual step w' = w − ξ(μ·m + ∇_w L_tr + λ·w), α held fixed (one multi-tensor op per term).
         fixed = {k: v.detach() for k, v in self.edge_weights().items()}
         loss_tr, _ = self.loss(*train_batch, fixed, params={**dict(zip(names, params)), **buffers})
-        g_w = torch.autograd.grad(loss_tr, params, materialize_grads=True)  # zero for ops a progressive stage pruned
+        g_w = average(list(torch.autograd.grad(loss_tr, params, materialize_grads=True)))  # 0 for ops a stage pruned
         with torch.no_grad():
             step = torch._foreach_add(list(g_w), list(params), alpha=wd) if wd else list(g_w)
             bufs = [self.w_opt.state.get(p, {}).get("momentum_buffer") for p in params]
@@ -313,7 +317,8 @@ class Darts(Method):
             virtual = torch._foreach_sub(list(params), torch._foreach_mul(step, xi))
         w_virtual = {n: w.requires_grad_() for n, w in zip(names, virtual)}
         loss_val, logits = self.loss(*valid_batch, self.edge_weights(), params={**w_virtual, **buffers})
-        grads = torch.autograd.grad(loss_val, list(alphas) + [w_virtual[n] for n in names], materialize_grads=True)
+        grads = average(list(torch.autograd.grad(loss_val, list(alphas) + [w_virtual[n] for n in names],
+                                                 materialize_grads=True)))
         d_alpha, v = grads[: len(alphas)], list(grads[len(alphas):])
         # ε = r/‖v‖ (r = 0.01 in the references): central differences of ∇_α L_tr at w ± ε·v approximate ∇²_{α,w} L_tr · v.
         eps = self.fd_radius / torch.linalg.vector_norm(torch.stack(torch._foreach_norm(v)))
@@ -321,8 +326,10 @@ class Darts(Method):
             ev = torch._foreach_mul(v, eps)
             w_plus = dict(zip(names, torch._foreach_add(list(params), ev)))
             w_minus = dict(zip(names, torch._foreach_sub(list(params), ev)))
-        g_plus = torch.autograd.grad(self.loss(*train_batch, self.edge_weights(), params={**w_plus, **buffers})[0], alphas)
-        g_minus = torch.autograd.grad(self.loss(*train_batch, self.edge_weights(), params={**w_minus, **buffers})[0], alphas)
+        g_plus = average(list(torch.autograd.grad(self.loss(*train_batch, self.edge_weights(),
+                                                            params={**w_plus, **buffers})[0], alphas)))
+        g_minus = average(list(torch.autograd.grad(self.loss(*train_batch, self.edge_weights(),
+                                                             params={**w_minus, **buffers})[0], alphas)))
         hyper = [d - xi * (gp - gm) / (2 * eps) for d, gp, gm in zip(d_alpha, g_plus, g_minus)]
         return hyper, loss_val, logits
 

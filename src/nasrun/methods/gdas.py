@@ -24,6 +24,7 @@ class Gdas(Darts):
         Other arguments: as :class:`~nasrun.methods.darts.Darts`.
     """
 
+    distributed = True  # DARTS's steps; the Gumbel draws come from the CPU generator, the same on every rank
     graph_safe = False  # the sampled op of every edge is read on the host to run only that op
     tensor_weights = False  # its mixing weights are sampled paths (HardPath), not tensors a selector can edit
 

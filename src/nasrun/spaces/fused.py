@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..distributed import batch_norm, batch_var_mean
 from .ops import DilConv, FactorizedReduce, Identity, Noise, Pooling, ReLUConvBN, SepConv, Zero
 
 
@@ -84,10 +85,10 @@ def fused_bn(x, bns, scale=None):
     elif scale is not None:
         weight = scale
     if not track:
-        return F.batch_norm(x, None, None, weight, bias, True, 0.0, bn.eps)
+        return batch_norm(x, None, None, weight, bias, True, 0.0, bn.eps)
     means, variances = [b.running_mean for b in bns], [b.running_var for b in bns]
     rm, rv = _cat(means), _cat(variances)
-    y = F.batch_norm(x, rm, rv, weight, bias, batch_stats, bn.momentum, bn.eps)
+    y = batch_norm(x, rm, rv, weight, bias, batch_stats, bn.momentum, bn.eps)
     if bn.training:
         with torch.no_grad():
             if len(bns) > 1 and not (_shares_memory(rm, means) and _shares_memory(rv, variances)):  # a copy: write back
@@ -106,10 +107,10 @@ def _shared_bn(x, bns):
     """The same BN-without-affine applied to one tensor on several edges (training mode): the output is
     the same on every edge, so it is computed once; each edge's running statistics get the batch's."""
     bn = bns[0]
-    y = F.batch_norm(x, None, None, None, None, True, 0.0, bn.eps)
+    y = batch_norm(x, None, None, None, None, True, 0.0, bn.eps)
     if bn.track_running_stats:
         with torch.no_grad():
-            var, mean = torch.var_mean(x, dim=(0, 2, 3), correction=1)
+            var, mean = batch_var_mean(x)
             torch._foreach_lerp_([b.running_mean for b in bns], [mean] * len(bns), bn.momentum)
             torch._foreach_lerp_([b.running_var for b in bns], [var] * len(bns), bn.momentum)
             torch._foreach_add_([b.num_batches_tracked for b in bns], 1)
