@@ -244,3 +244,26 @@ def test_failed_and_lost_jobs_are_reported_and_a_bad_request_is_refused(slurm, t
     status = {i: json.loads((sweep / str(i) / "status.json").read_text())["status"] for i in range(3)}
     assert status == {0: "finished", 1: "failed", 2: "failed"}, out
     assert "left the Slurm queue without a result" in out and "1 of 3 finished" in out, out
+
+
+def test_one_run_over_two_slurm_tasks_equals_one_process(slurm, tmp_path):
+    """Issue 24: ``hydra.launcher.tasks_per_node=2`` runs one search as 2 Slurm tasks (srun, submitit), which join a
+    gloo process group at the job's first node and end where one process ends (float64, synced BatchNorm)."""
+    from .test_distributed import SEARCH, assert_same_run
+
+    env = {**slurm.env(), "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "NASRUN_BENCH": ""}
+    one = subprocess.run([sys.executable, "-m", "nasrun.cli", "search", *SEARCH, f"hydra.run.dir={tmp_path / 'one'}"],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr
+    sweep = tmp_path / "sweep"
+    cmd = [sys.executable, "-m", "nasrun.cli", "search", "-m", "hydra/launcher=slurm", "hydra.launcher.partition=debug",
+           "hydra.launcher.gpus_per_node=null", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=null",
+           "hydra.launcher.timeout_min=20", "hydra.launcher.tasks_per_node=2", f"hydra.sweep.dir={sweep}", "seed=0",
+           *SEARCH]
+    proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    status = json.loads((sweep / "0" / "status.json").read_text())
+    assert status["status"] == "finished", status
+    assert_same_run(tmp_path / "one", sweep / "0", ("supernet", "method"), 1e-10)
+    logs = [p.read_text() for p in (sweep / ".submitit").glob("*_log.err")]
+    assert len(logs) == 2 and "".join(logs).count("search: space=nb201") == 1, logs  # 2 tasks; rank 0 alone reports

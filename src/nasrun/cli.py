@@ -52,6 +52,8 @@ def fail(message, code=2):
 
 def _guard(fn, cfg):
     hc = HydraConfig.get()
+    if "SLURM_STEP_NUM_TASKS" in os.environ:  # a job of several Slurm tasks (hydra.launcher.tasks_per_node / nodes)
+        join_tasks()
     if hc.mode == RunMode.MULTIRUN:  # one job of a sweep: a failure is recorded, never raised (nasrun.sweep)
         from .sweep import guarded_job
 
@@ -362,13 +364,25 @@ def rerun_argv(run_dir, extra=()):
     return task, [*overrides, *extra, f"hydra.run.dir={hydra_quote(str(run.resolve()))}"]
 
 
+def join_tasks():
+    """In a Slurm job of several tasks (submitit runs this job in each): join the process group; ranks 1… go quiet."""
+    from .distributed import WORLD, env_world, start
+
+    if env_world() is not None and not WORLD.active:
+        start()
+        if not WORLD.main:
+            from .console import console
+
+            console.quiet = True
+
+
 def join_world(config_name, args, multirun):
     """Started as one of several processes (torchrun, Slurm tasks): join the process group, quiet every rank but 0,
     and give all ranks rank 0's run directory (the default one is named by the time each process reads). Returns the
     overrides to run with."""
     if "WORLD_SIZE" not in os.environ and "SLURM_STEP_NUM_TASKS" not in os.environ:
         return args  # one process (and no torch import yet)
-    from .distributed import WORLD, broadcast, env_world, start
+    from .distributed import WORLD, broadcast, env_world
 
     if env_world() is None:
         return args
@@ -377,11 +391,8 @@ def join_world(config_name, args, multirun):
     if multirun:
         fail("a sweep (-m) cannot run under torchrun; sweep with hydra/launcher=slurm (tasks_per_node for several "
              "processes per job) or run each setting as its own torchrun")
-    start()
+    join_tasks()
     if not WORLD.main:
-        from .console import console
-
-        console.quiet = True
         args = [*args, "hydra.output_subdir=null"]  # rank 0 writes .hydra/
     if not any(a.split("=", 1)[0].lstrip("+") == "hydra.run.dir" for a in args):
         stamp = broadcast(time.strftime("%Y-%m-%d_%H-%M-%S"))

@@ -52,7 +52,10 @@ def _result(summary):
 
 
 def record_job(run_dir, job, status, error=None, summary=None):
-    """Write ``status.json`` for one job of a sweep and print its line."""
+    """Write ``status.json`` for one job of a sweep and print its line (rank 0 of a job of several tasks)."""
+    world = sys.modules.get("nasrun.distributed")
+    if world is not None and not world.WORLD.main:
+        return None
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     overrides = " ".join(_overrides(run_dir))
