@@ -14,6 +14,11 @@ CUDA-graph capture).
     python scripts/bench_search.py --device cuda --json bench.json
     python scripts/bench_search.py --rows nb201:darts darts:darts retrain --steps 30
     python scripts/bench_search.py --count-ops           # aten ops per step, per-op cells vs fused (any device)
+    python scripts/bench_search.py --ranks 1 2            # data parallel: the same global batch on 1 and 2 processes
+
+``--ranks`` starts each row under ``torchrun`` once per rank count (gloo on the CPU, NCCL on GPUs, one GPU per rank)
+and reports ms per step of the global batch, the speed-up over 1 rank and the scaling efficiency (speed-up / ranks):
+strong scaling, as ``trainer.batch_size`` is the global batch (``--sync-bn``: with BatchNorm statistics over it).
 
 Each nasrun row on CUDA also reports the seconds its graphs spent capturing and in the self-check
 (``trainer.cuda_graphs_verify``), the per-capture cost a run pays once per learning-rate change.
@@ -192,6 +197,66 @@ def time_row(step, group, batches, steps, warmup, repeats, device, reference):
     return statistics.median(times), peak
 
 
+def distributed_worker(args):
+    """One rank of a ``--ranks`` measurement (started by torchrun): time the row's step on this rank's shard of the
+    global batches; rank 0 writes ``{ms, ranks}`` to ``--json``."""
+    from nasrun.distributed import WORLD, shard, start, world_settings
+
+    start()
+    device = resolve_device(args.device)
+    kind = "cuda" if device.type == "cuda" else "cpu"
+    torch.set_num_threads(1)
+    row = args.rows[0]
+    space_name, _, method_name = row.partition(":")
+    sizes, batch, size = SIZES[kind][space_name]
+    batches = [tuple((shard(x), shard(y)) for x, y in pair) for pair in make_batches(4, batch, size, device)]
+    with world_settings({"sync_bn": args.sync_bn}):
+        if space_name == "retrain":
+            step, group = build_retrain_row(sizes, device, False)
+        else:
+            step, group = build_search_row(space_name, method_name, sizes, device, True, False)
+        ms, _ = time_row(step, group, batches, args.steps, args.warmup, args.repeats, device, False)
+    if WORLD.main:
+        with open(args.json, "w") as f:
+            json.dump({"ms": ms, "ranks": WORLD.size, "batch": batch}, f)
+
+
+def distributed_rows(args, device):
+    """``--ranks``: each row under torchrun at each rank count; ms per global step, speed-up, efficiency."""
+    import subprocess
+    import sys
+    import tempfile
+
+    kind = "cuda" if device.type == "cuda" else "cpu"
+    steps, warmup = args.steps or (30 if kind == "cuda" else 4), args.warmup or (8 if kind == "cuda" else 2)
+    print(f"data parallel ({'NCCL' if kind == 'cuda' else 'gloo'}, {'synced' if args.sync_bn else 'per-rank'} "
+          f"BatchNorm); {steps} steps × {args.repeats} after {warmup} warm-up; the global batch split over the ranks")
+    print(f"{'workload':22s} {'batch':>5s} {'ranks':>5s} {'ms/step':>9s} {'img/s':>9s} {'speed-up':>8s} {'efficiency':>10s}")
+    results = []
+    for row in args.rows:
+        base = None
+        for ranks in args.ranks:
+            with tempfile.NamedTemporaryFile(suffix=".json") as out:
+                cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={ranks}",
+                       __file__, "--worker", "--rows", row, "--device", args.device, "--steps", str(steps), "--warmup",
+                       str(warmup), "--repeats", str(args.repeats), "--json", out.name] + (["--sync-bn"] if args.sync_bn
+                                                                                          else [])
+                subprocess.run(cmd, check=True, capture_output=True, text=True)
+                rec = json.load(open(out.name))
+            if ranks == 1:
+                base = rec["ms"]
+            speedup = base / rec["ms"] if base else None
+            rec.update(workload=row, speedup=speedup and round(speedup, 2),
+                       efficiency=speedup and round(speedup / ranks, 2), images_per_s=round(rec["batch"] / rec["ms"] * 1e3, 1))
+            results.append(rec)
+            print(f"{row:22s} {rec['batch']:5d} {ranks:5d} {rec['ms']:9.1f} {rec['images_per_s']:9.1f} "
+                  f"{'-' if speedup is None else f'{speedup:7.2f}×':>8s} "
+                  f"{'-' if speedup is None else format(speedup / ranks, '.2f'):>10s}", flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"torch": torch.__version__, "sync_bn": args.sync_bn, "rows": results}, f, indent=1)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="auto")
@@ -204,8 +269,15 @@ def main():
     p.add_argument("--compile", action="store_true", help="per-cell torch.compile on nasrun's path (trainer.compile)")
     p.add_argument("--no-graphs", action="store_true", help="nasrun's path without CUDA graphs (fused ops only)")
     p.add_argument("--count-ops", action="store_true", help="count aten ops per step (per-op vs fused) and exit")
+    p.add_argument("--ranks", type=int, nargs="+", help="data-parallel rows: the rank counts to run (e.g. 1 2 4 8)")
+    p.add_argument("--sync-bn", action="store_true", help="with --ranks: BatchNorm over the global batch")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.worker:
+        return distributed_worker(args)
     device = resolve_device(args.device)
+    if args.ranks:
+        return distributed_rows(args, device)
     if args.count_ops:
         results = count_ops([r for r in args.rows if r != "retrain"], device)
         if args.json:

@@ -228,3 +228,109 @@ def test_one_process_is_untouched(world):
     assert distributed.average(ts) == ts and distributed.shard(ts[0]) is ts[0]
     assert distributed.main_only(lambda: 7) == 7 and distributed.agree(False) is False
     assert os.environ.get("WORLD_SIZE") is None
+
+
+# --- ImageNet: the folder loader and the protocol -----------------------------------------------------------------------
+
+def write_image_folders(root, classes=3, train=6, val=2, seed=0):
+    """``root/imagenet/{train,val}/<class>/*.JPEG``: small random JPEGs of assorted sizes (the ImageFolder layout)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", train), ("val", val)):
+        for c in range(classes):
+            folder = root / "imagenet" / split / f"n0{c}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                pixels = (rng.random((36 + 3 * i, 44 + c, 3)) * 255).astype("uint8")
+                Image.fromarray(pixels).save(folder / f"img_{i}.JPEG", format="JPEG")
+    return root
+
+
+def folder_stream(root, batch, workers=0, seed=1):
+    from nasrun.imagenet import FolderData, FolderStream, transforms
+
+    data = FolderData("imagenet", root)
+    train_tf, _ = transforms(24, 28, True)
+    return FolderStream(data, batch, seed, torch.device("cpu"), workers, train_tf)
+
+
+def test_imagenet_stream_is_a_function_of_seed_and_epoch(tmp_path, world):
+    """The same batches whatever the worker count, after a resume mid-epoch, and split over ranks: each image's
+    crop, flip and jitter follow its own seed, drawn with the order at the epoch's start."""
+    root = write_image_folders(tmp_path)
+    plain = folder_stream(root, 6)
+    plain.start_epoch(2)
+    whole = [plain.batch(s)[0] for s in range(plain.steps)]
+    assert plain.steps == 3 and all(x.shape == (6, 3, 24, 24) for x, _ in whole)
+    assert sorted(torch.cat([y for _, y in whole]).tolist()) == [0] * 6 + [1] * 6 + [2] * 6  # each image once
+    workers = folder_stream(root, 6, workers=2)
+    workers.start_epoch(2)
+    assert all(torch.equal(workers.batch(s)[0][0], whole[s][0]) for s in range(3))
+    resumed = folder_stream(root, 6)
+    resumed.start_epoch(2)
+    assert torch.equal(resumed.batch(2)[0][0], whole[2][0])  # a resume after step 2 starts there
+    other = folder_stream(root, 6)
+    other.start_epoch(3)
+    assert not torch.equal(other.batch(0)[0][0], whole[0][0])
+    world.size = 2
+    for rank in range(2):
+        world.rank = rank
+        shard = folder_stream(root, 6)
+        shard.start_epoch(2)
+        x, y = shard.batch(1)[0]
+        assert torch.equal(x, whole[1][0][3 * rank:3 * rank + 3]) and torch.equal(y, whole[1][1][3 * rank:3 * rank + 3])
+
+
+def test_imagenet_layout_errors_name_the_folders(tmp_path):
+    from nasrun.errors import UserError
+    from nasrun.imagenet import FolderData
+
+    with pytest.raises(UserError, match=r"put the training images in .*imagenet/train/<class>/"):
+        FolderData("imagenet", tmp_path)
+    write_image_folders(tmp_path, val=0)
+    with pytest.raises(UserError, match=r"val holds no images"):
+        FolderData("imagenet", tmp_path)
+
+
+def test_imagenet_retraining_runs_from_the_folders(tmp_path):
+    """``nasrun eval dataset=imagenet``: the mobile network (stride-8 stems) trains on the streamed images and is
+    tested on the val folders; a search on ImageNet is refused in one line."""
+    import json
+
+    root = write_image_folders(tmp_path / "data")
+    args = ["space=darts", "genotype=DARTS_V2", "dataset=imagenet", f"dataset.root={root}", "dataset.crop=32",
+            "dataset.resize=36", "dataset.workers=2", "retrain=imagenet_pcdarts", "retrain.C=4", "retrain.layers=3",
+            "retrain.epochs=6", "retrain.warmup_epochs=2", "retrain.batch_size=6", "retrain.auxiliary_weight=0",
+            "trainer.device=cpu", "trainer.progress=false"]
+    proc = run("eval", *args, f"hydra.run.dir={tmp_path / 'run'}", ranks=1)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["dataset"] == "imagenet" and summary["epochs"] == 6 and 0 <= summary["test_acc"] <= 100
+    lrs = [json.loads(line)["lr"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert lrs == pytest.approx([reference_pcdarts_lr(e, epochs=6, warmup=2) for e in range(6)], abs=1e-15)
+    bad = run("search", "dataset=imagenet", "trainer.device=cpu", f"hydra.run.dir={tmp_path / 's'}", ranks=1)
+    assert bad.returncode == 2 and "dataset=imagenet is for retraining" in bad.stderr
+
+
+def reference_pcdarts_lr(epoch, epochs=250, lr=0.5, batch=1024, warmup=5):
+    """PC-DARTS ``train_imagenet.py`` restated: ``adjust_lr`` then the warm-up of a batch over 256 (5 epochs there)."""
+    if epochs - epoch > 5:
+        current = lr * (epochs - 5 - epoch) / (epochs - 5)
+    else:
+        current = lr * (epochs - epoch) / ((epochs - 5) * 5)
+    return current * (epoch + 1) / warmup if epoch < warmup and batch > 256 else current
+
+
+def test_imagenet_pcdarts_protocol_follows_its_reference():
+    from nasrun.retrain import Protocol
+
+    from .conftest import make_cfg
+
+    p = Protocol(**make_cfg(["space=darts", "genotype=DARTS_V2", "retrain=imagenet_pcdarts"], "eval", tiny=False).retrain)
+    assert (p.C, p.layers, p.batch_size, p.epochs, p.label_smoothing, p.weight_decay) == (48, 14, 1024, 250, 0.1, 3e-5)
+    assert [p.lr_at(e) for e in range(250)] == pytest.approx([reference_pcdarts_lr(e) for e in range(250)], abs=1e-15)
+    scaled = Protocol(**{**make_cfg(["space=darts", "genotype=DARTS_V2", "retrain=imagenet_pcdarts",
+                                     "retrain.batch_size=256", "retrain.lr_batch=1024"], "eval", tiny=False).retrain})
+    assert scaled.lr_at(10) == pytest.approx(reference_pcdarts_lr(10) / 4)  # linear scaling to a quarter of the batch

@@ -12,12 +12,15 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .data import NORMALISATION, Augment, SearchStream, check_cutout, load_dataset
+from .data import NORMALISATION, Augment, SearchStream, check_cutout, data_root, load_dataset
 from .distributed import WORLD, average_grads, convert_sync_bn
 from .engine import EpochLoop, console, seed_everything
 from .errors import UserError
 from .graphs import GraphSet, GraphState, graphs_wanted, optimizer_key
 from .utils import count_flops, count_parameters, full_precision
+
+
+LINEAR_TAIL = 5  # PC-DARTS's adjust_lr: "smaller slope for the last 5 epochs"
 
 
 class Protocol:
@@ -32,17 +35,28 @@ class Protocol:
         cutout: cutout side length (0 disables).
         epochs, batch_size: schedule length and batch.
         lr, lr_min: SGD learning rate and the cosine floor.
-        schedule: ``cosine`` or ``exponential`` (lr·gamma^e, ImageNet).
+        schedule: ``cosine``, ``exponential`` (lr·gamma^e, quark0 ImageNet) or ``linear`` (PC-DARTS / P-DARTS
+            ``train_imagenet.py``'s ``adjust_lr``: lr·(E − 5 − e)/(E − 5), then a gentler slope over the last 5 epochs,
+            lr·(E − e)/(5(E − 5))).
         gamma: decay factor of the exponential schedule.
         lr_offset: quark0 steps its scheduler at the start of each epoch, so epoch e runs at lr(e+1).
         momentum, weight_decay, grad_clip, label_smoothing: optimisation settings.
+        warmup_epochs: the first W epochs run at lr(e)·(e + 1)/W (PC-DARTS / P-DARTS / DrNAS ImageNet, batch > 256).
+        lr_batch: linear scaling (Goyal et al. 2017): with a batch size other than ``lr_batch`` the rate is
+            lr·batch_size/lr_batch (null: ``lr`` as given).
     """
 
     def __init__(self, name, C, layers, imagenet, auxiliary_weight, drop_path, cutout, epochs, batch_size, lr, lr_min,
-                 schedule, gamma, lr_offset, momentum, weight_decay, grad_clip, label_smoothing):
-        if schedule not in ("cosine", "exponential"):
-            raise UserError(f"retrain.schedule must be cosine or exponential, not {schedule!r}")
+                 schedule, gamma, lr_offset, momentum, weight_decay, grad_clip, label_smoothing, warmup_epochs=0,
+                 lr_batch=None):
+        if schedule not in ("cosine", "exponential", "linear"):
+            raise UserError(f"retrain.schedule must be cosine, exponential or linear, not {schedule!r}")
+        if schedule == "linear" and epochs <= LINEAR_TAIL:
+            raise UserError(f"retrain.schedule=linear needs more than {LINEAR_TAIL} epochs (its last {LINEAR_TAIL} "
+                            f"decay gently), not {epochs}")
         self.__dict__.update({k: v for k, v in locals().items() if k != "self"})
+        if lr_batch:
+            self.lr = lr * batch_size / lr_batch
 
     def idle_warning(self):
         """A warning when at least half the epochs would run at learning rate 0 (a short cosine to lr_min=0 with
@@ -55,10 +69,17 @@ class Protocol:
                 "use more epochs, retrain.lr_offset=0 or retrain.lr_min > 0")
 
     def lr_at(self, epoch):
-        e = epoch + self.lr_offset
+        e, E = epoch + self.lr_offset, self.epochs
         if self.schedule == "exponential":
-            return self.lr * self.gamma ** e
-        return self.lr_min + (self.lr - self.lr_min) * (1 + math.cos(math.pi * e / self.epochs)) / 2
+            lr = self.lr * self.gamma ** e
+        elif self.schedule == "linear":
+            tail = LINEAR_TAIL
+            lr = self.lr * ((E - tail - e) / (E - tail) if E - e > tail else (E - e) / ((E - tail) * tail))
+        else:
+            lr = self.lr_min + (self.lr - self.lr_min) * (1 + math.cos(math.pi * e / E)) / 2
+        if epoch < self.warmup_epochs:
+            lr *= (epoch + 1) / self.warmup_epochs
+        return lr
 
 
 class Retrainer:
@@ -104,15 +125,19 @@ class Retrainer:
     @torch.no_grad()
     def evaluate(self, x, y, augment, batch_size=256):
         """Loss and accuracy (%) on a whole uint8 test set, normalised only."""
+        return self.evaluate_batches((augment.normalise(x[i:i + batch_size]), y[i:i + batch_size])
+                                     for i in range(0, len(x), batch_size))
+
+    @torch.no_grad()
+    def evaluate_batches(self, batches):
+        """Loss and accuracy (%) over ``(x, y)`` batches that are ready for the network (a folder dataset's)."""
         self.net.eval()
-        loss, correct = torch.zeros((), device=x.device, dtype=torch.float64), torch.zeros((), device=x.device)
-        for i in range(0, len(x), batch_size):
-            batch_loss, batch_correct = self.graphs.run("retrain_eval", self._eval_batch, lambda: None,
-                                                        augment.normalise(x[i:i + batch_size]), y[i:i + batch_size])
-            loss += batch_loss
-            correct += batch_correct
+        loss = correct = n = 0
+        for x, y in batches:
+            batch_loss, batch_correct = self.graphs.run("retrain_eval", self._eval_batch, lambda: None, x, y)
+            loss, correct, n = loss + batch_loss, correct + batch_correct, n + len(y)
         self.net.train()
-        return loss.item() / len(x), 100.0 * correct.item() / len(x)
+        return loss.item() / n, 100.0 * correct.item() / n
 
     def _eval_batch(self, x, y):
         with self.autocast():
@@ -128,6 +153,46 @@ class Retrainer:
         self.graphs.reset()
 
 
+class RetrainData:
+    """What a retraining reads: the training ``stream``, ``test_batches()`` (normalised ``(x, y)`` batches on the
+    device), and the dataset's name, class count, image size and split sizes."""
+
+    def __init__(self, **kw):
+        self.__dict__.update(kw)
+
+
+def retrain_data(dataset, p, seed, device):
+    """The dataset config's data for retraining: an in-memory dataset on the device (CIFAR, SVHN, ...), or ImageNet
+    streamed from its folders by worker processes (:mod:`nasrun.imagenet`)."""
+    d = dict(dataset)
+    if d["name"] == "imagenet":
+        from .imagenet import FolderData, FolderStream, eval_batches, transforms
+
+        data = FolderData("imagenet", data_root(d["root"]))
+        train_tf, test_tf = transforms(d["crop"], d["resize"], d["jitter"])
+        stream = FolderStream(data, p.batch_size, seed, device, d["workers"], train_tf)
+        return RetrainData(name=data.name, num_classes=data.num_classes, size=d["crop"], channels=3, stream=stream,
+                           n_train=len(data.train[0]), n_test=len(data.test[0]),
+                           test_batches=lambda: eval_batches(data, test_tf, device, d["workers"]))
+    data = load_dataset(d["name"], d["root"], d["download"], d.get("synthetic"))
+    check_cutout("retrain.cutout", p.cutout, data.train_x.shape[-1])
+    mean, std = d["mean"], d["std"]
+    if mean is None or std is None:
+        mean, std = NORMALISATION.get((data.name, "darts"), ([0.5] * 3, [0.25] * 3))
+    augment = Augment(mean, std, crop_pad=d["crop_pad"], flip=d["flip"], cutout=p.cutout, cutout_prob=1.0)
+    stream = SearchStream(data.train_x, data.train_y, torch.arange(len(data.train_x)), None, p.batch_size, augment,
+                          "darts", seed, device)
+    test_x, test_y = data.test_x.to(device), data.test_y.to(device)
+
+    def test_batches(batch_size=256):
+        return ((augment.normalise(test_x[i:i + batch_size]), test_y[i:i + batch_size])
+                for i in range(0, len(test_x), batch_size))
+
+    return RetrainData(name=data.name, num_classes=data.num_classes, size=data.train_x.shape[-1],
+                       channels=data.train_x.shape[1], stream=stream,
+                       n_train=len(data.train_x), n_test=len(data.test_x), test_batches=test_batches)
+
+
 def run_retrain(cfg, run, state, space, genotype, device, trackers=None):
     """Retrain ``genotype`` on the full training set, evaluating on the test set every epoch."""
     p = Protocol(**cfg.retrain)
@@ -136,21 +201,11 @@ def run_retrain(cfg, run, state, space, genotype, device, trackers=None):
         console.print(f"[yellow]{warning}[/yellow]")
     t = cfg.trainer
     seed_everything(cfg.seed)
-    d = dict(cfg.dataset)
-    data = load_dataset(d["name"], d["root"], d["download"], d.get("synthetic"))
-    check_cutout("retrain.cutout", p.cutout, data.train_x.shape[-1])
-    mean, std = d["mean"], d["std"]
-    if mean is None or std is None:
-        mean, std = NORMALISATION.get((data.name, "darts"), ([0.5] * 3, [0.25] * 3))
-    augment = Augment(mean, std, crop_pad=d["crop_pad"], flip=d["flip"], cutout=p.cutout, cutout_prob=1.0)
-    stream = SearchStream(data.train_x, data.train_y, torch.arange(len(data.train_x)), None, p.batch_size, augment,
-                          "darts", cfg.seed, device)
-    test_x, test_y = data.test_x.to(device), data.test_y.to(device)
-    size = data.train_x.shape[-1]
+    data = retrain_data(cfg.dataset, p, cfg.seed, device)
     net = space.build_network(genotype, data.num_classes, C=p.C, layers=p.layers, auxiliary=p.auxiliary_weight > 0,
-                              imagenet=p.imagenet, in_channels=data.train_x.shape[1])
+                              imagenet=p.imagenet, in_channels=data.channels)
     params = count_parameters(net)
-    flops = count_flops(net, (1, data.train_x.shape[1], size, size))
+    flops = count_flops(net, (1, data.channels, data.size, data.size))
     net = net.to(device)
     layout = torch.channels_last if t.channels_last else torch.contiguous_format
     net = net.to(memory_format=layout)
@@ -160,17 +215,17 @@ def run_retrain(cfg, run, state, space, genotype, device, trackers=None):
         convert_sync_bn(net)
     trainer = Retrainer(net, p, autocast, graphs_wanted(t.get("cuda_graphs", "auto"), device, WORLD.active),
                         verify=t.get("cuda_graphs_verify", True))
-    loop = EpochLoop(run, {"retrainer": trainer}, stream, device, t.progress, layout)
+    loop = EpochLoop(run, {"retrainer": trainer}, data.stream, device, t.progress, layout)
     if state is not None:
         loop.resume(state)
     if trackers is not None:
         trackers.start(run, run.config, loop.epoch)
         loop.trackers = trackers
-    console.print(f"retrain: {space.name} C={p.C} layers={p.layers} on {data.name} ({len(data.train_x)} train, "
-                  f"{len(data.test_x)} test), {params / 1e6:.3f}M params, {p.epochs} epochs → {run.path}")
+    console.print(f"retrain: {space.name} C={p.C} layers={p.layers} on {data.name} ({data.n_train} train, "
+                  f"{data.n_test} test), {params / 1e6:.3f}M params, {p.epochs} epochs → {run.path}")
 
     def epoch_end(epoch, m, seconds):
-        test_loss, test_acc = trainer.evaluate(test_x, test_y, augment)
+        test_loss, test_acc = trainer.evaluate_batches(data.test_batches())
         return {"epoch": epoch, "lr": trainer.opt.param_groups[0]["lr"], "drop_path_prob": net.drop_path_prob,
                 "train_loss": m["train_loss"], "train_acc": m["train_acc"], "test_loss": test_loss, "test_acc": test_acc,
                 "seconds": round(seconds, 3), "images_per_s": round(m["train_n"] / seconds, 1) if seconds else None}

@@ -95,6 +95,9 @@ def check_combination(space, method, selector, stop, diagnostics):
 def preflight(cfg):
     """Build a search config's space, method (on a CPU supernet), selector and stop rule and check that they work
     together, so a refusal comes before any data is loaded or a run directory exists."""
+    if cfg.dataset.name == "imagenet":
+        raise UserError("dataset=imagenet is for retraining (nasrun eval mode=retrain retrain=imagenet); a search on "
+                        "ImageNet (PC-DARTS's and DrNAS's subsampled search) is not yet supported")
     space = build(cfg.space)
     method = build(cfg.method, supernet=space.build_supernet(10), space=space)
     if hasattr(method, "check_epochs"):
