@@ -267,3 +267,41 @@ def test_one_run_over_two_slurm_tasks_equals_one_process(slurm, tmp_path):
     assert_same_run(tmp_path / "one", sweep / "0", ("supernet", "method"), 1e-10)
     logs = [p.read_text() for p in (sweep / ".submitit").glob("*_log.err")]
     assert len(logs) == 2 and "".join(logs).count("search: space=nb201") == 1, logs  # 2 tasks; rank 0 alone reports
+
+
+def test_a_two_task_job_requeued_by_usr2_resumes_every_rank(slurm, tmp_path):
+    """Issue 24 §4: USR2 (Slurm's warning before a time limit) reaches both tasks; they stop at the same step, rank 0
+    writes the checkpoint and submitit requeues the job; both tasks of the requeued job resume from it and the run ends
+    where an uninterrupted 2-task run ends."""
+    from .test_distributed import SEARCH, assert_same_run
+
+    env = {**slurm.env(), "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "NASRUN_BENCH": ""}
+    args = [*SEARCH, "trainer.epochs=3", "trainer.batch_size=8", "dataset.synthetic.n_train=960"]
+    base = [sys.executable, "-m", "nasrun.cli", "search", "-m", "hydra/launcher=slurm", "hydra.launcher.partition=debug",
+            "hydra.launcher.gpus_per_node=null", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=null",
+            "hydra.launcher.timeout_min=20", "hydra.launcher.tasks_per_node=2", "seed=0", *args]
+    straight = subprocess.run([*base, f"hydra.sweep.dir={tmp_path / 'straight'}"], env=env, cwd=tmp_path,
+                              capture_output=True, text=True, timeout=600)
+    assert straight.returncode == 0, straight.stdout + straight.stderr
+    sweep = tmp_path / "sweep"
+    log = open(tmp_path / "sweep.log", "w")
+    proc = subprocess.Popen([*base, f"hydra.sweep.dir={sweep}"], env=env, cwd=tmp_path, stdout=log,
+                            stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 300
+        first = sweep / "0" / "metrics.jsonl"
+        while not (first.exists() and first.read_text().strip()):
+            assert proc.poll() is None, (tmp_path / "sweep.log").read_text()
+            assert time.time() < deadline, "the job did not finish an epoch in 300 s"
+            time.sleep(0.2)
+        job = running_job(env, "")  # one job: no array index
+        assert job is not None
+        subprocess.run(["scancel", "--signal=USR2", job], env=env, check=True)
+        assert proc.wait(timeout=600) == 0, (tmp_path / "sweep.log").read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        log.close()
+    env_json = json.loads((sweep / "0" / "env.json").read_text())
+    assert len(env_json.get("resumes", [])) == 1, env_json  # requeued once, resumed once
+    assert_same_run(tmp_path / "straight" / "0", sweep / "0", ("supernet", "method"), 0.0)

@@ -304,7 +304,8 @@ def check_world(obj, key, label):
                         f"(without torchrun / Slurm tasks), or use a {key} that does: {', '.join(DISTRIBUTED[key])}")
 
 
-DISTRIBUTED = {"method": ("darts", "darts_2nd", "ex_darts", "fixed_alpha", "pdarts", "gdas"),
+DISTRIBUTED = {"method": ("darts", "darts_2nd", "ex_darts", "fixed_alpha", "pdarts", "gdas", "pc_darts", "sgas",
+                          "sgas_cri2", "rsps", "drnas", "gaea"),
                "mode": ("retrain",)}
 
 

@@ -15,6 +15,7 @@ strongest ops and widening the partial channels between them.
 import torch
 from torch.distributions import Dirichlet, kl_divergence
 
+from ..distributed import average
 from ..errors import UserError
 from .darts import Darts
 
@@ -27,6 +28,8 @@ class DrNas(Darts):
         reg_scale: strength of the anchor regulariser (1e-3).
         Other arguments: as :class:`~nasrun.methods.darts.Darts` (``arch_weight_decay`` is set by ``reg_type``).
     """
+
+    distributed = True  # several processes: α gradient averaged; Dirichlet samples from one seed on every rank
 
     def __init__(self, supernet, space, name="drnas", w_lr=0.025, w_lr_min=0.001, w_momentum=0.9, w_nesterov=False,
                  w_weight_decay=3e-4, grad_clip=5.0, arch_lr=3e-4, arch_betas=(0.5, 0.999), arch_first=True,
@@ -52,4 +55,4 @@ class DrNas(Darts):
         loss, logits = self.loss(x, y, self.edge_weights())
         if self.reg_type == "kl":
             loss = loss + self.kl_reg()
-        return torch.autograd.grad(loss, self.arch_parameters()), loss, logits
+        return average(list(torch.autograd.grad(loss, self.arch_parameters()))), loss, logits

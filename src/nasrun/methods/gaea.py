@@ -20,6 +20,7 @@ import math
 
 import torch
 
+from ..distributed import average
 from ..errors import UserError
 from .base import Method, NodeSoftmax
 from .darts import Darts
@@ -39,6 +40,8 @@ class Gaea(Darts):
         learn_edges: learn per-edge weights normalised over each node's inputs (GAEA PC-DARTS).
         Other arguments: as :class:`~nasrun.methods.darts.Darts` (first order, α step first).
     """
+
+    distributed = True  # several processes: its α/edge gradient is averaged before the exponentiated-gradient step
 
     def __init__(self, supernet, space, name="gaea", w_lr=0.025, w_lr_min=0.001, w_momentum=0.9, w_nesterov=False,
                  w_weight_decay=3e-4, grad_clip=5.0, arch_lr=0.1, edge_lr=0.1, entropic_reg=0.0, arch_grad_clip=None,
@@ -94,7 +97,7 @@ class Gaea(Darts):
         loss, logits = self.loss(x, y, self.edge_weights())
         if self.entropic_reg:
             loss = loss + self.entropic_reg * sum((a * torch.log(a * a.shape[-1])).sum() for a in self.alphas.values())
-        return torch.autograd.grad(loss, self.arch_parameters()), loss, logits
+        return average(list(torch.autograd.grad(loss, self.arch_parameters()))), loss, logits
 
     def arch_step(self, train_batch, valid_batch):
         """One exponentiated-gradient step on α (and the edges) with ∇ of the valid loss (the train loss when

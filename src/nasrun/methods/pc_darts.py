@@ -25,6 +25,8 @@ class PcDarts(Darts):
         Other arguments: as :class:`~nasrun.methods.darts.Darts`.
     """
 
+    distributed = True  # several processes: DARTS's steps on the first 1/K channels (no random draw)
+
     def __init__(self, supernet, space, name="pc_darts", w_lr=0.1, w_lr_min=0.0, w_momentum=0.9, w_nesterov=False,
                  w_weight_decay=3e-4, grad_clip=5.0, arch_lr=6e-4, arch_betas=(0.5, 0.999), arch_weight_decay=1e-3,
                  arch_first=True, train_arch=True, lr_offset=1, edge_normalization=True, arch_start_epoch=15):

@@ -20,6 +20,8 @@ class Rsps(Darts):
         Arguments: as :class:`~nasrun.methods.darts.Darts` (α is neither trained nor used by the w step).
     """
 
+    distributed = True  # several processes: DARTS's w step on a path drawn from the CPU generator, the same on every rank
+
     def __init__(self, supernet, space, name="rsps", w_lr=0.025, w_lr_min=0.001, w_momentum=0.9, w_nesterov=True,
                  w_weight_decay=5e-4, grad_clip=5.0, lr_offset=0):
         super().__init__(supernet, space, name, w_lr, w_lr_min, w_momentum, w_nesterov, w_weight_decay, grad_clip,

@@ -32,6 +32,8 @@ class Sgas(Darts):
         Other arguments: as :class:`~nasrun.methods.darts.Darts`.
     """
 
+    distributed = True  # several processes: DARTS's steps; its decisions read α, the same on every rank
+
     def __init__(self, supernet, space, name="sgas", w_lr=0.025, w_lr_min=0.001, w_momentum=0.9, w_nesterov=False,
                  w_weight_decay=3e-4, grad_clip=5.0, arch_lr=3e-4, arch_betas=(0.5, 0.999), arch_weight_decay=1e-3,
                  arch_first=True, train_arch=True, lr_offset=1, warmup_dec_epoch=9, decision_freq=5, use_history=False,
