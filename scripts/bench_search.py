@@ -34,6 +34,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from nasrun.config import build
+from nasrun.distributed import convert_sync_bn
 from nasrun.retrain import Protocol, Retrainer
 from nasrun.spaces import get_space
 from nasrun.spaces.fused import compile_cells, set_fused
@@ -74,10 +75,13 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
-def build_search_row(space_name, method_name, sizes, device, fused, graphs, amp=False, compile_=False):
+def build_search_row(space_name, method_name, sizes, device, fused, graphs, amp=False, compile_=False, sync_bn=False):
     torch.manual_seed(0)
     space = get_space(space_name, **sizes)
-    sup = set_fused(space.build_supernet(10).to(device), fused)
+    sup = space.build_supernet(10).to(device)
+    if sync_bn:
+        convert_sync_bn(sup)
+    sup = set_fused(sup, fused)
     if compile_:
         compile_cells(sup)
     extra = DARTS_SPACE if space_name == "darts" else []
@@ -100,10 +104,12 @@ def build_search_row(space_name, method_name, sizes, device, fused, graphs, amp=
     return step, group
 
 
-def build_retrain_row(sizes, device, graphs, amp=False):
+def build_retrain_row(sizes, device, graphs, amp=False, sync_bn=False):
     torch.manual_seed(0)
     space = get_space("darts")
     net = space.build_network("DARTS_V2", 10, C=sizes["C"], layers=sizes["layers"], auxiliary=True).to(device)
+    if sync_bn:
+        convert_sync_bn(net)
     p = Protocol("bench", sizes["C"], sizes["layers"], False, 0.4, 0.2, 16, 600, 96, 0.025, 0.0, "cosine", 0.97, 1,
                  0.9, 3e-4, 5.0, 0.0)
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if amp and device.type == "cuda" \
@@ -212,9 +218,9 @@ def distributed_worker(args):
     batches = [tuple((shard(x), shard(y)) for x, y in pair) for pair in make_batches(4, batch, size, device)]
     with world_settings({"sync_bn": args.sync_bn}):
         if space_name == "retrain":
-            step, group = build_retrain_row(sizes, device, False)
+            step, group = build_retrain_row(sizes, device, False, sync_bn=args.sync_bn)
         else:
-            step, group = build_search_row(space_name, method_name, sizes, device, True, False)
+            step, group = build_search_row(space_name, method_name, sizes, device, True, False, sync_bn=args.sync_bn)
         ms, _ = time_row(step, group, batches, args.steps, args.warmup, args.repeats, device, False)
     if WORLD.main:
         with open(args.json, "w") as f:
