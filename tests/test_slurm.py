@@ -60,6 +60,33 @@ def job_pids(job):
     return pids
 
 
+def usr2_after_first_epoch(cmd, env, tmp_path, sweep, suffix, check=None):
+    """Run the sweep ``cmd``; once job 0 has finished an epoch, send its Slurm job (id ending in ``suffix``) the USR2
+    that precedes a time limit, and wait for the sweep to end successfully (after the requeue)."""
+    log = open(tmp_path / "sweep.log", "w")
+    proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 300
+        first = sweep / "0" / "metrics.jsonl"
+        while not (first.exists() and first.read_text().strip()):  # job 0 has finished its first epoch
+            assert proc.poll() is None, (tmp_path / "sweep.log").read_text()
+            assert time.time() < deadline, "job 0 did not finish an epoch in 300 s"
+            time.sleep(0.2)
+        job = running_job(env, suffix)
+        assert job is not None
+        if check is not None:
+            check(job)
+        subprocess.run(["scancel", "--signal=USR2", job], env=env, check=True)
+        # Slurm holds the requeued job for cred_expire (10 s in the test cluster's slurm.conf), then starts it;
+        # forcing an earlier start (StartTime=now) races the revoked credential of the killed run
+        assert proc.wait(timeout=600) == 0, (tmp_path / "sweep.log").read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        log.close()
+    return job
+
+
 def history(run_dir):
     return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
@@ -70,27 +97,11 @@ def test_seed_sweep_on_slurm_with_a_requeue(slurm, tmp_path):
     cmd = [sys.executable, "-m", "nasrun.cli", "search", "-m", "hydra/launcher=slurm", "hydra.launcher.partition=debug",
            "hydra.launcher.gpus_per_node=null", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=null",
            "hydra.launcher.timeout_min=20", f"hydra.sweep.dir={sweep}", "seed=0,1", *RUN]
-    log = open(tmp_path / "sweep.log", "w")
-    proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.time() + 300
-        first = sweep / "0" / "metrics.jsonl"
-        while not (first.exists() and first.read_text().strip()):  # job 0 has finished its first epoch
-            assert proc.poll() is None, (tmp_path / "sweep.log").read_text()
-            assert time.time() < deadline, "job 0 did not finish an epoch in 300 s"
-            time.sleep(0.2)
-        job = running_job(env, "_0")
-        assert job is not None
+    def check_names(job):
         names = subprocess.run(["squeue", "-h", "-o", "%j"], capture_output=True, text=True, env=env).stdout.split()
         assert set(names) == {"nasrun-search"}, names  # jobs named after the run
-        subprocess.run(["scancel", "--signal=USR2", job], env=env, check=True)
-        # Slurm holds the requeued job for cred_expire (10 s in the test cluster's slurm.conf), then starts it;
-        # forcing an earlier start (StartTime=now) races the revoked credential of the killed run
-        assert proc.wait(timeout=600) == 0, (tmp_path / "sweep.log").read_text()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        log.close()
+
+    job = usr2_after_first_epoch(cmd, env, tmp_path, sweep, "_0", check_names)
 
     runs = sorted(p.name for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
     assert runs == ["0", "1"]  # one run directory per job, also after the requeue
@@ -284,24 +295,7 @@ def test_a_two_task_job_requeued_by_usr2_resumes_every_rank(slurm, tmp_path):
                               capture_output=True, text=True, timeout=600)
     assert straight.returncode == 0, straight.stdout + straight.stderr
     sweep = tmp_path / "sweep"
-    log = open(tmp_path / "sweep.log", "w")
-    proc = subprocess.Popen([*base, f"hydra.sweep.dir={sweep}"], env=env, cwd=tmp_path, stdout=log,
-                            stderr=subprocess.STDOUT)
-    try:
-        deadline = time.time() + 300
-        first = sweep / "0" / "metrics.jsonl"
-        while not (first.exists() and first.read_text().strip()):
-            assert proc.poll() is None, (tmp_path / "sweep.log").read_text()
-            assert time.time() < deadline, "the job did not finish an epoch in 300 s"
-            time.sleep(0.2)
-        job = running_job(env, "")  # one job: no array index
-        assert job is not None
-        subprocess.run(["scancel", "--signal=USR2", job], env=env, check=True)
-        assert proc.wait(timeout=600) == 0, (tmp_path / "sweep.log").read_text()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        log.close()
+    usr2_after_first_epoch([*base, f"hydra.sweep.dir={sweep}"], env, tmp_path, sweep, "")  # one job: no array index
     env_json = json.loads((sweep / "0" / "env.json").read_text())
     assert len(env_json.get("resumes", [])) == 1, env_json  # requeued once, resumed once
     assert_same_run(tmp_path / "straight" / "0", sweep / "0", ("supernet", "method"), 0.0)
