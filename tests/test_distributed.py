@@ -60,19 +60,26 @@ def assert_same_run(one, two, parts, tol):
     worst = max(((x.double() - y.double()).abs().max().item() if x.numel() else 0.0, k) for k, (x, y) in
                 ((k, (a[k], b[k])) for k in a))
     assert worst[0] <= tol, worst
-    for key in ("train_loss", "train_acc", "valid_loss", "valid_acc", "test_loss", "test_acc"):
-        if ha[-1].get(key) is not None:
-            assert hb[-1][key] == pytest.approx(ha[-1][key], abs=1e-9), key
+    assert len(ha) == len(hb)
+    for ra, rb in zip(ha, hb):
+        for key in ("train_loss", "train_acc", "valid_loss", "valid_acc", "test_loss", "test_acc", "monitor_acc"):
+            if ra.get(key) is not None:
+                assert rb[key] == pytest.approx(ra[key], abs=1e-9), (ra["epoch"], key)
 
 
 # --- the equality gates (float64, gloo, 2 ranks) -----------------------------------------------------------------------
 
 @pytest.mark.parametrize("method", ["darts", *(pytest.param(m, marks=pytest.mark.slow) for m in
-                                              ("darts_2nd", "gdas", "pc_darts", "sgas", "rsps", "drnas", "gaea"))])
+                                              ("darts_2nd", "gdas", "pc_darts", "sgas", "rsps", "drnas", "gaea",
+                                               "snas", "sdarts_rs", "sdarts_adv", "tse_darts", "amended_darts",
+                                               "amended_darts_exact", "sp_darts"))])
 def test_two_ranks_search_like_one_process(tmp_path, method):
     """5 steps (80 search-train images, global batch 16) of weights and α: 2 ranks × 8 images = 1 process × 16 (GDAS's
-    Gumbel draws, RSPS's paths and DrNAS's Dirichlet samples the same on both ranks)."""
-    args = [*SEARCH, f"method={method}"] + (["method.arch_start_epoch=0"] if method == "pc_darts" else [])
+    and SNAS's Gumbel draws, RSPS's paths, DrNAS's Dirichlet samples and SDARTS's δ the same on both ranks; SDARTS-ADV's
+    attack ascends the global batch's loss)."""
+    extra = {"pc_darts": ["method.arch_start_epoch=0"], "amended_darts_exact": ["method.exact=true"],
+             "tse_darts": ["method.inner_steps=2"], "sp_darts": ["method.warmup_epochs=0"]}.get(method, [])
+    args = [*SEARCH, f"method={method.replace('_exact', '')}", *extra]
     one = run("search", *args, f"hydra.run.dir={tmp_path / 'one'}", ranks=1)
     assert one.returncode == 0, one.stderr
     two = run("search", *args, f"hydra.run.dir={tmp_path / 'two'}")
@@ -114,13 +121,14 @@ def test_two_rank_run_killed_mid_epoch_resumes_bit_identically(tmp_path):
     assert_same_run(straight, killed, ("supernet", "method"), 0.0)
 
 
-@pytest.mark.parametrize("args, needle", [
-    ([*SEARCH, "method=sdarts_rs"], "method=sdarts_rs does not yet run on several processes"),
-    ([*SEARCH, "trainer.batch_size=15"], "trainer.batch_size=15 is the global batch"),
-    ([*SEARCH, "trainer.cuda_graphs=emulate"], "trainer.cuda_graphs=emulate does not yet work with several processes"),
+@pytest.mark.parametrize("cmd, args, needle", [
+    ("search", [*SEARCH, "trainer.batch_size=15"], "trainer.batch_size=15 is the global batch"),
+    ("search", [*SEARCH, "trainer.cuda_graphs=emulate"], "trainer.cuda_graphs=emulate does not yet work with several"),
+    ("eval", ["genotype=|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|skip_connect~2|",
+              "trainer.device=cpu"], "mode=benchmark runs in one process"),
 ])
-def test_what_does_not_run_distributed_is_refused_in_one_line(tmp_path, args, needle):
-    proc = run("search", *args, f"hydra.run.dir={tmp_path}")
+def test_what_does_not_run_distributed_is_refused_in_one_line(tmp_path, cmd, args, needle):
+    proc = run(cmd, *args, f"hydra.run.dir={tmp_path}")
     assert proc.returncode != 0
     errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("nasrun: error: ")]
     assert len(errors) == 1 and needle in errors[0], proc.stderr  # one line, from rank 0
@@ -135,6 +143,24 @@ def world():
     saved = WORLD.rank, WORLD.size, WORLD.local_rank
     yield WORLD
     WORLD.rank, WORLD.size, WORLD.local_rank = saved
+
+
+def test_a_method_not_made_for_several_processes_is_refused(world):
+    """Every shipped method runs distributed; a new one (a class that does not say ``distributed = True`` in its own
+    body, e.g. a subclass that changes how gradients are computed) is refused until it does."""
+    from nasrun.distributed import check_world
+    from nasrun.errors import UserError
+    from nasrun.methods.darts import Darts
+
+    class NewMethod(Darts):
+        pass
+
+    method = NewMethod.__new__(NewMethod)
+    check_world(method, "method", "method=new")  # one process: anything goes
+    world.size = 2
+    with pytest.raises(UserError, match="method=new does not yet run on several processes"):
+        check_world(method, "method", "method=new")
+    check_world(Darts.__new__(Darts), "method", "method=darts")
 
 
 def test_env_world_reads_torchrun_and_slurm_steps():

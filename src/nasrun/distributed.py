@@ -186,7 +186,7 @@ def average_grads(params):
 
 
 def reduce_sums(sums):
-    """The epoch's accumulated sums (``{name: 0-d tensor}``) added over the ranks, in place."""
+    """The epoch's accumulated sums (``{name: 0-d tensor}``) added over the ranks, in place (the same tensors)."""
     if not WORLD.collective:
         return sums
     import torch.distributed as dist
@@ -195,7 +195,7 @@ def reduce_sums(sums):
     flat = torch.stack([sums[k].double() for k in names])
     dist.all_reduce(flat)
     for k, v in zip(names, flat):
-        sums[k] = v.to(sums[k].dtype)
+        sums[k].copy_(v)
     return sums
 
 
@@ -301,12 +301,8 @@ def check_world(obj, key, label):
     """Refuse, in one line, a part (a method's class) that has not been made to run on several processes."""
     if WORLD.active and not type(obj).__dict__.get("distributed", False):
         raise UserError(f"{label} does not yet run on several processes ({WORLD.size} started); run it in one process "
-                        f"(without torchrun / Slurm tasks), or use a {key} that does: {', '.join(DISTRIBUTED[key])}")
-
-
-DISTRIBUTED = {"method": ("darts", "darts_2nd", "ex_darts", "fixed_alpha", "pdarts", "gdas", "pc_darts", "sgas",
-                          "sgas_cri2", "rsps", "drnas", "gaea"),
-               "mode": ("retrain",)}
+                        f"(without torchrun / Slurm tasks); a {key} says it does with `distributed = True` in its class "
+                        "once every gradient its step computes is averaged (nasrun.distributed.average)")
 
 
 class world_settings:

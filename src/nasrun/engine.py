@@ -185,9 +185,8 @@ def accumulate(sums, out, n_train, n_valid):
 
 
 def means(sums):
-    """Epoch means (the only host sync of an epoch, and the one collective of the metrics: the sums of all ranks):
-    losses, accuracies in %, image count."""
-    s = {k: v.item() for k, v in reduce_sums(sums).items()}
+    """Epoch means (the only host sync of an epoch): losses, accuracies in %, image count."""
+    s = {k: v.item() for k, v in sums.items()}
 
     def ratio(a, b, scale=1.0):
         return scale * s[a] / s[b] if s[b] else None
@@ -235,6 +234,8 @@ class EpochLoop:
         self.epoch, self.step, self.history, self.elapsed = state["epoch"], state["step"], state["history"], state["elapsed"]
         self.overhead = state.get("overhead", 0.0)
         self.sums = {k: v.to(self.device) for k, v in state["sums"].items()}
+        if not WORLD.main:  # rank 0's checkpoint holds the sums of all ranks so far (see :meth:`reduce_shards`)
+            self.sums = self._zero()
         if not quiet:
             self.events = state.get("events", [])
         if self.step:  # the stream's epoch is a pure function of (seed, epoch)
@@ -283,6 +284,17 @@ class EpochLoop:
         return ((train[0].contiguous(memory_format=fmt), train[1]),
                 (valid[0].contiguous(memory_format=fmt), valid[1]) if valid is not None else None)
 
+    def reduce_shards(self):
+        """Add the ranks' per-rank sums of the epoch so far (the loop's, and a stateful object's ``reduce_shards``:
+        SP-DARTS's monitor counts) into every rank's; the one collective of the metrics, at an epoch's end or before a
+        checkpoint that a signal asked for (which rank 0 then writes with the sums of all ranks)."""
+        if not WORLD.active:
+            return
+        reduce_sums(self.sums)
+        for obj in self.stateful.values():
+            if hasattr(obj, "reduce_shards"):
+                obj.reduce_shards()
+
     def _epoch_end(self, epoch_end, m, seconds):
         """``epoch_end``'s record; with several ranks computed by rank 0 alone (diagnostics, benchmark query) and sent
         to every rank with rank 0's random state after it, so all ranks go on as one process would."""
@@ -330,6 +342,7 @@ class EpochLoop:
                         if agree(stop.signal):  # several ranks: a signal to any of them stops all at this step
                             stop.peer()
                             self.elapsed += time.perf_counter() - tic
+                            self.reduce_shards()
                             self.checkpoint()
                             barrier()  # rank 0 has written it before any rank exits (torchrun ends the others)
                             stop_for_signal(stop, f"checkpoint written in epoch {self.epoch + 1} after step {self.step} in "
@@ -337,6 +350,7 @@ class EpochLoop:
                     bar.remove_task(task)
                     seconds = time.perf_counter() - tic
                     self.elapsed += seconds
+                    self.reduce_shards()
                     m = means(self.sums)
                     if not all(math.isfinite(m[k]) for k in ("train_loss", "valid_loss") if m[k] is not None):
                         kept = (f"the checkpoint after epoch {self.epoch} is kept in {self.run.path}" if self.epoch

@@ -8,6 +8,7 @@ double back-propagation and serves to validate them on small networks.
 
 import torch
 
+from ..distributed import average
 from .darts import Darts
 
 
@@ -19,6 +20,8 @@ class AmendedDarts(Darts):
         exact: exact Hessian products by double back-propagation instead of finite differences.
         Other arguments: as :class:`~nasrun.methods.darts.Darts` (``fd_radius`` sets both differences).
     """
+
+    distributed = True  # several processes: every gradient and Hessian product averaged (each rank's on its shard)
 
     def __init__(self, supernet, space, name="amended_darts", w_lr=0.025, w_lr_min=0.001, w_momentum=0.9,
                  w_nesterov=False, w_weight_decay=3e-4, grad_clip=5.0, arch_lr=3e-4, arch_betas=(0.5, 0.999),
@@ -33,7 +36,7 @@ class AmendedDarts(Darts):
         alphas = self.arch_parameters()
         names, params, buffers = self.functional_state()
         loss_val, logits = self.loss(*valid_batch, self.edge_weights(), params={**dict(zip(names, params)), **buffers})
-        grads = torch.autograd.grad(loss_val, list(alphas) + list(params))
+        grads = average(torch.autograd.grad(loss_val, list(alphas) + list(params)))
         g1, v = grads[: len(alphas)], grads[len(alphas):]
         z = self.exact_term(train_batch, v) if self.exact else self.fd_term(train_batch, v)
         return [g - self.eta * zz for g, zz in zip(g1, z)], loss_val, logits
@@ -46,7 +49,7 @@ class AmendedDarts(Darts):
             w = {n: p.requires_grad_(wrt == "w") for n, p in zip(names, moved)}
         weights = self.edge_weights() if wrt == "alpha" else {k: v.detach() for k, v in self.edge_weights().items()}
         loss, _ = self.loss(*batch, weights, params={**w, **buffers})
-        return torch.autograd.grad(loss, self.arch_parameters() if wrt == "alpha" else [w[n] for n in names])
+        return average(torch.autograd.grad(loss, self.arch_parameters() if wrt == "alpha" else [w[n] for n in names]))
 
     def fd_term(self, train_batch, v):
         """z ≈ ∇²_{α,w}L_tr · (H v) by two central differences with ε = r/‖·‖."""
@@ -61,9 +64,9 @@ class AmendedDarts(Darts):
         """z = ∇²_{α,w}L_tr · (H v) by double back-propagation."""
         names, params, buffers = self.functional_state()
         loss, _ = self.loss(*train_batch, self.edge_weights(), params={**dict(zip(names, params)), **buffers})
-        g_w = torch.autograd.grad(loss, params, create_graph=True)
-        u = torch.autograd.grad(sum((g * x).sum() for g, x in zip(g_w, v)), params, retain_graph=True)
-        return torch.autograd.grad(sum((g * x.detach()).sum() for g, x in zip(g_w, u)), self.arch_parameters())
+        g_w = torch.autograd.grad(loss, params, create_graph=True)  # this rank's: its products are averaged
+        u = average(torch.autograd.grad(sum((g * x).sum() for g, x in zip(g_w, v)), params, retain_graph=True))
+        return average(torch.autograd.grad(sum((g * x.detach()).sum() for g, x in zip(g_w, u)), self.arch_parameters()))
 
 
 def _norm(tensors):

@@ -15,6 +15,7 @@ commented out in ``sota/cnn/spaces.py``: ``space: darts_7op``).
 import torch
 import torch.nn.functional as F
 
+from ..distributed import average
 from ..errors import UserError
 from ..graphs import copy_from_host
 from .darts import Darts
@@ -38,6 +39,8 @@ class SDarts(Darts):
         attack_steps: PGD steps of SDARTS-ADV (step size 2ε/steps).
         Other arguments: as :class:`~nasrun.methods.darts.Darts`.
     """
+
+    distributed = True  # several processes: δ from the CPU generator; the attack's gradient and losses averaged
 
     def __init__(self, supernet, space, name="sdarts", w_lr=0.025, w_lr_min=0.001, w_momentum=0.9, w_nesterov=False,
                  w_weight_decay=3e-4, grad_clip=5.0, arch_lr=3e-4, arch_betas=(0.5, 0.999), arch_weight_decay=1e-3,
@@ -96,12 +99,13 @@ class SDarts(Darts):
         for _ in range(self.attack_steps):
             leaves = {k: v.requires_grad_() for k, v in w.items()}
             loss = self.loss(x, y, leaves)[0]
-            grads = torch.autograd.grad(loss, list(leaves.values()))
+            grads = average(torch.autograd.grad(loss, list(leaves.values())))  # the global batch's ascent direction
             with torch.no_grad():
                 w = {k: clip_simplex(base[k] + (v + 2 * eps / self.attack_steps * g.sign() - base[k]).clamp(-eps, eps))
                      for (k, v), g in zip(leaves.items(), grads)}
         with torch.no_grad():
             loss_after = self.loss(x, y, w)[0]
+            loss_before, loss_after = average([loss_before, loss_after])  # several ranks: the global batch's losses
             keep = loss_after >= loss_before  # the reference reverts to α when the attack lowered the loss
             w = {k: torch.where(keep, v, base[k]) for k, v in w.items()}
         self.supernet.train(was_training)

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..distributed import average_grads
 from ..errors import UserError
 from ..graphs import copy_from_host
 from ..spaces.ops import DilConv, FactorizedReduce, Identity, Noise, Pooling, ReLUConvBN, SepConv, Zero
@@ -118,6 +119,8 @@ class Snas(Darts):
             branch) or ``sgd`` (``arch_lr`` and ``arch_weight_decay`` only; its single-GPU branch, decay 0).
         Other arguments: as :class:`~nasrun.methods.darts.Darts` (``arch_first`` does not apply: one joint step).
     """
+
+    distributed = True  # several processes: gradients averaged; the Gumbel noise from the CPU generator, the same on every rank
 
     def __init__(self, supernet, space, name="snas", w_lr=0.025, w_lr_min=0.001, w_momentum=0.9, w_nesterov=False,
                  w_weight_decay=3e-4, grad_clip=5.0, arch_lr=3e-4, arch_betas=(0.5, 0.999), arch_weight_decay=1e-3,
@@ -245,6 +248,7 @@ class Snas(Darts):
             (loss + penalty).backward()
         else:
             loss.backward()
+        average_grads([*self.supernet.parameters(), *self.arch_parameters()])
         if self.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.supernet.parameters(), self.grad_clip)
         self.w_opt.step()

@@ -11,7 +11,11 @@ near-discrete temperature ``monitor_temperature`` (or ``monitor_factor``·t_sp).
 import torch
 import torch.nn.functional as F
 
+from ..distributed import WORLD, reduce_sums
 from .darts import Darts
+
+
+SHARD_STATS = ("mon_correct", "mon_n")  # counted on each rank's shard; the others are the same on every rank
 
 
 class SpDarts(Darts):
@@ -34,6 +38,8 @@ class SpDarts(Darts):
             softmax(α) for the w step, ``softmax_arch_parameters``); the α step keeps softmax(α/t).
         Other arguments: as :class:`~nasrun.methods.darts.Darts`.
     """
+
+    distributed = True  # several processes: DARTS's steps; the temperature draw is the same on every rank
 
     def __init__(self, supernet, space, name="sp_darts", w_lr=0.05, w_lr_min=0.05, w_momentum=0.9, w_nesterov=True,
                  w_weight_decay=5e-4, grad_clip=5.0, arch_lr=3e-4, arch_betas=(0.5, 0.999), arch_weight_decay=0.0,
@@ -125,6 +131,11 @@ class SpDarts(Darts):
                 "monitor_acc": (100 * s["mon_correct"] / s["mon_n"]).item() if s["mon_n"] else None,
                 "warmup": self.warm}
 
+    def reduce_shards(self):
+        """Several ranks: the monitor's counts over all ranks' shards (the temperature draws are every rank's)."""
+        if self._epoch_stats is not None:
+            reduce_sums({k: self._epoch_stats[k] for k in SHARD_STATS})
+
     def state_dict(self):
         return {**super().state_dict(), "epoch_stats": self._epoch_stats, "epoch": getattr(self, "_epoch_epoch", None)}
 
@@ -138,3 +149,5 @@ class SpDarts(Darts):
             self._epoch_stats = {k: torch.zeros((), device=self._temperature.device) for k in stats}
         for k, v in stats.items():  # in place: a captured step writes to these tensors
             self._epoch_stats[k].copy_(v)
+            if k in SHARD_STATS and not WORLD.main:  # rank 0's checkpoint holds all ranks' counts
+                self._epoch_stats[k].zero_()

@@ -10,6 +10,7 @@ import copy
 
 import torch
 
+from ..distributed import average
 from .darts import Darts
 
 
@@ -24,6 +25,8 @@ class TseDarts(Darts):
         Other arguments: as :class:`~nasrun.methods.darts.Darts`; ``grad_clip`` applies to the real w steps
         (the reference uses none).
     """
+
+    distributed = True  # several processes: the rollout's gradients averaged at each of its steps
 
     def __init__(self, supernet, space, name="tse_darts", w_lr=0.025, w_lr_min=0.001, w_momentum=0.9, w_nesterov=True,
                  w_weight_decay=5e-4, grad_clip=None, arch_lr=3e-4, arch_betas=(0.5, 0.999), arch_weight_decay=1e-3,
@@ -91,7 +94,7 @@ class TseDarts(Darts):
         shadow, opt = self._shadow()
         params = list(shadow.parameters())
         loss, _ = self.loss(*batch, self.edge_weights(), model=shadow)
-        grads = torch.autograd.grad(loss, params + self.arch_parameters())
+        grads = average(torch.autograd.grad(loss, params + self.arch_parameters()))
         for p, g in zip(params, grads):
             p.grad = g
         torch._foreach_add_(self._tse_grad, list(grads[len(params):]))
