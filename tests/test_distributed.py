@@ -153,7 +153,7 @@ def test_a_method_not_made_for_several_processes_is_refused(world):
     from nasrun.methods.darts import Darts
 
     class NewMethod(Darts):
-        pass
+        """A DARTS subclass that has not declared itself ready for several processes."""
 
     method = NewMethod.__new__(NewMethod)
     check_world(method, "method", "method=new")  # one process: anything goes

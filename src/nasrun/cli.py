@@ -16,6 +16,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 
+from .console import is_main
 from .errors import Interrupted, UserError, exit_code, write_error
 
 from .config import CONF_DIR, GROUPS
@@ -35,12 +36,6 @@ examples:
   nasrun search -m seed=0,1,2 method=darts,darts_2nd
   nasrun eval genotype='|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|'
 """
-
-
-def is_main():
-    """Not one of ranks 1… of a run over several processes (:mod:`nasrun.distributed`, imported only by such runs)."""
-    world = sys.modules.get("nasrun.distributed")
-    return world is None or world.WORLD.main
 
 
 def fail(message, code=2):

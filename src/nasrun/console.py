@@ -22,3 +22,12 @@ class TeeConsole(Console):
 
 
 console = TeeConsole(stderr=True)
+
+
+def is_main():
+    """Not one of ranks 1… of a run over several processes (torch-free: :mod:`nasrun.distributed` is imported only by
+    such runs, and only they can be anything but rank 0)."""
+    import sys
+
+    world = sys.modules.get("nasrun.distributed")
+    return world is None or world.WORLD.main

@@ -93,14 +93,6 @@ def start():
     return WORLD
 
 
-def stop():
-    import torch.distributed as dist
-
-    if dist.is_initialized():
-        dist.destroy_process_group()
-    WORLD.rank, WORLD.size, WORLD.local_rank, WORLD.sync_bn = 0, 1, 0, False
-
-
 def barrier():
     if WORLD.collective:
         import torch.distributed as dist
@@ -215,7 +207,6 @@ def check_batch(key, batch_size):
     if WORLD.collective and batch_size % WORLD.size:
         raise UserError(f"{key}={batch_size} is the global batch and {WORLD.size} processes cannot share it equally; "
                         f"give a multiple of {WORLD.size}")
-    return batch_size // WORLD.size
 
 
 class _SumOverRanks(torch.autograd.Function):
@@ -235,19 +226,25 @@ class _SumOverRanks(torch.autograd.Function):
         return _SumOverRanks.apply(grad)
 
 
+def _global_mean_var(x):
+    """Per-channel mean and (biased) variance of the global batch, ``x`` being this rank's shard: the sum, then the
+    centred sum of squares, over the ranks (differentiable); and the global count per channel."""
+    dims = [0, *range(2, x.dim())]
+    count = x.numel() // x.shape[1] * WORLD.size
+    mean = _SumOverRanks.apply(x.sum(dims)) / count
+    centred = x - mean.view([1, -1] + [1] * (x.dim() - 2))
+    return mean, _SumOverRanks.apply((centred * centred).sum(dims)) / count, count
+
+
 def batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps):
     """``F.batch_norm`` whose batch statistics, when :attr:`World.sync_bn` is on, are those of the global batch: the
     sum and the centred sum of squares over all ranks' shards (autograd-aware collectives, so the backward is that of
     one process on the whole batch). Running statistics follow with the global (unbiased) variance."""
     if not (training and WORLD.collective and WORLD.sync_bn):
         return F.batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps)
-    dims = [0, *range(2, x.dim())]
-    count = torch.tensor(float(x.numel() // x.shape[1] * WORLD.size))
-    mean = _SumOverRanks.apply(x.sum(dims)) / count.to(x.dtype)
+    mean, var, count = _global_mean_var(x)
     shape = [1, -1] + [1] * (x.dim() - 2)
-    centred = x - mean.view(shape)
-    var = _SumOverRanks.apply((centred * centred).sum(dims)) / count.to(x.dtype)
-    y = centred * torch.rsqrt(var + eps).view(shape)
+    y = (x - mean.view(shape)) * torch.rsqrt(var + eps).view(shape)
     if weight is not None:
         y = y * weight.view(shape)
     if bias is not None:
@@ -255,7 +252,7 @@ def batch_norm(x, running_mean, running_var, weight, bias, training, momentum, e
     if running_mean is not None:
         with torch.no_grad():
             running_mean.mul_(1 - momentum).add_(mean.detach(), alpha=momentum)
-            running_var.mul_(1 - momentum).add_(var.detach() * count / max(count.item() - 1, 1), alpha=momentum)
+            running_var.mul_(1 - momentum).add_(var.detach() * count / max(count - 1, 1), alpha=momentum)
     return y
 
 
@@ -264,15 +261,8 @@ def batch_var_mean(x):
     """Per-channel (unbiased variance, mean) of an NCHW batch, over the global batch under :attr:`World.sync_bn`."""
     if not (WORLD.collective and WORLD.sync_bn):
         return torch.var_mean(x, dim=(0, 2, 3), correction=1)
-    import torch.distributed as dist
-
-    count = x.numel() // x.shape[1] * WORLD.size
-    total = x.sum((0, 2, 3))
-    dist.all_reduce(total)
-    mean = total / count
-    sq = ((x - mean.view(1, -1, 1, 1)) ** 2).sum((0, 2, 3))
-    dist.all_reduce(sq)
-    return sq / max(count - 1, 1), mean
+    mean, var, count = _global_mean_var(x)
+    return var * count / max(count - 1, 1), mean
 
 
 class GlobalBatchNorm2d(torch.nn.BatchNorm2d):
@@ -283,9 +273,8 @@ class GlobalBatchNorm2d(torch.nn.BatchNorm2d):
             return super().forward(x)
         if self.track_running_stats:
             self.num_batches_tracked.add_(1)
-        training = self.training or self.running_mean is None
         return batch_norm(x, self.running_mean if self.track_running_stats else None,
-                          self.running_var if self.track_running_stats else None, self.weight, self.bias, training,
+                          self.running_var if self.track_running_stats else None, self.weight, self.bias, True,
                           0.1 if self.momentum is None else self.momentum, self.eps)
 
 

@@ -140,30 +140,23 @@ def seed_everything(seed):
     torch.manual_seed(seed)
 
 
-def rng_state():
-    return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-            "python": random.getstate(), "numpy": np.random.get_state()}
-
-
-def host_rng_state():
-    """The random state a rank shares with the others: torch's CPU generator, Python's, NumPy's, and the generator of
-    this process's CUDA device."""
-    cuda = torch.cuda.get_rng_state() if torch.cuda.is_available() else None
-    return {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state(), "cuda": cuda}
-
-
-def set_host_rng_state(state):
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    if state["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
+def rng_state(this_device=False):
+    """Torch's CPU generator, Python's, NumPy's and CUDA's: every device's (a checkpoint), or with ``this_device`` only
+    this process's current one (what rank 0 hands the other ranks, each of which draws on its own device)."""
+    cuda = None
+    if torch.cuda.is_available():
+        cuda = torch.cuda.get_rng_state() if this_device else torch.cuda.get_rng_state_all()
+    return {"torch": torch.get_rng_state(), "cuda": cuda, "python": random.getstate(), "numpy": np.random.get_state()}
 
 
 def set_rng_state(state):
+    """Restore :func:`rng_state` (a single CUDA state goes to this process's current device)."""
     torch.set_rng_state(state["torch"])
     if state["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        if isinstance(state["cuda"], torch.Tensor):
+            torch.cuda.set_rng_state(state["cuda"])
+        else:
+            torch.cuda.set_rng_state_all(state["cuda"])
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
 
@@ -300,8 +293,8 @@ class EpochLoop:
         to every rank with rank 0's random state after it, so all ranks go on as one process would."""
         if not WORLD.active:
             return epoch_end(self.epoch, m, seconds)
-        record, state = shared(lambda: (epoch_end(self.epoch, m, seconds), host_rng_state()))
-        set_host_rng_state(state)
+        record, state = shared(lambda: (epoch_end(self.epoch, m, seconds), rng_state(this_device=True)))
+        set_rng_state(state)
         return record
 
     def fit(self, epochs, step_fn, epoch_start, epoch_end, log, group=1, stop_fn=None, snapshot_fn=None):

@@ -67,9 +67,7 @@ def run_eval(cfg, out_dir):
     """Evaluate ``cfg.genotype``: NB201 benchmark table (``mode=benchmark``) or retraining (``mode=retrain``)."""
     validate(cfg)
     space, mode, genotype = preflight(cfg)
-    trackers = build_trackers(cfg.get("logger"))
-    if not WORLD.main:
-        trackers = None  # several processes: rank 0 alone reports
+    trackers = build_trackers(cfg.get("logger"))  # rank 0's only
     if WORLD.active and mode != "retrain":
         raise UserError(f"mode={mode} runs in one process; start it without torchrun / Slurm tasks")
     try:

@@ -8,6 +8,7 @@ The loop is :class:`~nasrun.engine.EpochLoop`, so a retrain checkpoints and resu
 import contextlib
 import functools
 import math
+from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
@@ -153,17 +154,11 @@ class Retrainer:
         self.graphs.reset()
 
 
-class RetrainData:
-    """What a retraining reads: the training ``stream``, ``test_batches()`` (normalised ``(x, y)`` batches on the
-    device), and the dataset's name, class count, image size and split sizes."""
-
-    def __init__(self, **kw):
-        self.__dict__.update(kw)
-
-
 def retrain_data(dataset, p, seed, device):
     """The dataset config's data for retraining: an in-memory dataset on the device (CIFAR, SVHN, ...), or ImageNet
-    streamed from its folders by worker processes (:mod:`nasrun.imagenet`)."""
+    streamed from its folders by worker processes (:mod:`nasrun.imagenet`). Returns the training ``stream``,
+    ``test_batches()`` (normalised ``(x, y)`` batches on the device), and the dataset's name, class count, image size,
+    channels and split sizes."""
     d = dict(dataset)
     if d["name"] == "imagenet":
         from .imagenet import FolderData, FolderStream, eval_batches, transforms
@@ -171,7 +166,7 @@ def retrain_data(dataset, p, seed, device):
         data = FolderData("imagenet", data_root(d["root"]))
         train_tf, test_tf = transforms(d["crop"], d["resize"], d["jitter"])
         stream = FolderStream(data, p.batch_size, seed, device, d["workers"], train_tf)
-        return RetrainData(name=data.name, num_classes=data.num_classes, size=d["crop"], channels=3, stream=stream,
+        return SimpleNamespace(name=data.name, num_classes=data.num_classes, size=d["crop"], channels=3, stream=stream,
                            n_train=len(data.train[0]), n_test=len(data.test[0]),
                            test_batches=lambda: eval_batches(data, test_tf, device, d["workers"]))
     data = load_dataset(d["name"], d["root"], d["download"], d.get("synthetic"))
@@ -188,7 +183,7 @@ def retrain_data(dataset, p, seed, device):
         return ((augment.normalise(test_x[i:i + batch_size]), test_y[i:i + batch_size])
                 for i in range(0, len(test_x), batch_size))
 
-    return RetrainData(name=data.name, num_classes=data.num_classes, size=data.train_x.shape[-1],
+    return SimpleNamespace(name=data.name, num_classes=data.num_classes, size=data.train_x.shape[-1],
                        channels=data.train_x.shape[1], stream=stream,
                        n_train=len(data.train_x), n_test=len(data.test_x), test_batches=test_batches)
 

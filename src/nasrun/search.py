@@ -129,9 +129,7 @@ def run_search(cfg, out_dir):
     """Run (or resume) one search in ``out_dir`` and return its summary dict."""
     validate(cfg)
     preflight(cfg)
-    trackers = build_trackers(cfg.get("logger"))  # a tracker whose package is missing is refused here
-    if not WORLD.main:
-        trackers = None  # several processes: rank 0 alone reports
+    trackers = build_trackers(cfg.get("logger"))  # a tracker whose package is missing is refused here; rank 0's only
     try:
         with world_settings(cfg.trainer):
             return _run_search(cfg, out_dir, trackers)

@@ -26,7 +26,7 @@ from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from hydra.experimental.callback import Callback
 from omegaconf import OmegaConf, open_dict
 
-from .console import console
+from .console import console, is_main
 from .errors import UserError, write_error
 from .utils import write_json
 
@@ -53,8 +53,7 @@ def _result(summary):
 
 def record_job(run_dir, job, status, error=None, summary=None):
     """Write ``status.json`` for one job of a sweep and print its line (rank 0 of a job of several tasks)."""
-    world = sys.modules.get("nasrun.distributed")
-    if world is not None and not world.WORLD.main:
+    if not is_main():
         return None
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -78,9 +77,8 @@ def print_row(row):
 def note_rerun(run_dir, status, error=None, summary=None):
     """A job of a sweep run again alone (``nasrun rerun``): its ``status.json`` follows this attempt (written by rank 0
     of several processes)."""
-    world = sys.modules.get("nasrun.distributed")
     path = Path(run_dir) / STATUS
-    if not path.exists() or (world is not None and not world.WORLD.main):
+    if not path.exists() or not is_main():
         return
     try:
         job = json.loads(path.read_text()).get("job")

@@ -204,8 +204,12 @@ class Trackers:
 
 
 def build_trackers(node):
-    """:class:`Trackers` from the ``logger`` config (``{name: {_target_, ...}}``; empty or None: no trackers)."""
+    """:class:`Trackers` from the ``logger`` config (``{name: {_target_, ...}}``; empty or None: no trackers). Every
+    rank of a run over several processes builds them (a missing package is refused everywhere); rank 0 alone gets
+    them."""
     from ..config import build
+    from ..console import is_main
 
     node = dict(node or {})
-    return Trackers(build(v) for _, v in sorted(node.items()) if v) if node else None
+    trackers = Trackers(build(v) for _, v in sorted(node.items()) if v) if node else None
+    return trackers if is_main() else None

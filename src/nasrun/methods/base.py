@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from ..graphs import GraphSet, GraphState, optimizer_key, set_capturable
+from ..utils import full_precision
 
 
 def cosine_lr(epoch, epochs, lr_max, lr_min):
@@ -139,8 +140,7 @@ class Method(abc.ABC):
                 out = functional_call(self.supernet, params, args)
         # a supernet with an auxiliary tower returns (logits, logits_aux) in training
         logits, aux = out if isinstance(out, tuple) else (out, None)
-        if logits.dtype in (torch.float16, torch.bfloat16):
-            logits, aux = logits.float(), aux.float() if aux is not None else None
+        logits, aux = full_precision(logits), aux if aux is None else full_precision(aux)
         loss = F.cross_entropy(logits, y)
         if aux is not None:
             loss = loss + (model if model is not None else self.supernet).aux_weight * F.cross_entropy(aux, y)
