@@ -168,7 +168,7 @@ def test_retrain_graph_step_equals_eager():
             tr.on_epoch_start(epoch)
             for t, _ in half:
                 tr.step(t)
-        loss, acc = tr.evaluate(torch.randint(0, 256, (40, 3, 32, 32), dtype=torch.uint8).cuda(),
+        loss, acc, _ = tr.evaluate(torch.randint(0, 256, (40, 3, 32, 32), dtype=torch.uint8).cuda(),
                                 torch.randint(0, 10, (40,)).cuda(), Augment([0.5] * 3, [0.25] * 3), batch_size=16)
         out.append(([v.clone() for v in net.state_dict().values()], loss, acc))
     for a, b in zip(out[0][0], out[1][0]):

@@ -406,3 +406,29 @@ def test_retrain_step_emulated_equals_eager(monkeypatch):
             assert tr.graphs.graphs["retrain_step"].captures == 2 and tr.graphs.disabled is None
         out.append([v.clone() for v in net.state_dict().values()])
     assert same(*out)
+
+
+@pytest.mark.parametrize("graphs", [False, True])
+def test_retrain_evaluation_counts_top1_and_top5_as_a_direct_count(graphs):
+    """The test-set loss, top-1 and top-5 accuracy of a retrained network (the ImageNet tables' two error columns),
+    over uneven batches, eager and replayed, against one forward pass over the whole set and a sort."""
+    import contextlib
+
+    from nasrun.retrain import Protocol, Retrainer
+    from nasrun.spaces import get_space
+
+    torch.manual_seed(0)
+    net = get_space("darts").build_network("DARTS_V2", 12, C=4, layers=3, auxiliary=True)
+    p = Protocol("t", 4, 3, True, 0.4, 0.0, 0, 10, 8, 0.025, 0.0, "cosine", 0.97, 1, 0.9, 3e-4, 5.0, 0.0)
+    tr = Retrainer(net, p, contextlib.nullcontext, cuda_graphs=EmulatedBackend())
+    tr.graphs.enabled = graphs
+    x, y = torch.randn(50, 3, 16, 16), torch.randint(0, 12, (50,))
+    loss, top1, top5 = tr.evaluate_batches((x[i:i + 16], y[i:i + 16]) for i in range(0, 50, 16))
+    net.eval()
+    with torch.no_grad():
+        logits = net(x)[0].double()
+    ranks = (logits > logits.gather(1, y[:, None])).sum(1)  # classes scored above the true one
+    assert loss == pytest.approx(torch.nn.functional.cross_entropy(logits, y).item(), rel=1e-5)
+    assert top1 == pytest.approx(100.0 * (ranks == 0).double().mean().item())
+    assert top5 == pytest.approx(100.0 * (ranks < 5).double().mean().item())
+    assert top1 < top5 < 100.0

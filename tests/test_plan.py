@@ -1,5 +1,6 @@
 """``DRY=1 scripts/tables/X.sh`` (nasrun.plan): every job of a table script and its GPU-hours, nothing run."""
 
+import json
 import os
 import subprocess
 import sys
@@ -39,24 +40,77 @@ def test_a_dry_table_script_lists_its_jobs_and_runs_nothing(tmp_path):
     assert "would run: nasrun report" in proc.stdout and not (tmp_path / "out").exists()
 
 
+def test_a_dry_retrain_step_plans_one_retrain_per_planned_search(tmp_path, monkeypatch):
+    """Searches of two spaces, then the retrain step: one eval sweep per space and dataset, one job per search (its
+    genotype a placeholder), the protocol's epochs; space=S keeps S's searches alone, dataset=D moves them to D."""
+    env = {**os.environ, "DRY": "1", "OUT": str(tmp_path / "out"), "EPOCH_S": "36",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "tables" / "amended_darts_table1.sh")], capture_output=True,
+                          text=True, env=env, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "nasrun search: 6 jobs" in out and out.count("nasrun eval: 3 jobs") == 2
+    assert "space=amended_deep dataset=cifar10 genotype=" in out and "retrain=darts seed=0: 600 epochs" in out
+    assert "total: about 42.0 GPU-hours" in out  # (6 × 100 + 6 × 600) epochs × 36 s
+    from nasrun.plan import plan_retrain
+
+    searches = tmp_path / "searches.tsv"
+    searches.write_text("S\tspace=darts_fixed dataset=cifar10\nS\tspace=amended_deep dataset=cifar10\n"
+                        "T\tspace=amended_deep dataset=cifar10\n")
+    import io
+
+    buf = io.StringIO()
+    monkeypatch.setenv("PLAN_SEARCHES", str(searches))
+    monkeypatch.setenv("EPOCH_S", "36")
+    hours = plan_retrain("S", ["nasrun", "eval", "-m", "space=amended_deep", "dataset=imagenet",
+                               "retrain=imagenet_amended"], buf)
+    assert "nasrun eval: 1 jobs" in buf.getvalue() and "space=amended_deep genotype=S/search0 dataset=imagenet" \
+        in buf.getvalue() and hours == 250 * 36 / 3600
+
+
+def test_the_retrain_step_finds_the_finished_searches_by_space_and_dataset(tmp_path):
+    import yaml
+
+    from nasrun.plan import searched
+
+    for i, (space, done) in enumerate((("darts_s1", True), ("darts_s2", True), ("darts_s1", True), ("darts_s1", False))):
+        run = tmp_path / str(i)
+        run.mkdir()
+        (run / "config.yaml").write_text(yaml.safe_dump({"task_name": "search", "space": {"name": space},
+                                                         "dataset": {"name": "svhn"}}))
+        (run / "env.json").write_text("{}")
+        if done:
+            (run / "summary.json").write_text("{}")
+            (run / "genotype.json").write_text(json.dumps({"genotype": "x"}))
+    assert searched(tmp_path) == [f"space=darts_s1 dataset=svhn\t{tmp_path / '0'},{tmp_path / '2'}",
+                                  f"space=darts_s2 dataset=svhn\t{tmp_path / '1'}"]
+
+
 TINY_NB201 = ["space.C=4", "space.N=1", "dataset=synthetic", "trainer.epochs=1", "trainer.batch_size=16",
               "trainer.device=cpu", "trainer.progress=false", "benchmark=none", "trainer.threads=1"]
 
 
+TINY_DATA32 = ["dataset=synthetic", "dataset.synthetic.image_size=32", "dataset.synthetic.n_train=64"]
+TINY_RETRAIN = " ".join(["retrain.C=4", "retrain.layers=5", "retrain.epochs=1", "retrain.batch_size=16",
+                         "trainer.device=cpu", "trainer.progress=false", *TINY_DATA32[1:]])
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("script, overrides", [
-    ("tse_darts_table1", TINY_NB201), ("sp_darts_table1", TINY_NB201), ("ss_darts_table2", TINY_NB201),
-    ("tse_darts_table4", ["space.C=4", *TINY_NB201[2:]]),
-    ("darts_pt_table", [*TINY_NB201, "selector.proj_intv=1", "selector.max_valid_batches=1"])])
-def test_table_scripts_run_end_to_end_and_report_every_row(tmp_path, script, overrides):
+@pytest.mark.parametrize("script, overrides, retrain", [
+    ("tse_darts_table1", TINY_NB201, ""), ("sp_darts_table1", TINY_NB201, ""), ("ss_darts_table2", TINY_NB201, ""),
+    ("tse_darts_table4", ["space.C=4", *TINY_NB201[2:]], ""),
+    ("darts_pt_table", [*TINY_NB201, "selector.proj_intv=1", "selector.max_valid_batches=1"], ""),
+    ("amended_darts_table1", ["space.C=4", "space.layers=5", *TINY_DATA32, *TINY_NB201[3:]], TINY_RETRAIN)])
+def test_table_scripts_run_end_to_end_and_report_every_row(tmp_path, script, overrides, retrain):
     """Each table script with a paper table file runs its sweeps on tiny settings (synthetic data, one epoch,
-    C=4), and its report has every row and column of the paper's table beside ours."""
+    C=4), retrains what it searched where the paper reports retrained networks, and its report has every row and
+    column of the paper's table beside ours, with a value of ours in each retrained row."""
     import csv
 
     from nasrun.report import read_paper
 
     env = {**os.environ, "OUT": str(tmp_path / "out"), "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1",
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+           "RETRAIN": retrain, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     proc = subprocess.run(["bash", str(ROOT / "scripts" / "tables" / f"{script}.sh"), *overrides], capture_output=True,
                           text=True, env=env, timeout=1200, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -64,3 +118,5 @@ def test_table_scripts_run_end_to_end_and_report_every_row(tmp_path, script, ove
     rows = list(csv.DictReader(open(tmp_path / "out" / "report_paper.csv")))
     assert [(r["row"], r["column"]) for r in rows] == [(r["row"], c) for r in ref["rows"] for c in r["values"]]
     assert "paper beside ours" in (tmp_path / "out" / "report.md").read_text()
+    if retrain:
+        assert all(r["ours n"] not in ("", "0") for r in rows), rows

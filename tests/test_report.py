@@ -296,8 +296,8 @@ def test_report_puts_the_papers_numbers_beside_ours(tmp_path):
         compare_paper([tmp_path / "runs"], bad)
 
 
-@pytest.mark.parametrize("name", ["darts_pt_table", "sp_darts_table1", "ss_darts_table2", "tse_darts_table1",
-                                  "tse_darts_table4"])
+@pytest.mark.parametrize("name", sorted(p.stem for p in (Path(__file__).parent.parent / "scripts" / "tables" / "ref")
+                                         .glob("*.yaml")))
 def test_paper_table_files_parse_and_name_our_columns(name):
     """The shipped table files parse, and each row's match keys are config keys its script's presets set."""
     from pathlib import Path
@@ -305,8 +305,51 @@ def test_paper_table_files_parse_and_name_our_columns(name):
     from nasrun.report import read_paper
 
     ref = read_paper(Path(__file__).parent.parent / "scripts" / "tables" / "ref" / f"{name}.yaml")
-    known = {"method.name", "dataset.name", "space.name", "selector.name", "stop.name", "stop.criterion", "stop.k"}
+    known = {"method.name", "dataset.name", "space.name", "selector.name", "stop.name", "stop.criterion", "stop.k",
+             "task_name"}
     assert ref["rows"] and all(set(r["match"]) <= known for r in ref["rows"])
+
+
+def test_a_retrain_is_matched_by_its_searchs_keys_and_best_of_n_takes_the_best(tmp_path):
+    """An eval run whose genotype names a search run (the run, its genotype.json, or a file of its genotypes/) takes
+    the search's keys it lacks (method.name …) but keeps its own (seed, space, dataset); a genotype text takes none.
+    A ``"<column> (best)"`` paper column is the lowest error (highest accuracy) of the matched runs."""
+    import yaml
+
+    from nasrun.report import compare_paper, load_run, search_of
+
+    searches = []
+    for i, method in enumerate(("amended_darts", "amended_darts", "darts")):
+        s = tmp_path / "search" / str(i)
+        (s / "genotypes").mkdir(parents=True)
+        (s / "config.yaml").write_text(yaml.safe_dump({"task_name": "search", "seed": 10 + i, "method": {"name": method},
+                                                       "space": {"name": "darts_fixed"}, "trainer": {"epochs": 50}}))
+        (s / "genotype.json").write_text(json.dumps({"genotype": "x"}))
+        (s / "genotypes" / "sep3.json").write_text(json.dumps({"genotype": "x"}))
+        searches.append(s)
+    pointers = [searches[0], searches[1] / "genotype.json", searches[2] / "genotypes" / "sep3.json"]
+    for i, (pointer, error) in enumerate(zip(pointers, (3.0, 2.5, 9.0))):
+        e = tmp_path / "retrain" / str(i)
+        e.mkdir(parents=True)
+        (e / "config.yaml").write_text(yaml.safe_dump({"task_name": "eval", "seed": 0, "genotype": str(pointer),
+                                                       "space": {"name": "darts_fixed"}, "trainer": {"device": "cpu"}}))
+        (e / "summary.json").write_text(json.dumps({"test_error": error, "params_m": 3.0 + i}))
+    assert [search_of(str(p)) for p in pointers] == searches and search_of("DARTS_V2") is None
+    assert search_of(str(tmp_path / "retrain" / "0")) is None  # a run without genotype.json is no search
+    config = load_run(tmp_path / "retrain" / "2")["config"]
+    assert config["method.name"] == "darts" and config["trainer.epochs"] == 50
+    assert config["seed"] == 0 and config["task_name"] == "eval" and config["trainer.device"] == "cpu"
+    ref = tmp_path / "ref.yaml"
+    ref.write_text(yaml.safe_dump({"rows": [
+        {"row": "AMD", "match": {"method.name": "amended_darts", "task_name": "eval"},
+         "values": {"test error": [2.6, 0.1], "test error (best)": [2.5, None], "params M": [3.5, None]}},
+        {"row": "DARTS", "match": {"method.name": "darts", "task_name": "eval"}, "values": {"test error": [3.0, 0.1]}}]}))
+    _, result = compare_paper([tmp_path / "retrain"], ref, tmp_path / "out")
+    mean, best, params, darts = (next(r for r in result if (r["row"], r["column"]) == key) for key in (
+        ("AMD", "test error"), ("AMD", "test error (best)"), ("AMD", "params M"), ("DARTS", "test error")))
+    assert mean["ours"] == pytest.approx((2.75, 0.25, 2)) and best["ours"] == (2.5, None, 2) and best["diff"] == 0.0
+    assert params["ours"] == pytest.approx((3.5, 0.5, 2)) and darts["ours"] == pytest.approx((9.0, 0.0, 1))
+    assert "| AMD | test error (best) | 2.50 | 2.50 (best of 2) | +0.00 | - |" in (tmp_path / "out" / "report.md").read_text()
 
 
 def test_genotype_cells_are_drawn_edge_for_edge(tmp_path):

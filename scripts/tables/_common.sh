@@ -9,6 +9,9 @@
 # presets have (e.g. `scripts/tables/darts_pt_table.sh selector.proj_intv=1`: nasrun passes them on as ++key=value).
 LAUNCH=()
 SEARCH=()
+read -r -a RETRAIN_ARGS <<< "${RETRAIN:-}"  # RETRAIN="key=value ...": extra overrides of the retrain step alone
+NASRUN_PY="$(dirname "$(command -v nasrun)")/python"
+[ -x "$NASRUN_PY" ] || NASRUN_PY=python3
 for arg in "$@"; do
     case "$arg" in
         hydra/launcher=* | hydra.launcher.*) LAUNCH+=("$arg") ;;
@@ -32,11 +35,49 @@ fi
 # sets your own per-epoch time) and the script's total, and run nothing (nasrun.plan).
 if [ -n "${DRY:-}" ]; then
     PLAN_TOTAL=$(mktemp)
-    export PLAN_TOTAL
-    NASRUN_PY="$(dirname "$(command -v nasrun)")/python"
-    [ -x "$NASRUN_PY" ] || NASRUN_PY=python3
+    PLAN_SEARCHES=$(mktemp)
+    export PLAN_TOTAL PLAN_SEARCHES
     run() {
         "$NASRUN_PY" -m nasrun.plan "$@" || STATUS=1
     }
-    trap 'awk "{s += \$1} END {printf \"total: about %.1f GPU-hours (set EPOCH_S=seconds per epoch for your own figure)\\n\", s}" "$PLAN_TOTAL"; rm -f "$PLAN_TOTAL"' EXIT
+    trap 'awk "{s += \$1} END {printf \"total: about %.1f GPU-hours (set EPOCH_S=seconds per epoch for your own figure)\\n\", s}" "$PLAN_TOTAL"; rm -f "$PLAN_TOTAL" "$PLAN_SEARCHES"' EXIT
 fi
+
+# retrain SEARCH_DIR OUT_DIR [eval overrides]: the table's retrain step. Every finished search under SEARCH_DIR is
+# retrained from scratch (nasrun eval mode=retrain) in its own space and on its own dataset, with the table's protocol
+# and seeds given as overrides (e.g. retrain=robust_small seed=0), one sweep per space and dataset under OUT_DIR.
+# space=S among the overrides retrains only the searches of S; dataset=D retrains them on D instead (e.g. ImageNet);
+# RETRAIN="..." adds overrides of your own. `nasrun report` matches each retrain to its search's method and space,
+# so the paper's rows compare test error and params after retraining. Under DRY=1: one planned retrain per search.
+retrain() {
+    local search=$1 out=$2 found=0 lines key runs space="" dataset="" arg
+    shift 2
+    local args=()
+    for arg in "$@"; do
+        case "$arg" in
+            space=*) space=${arg#space=} ;;
+            dataset=*) dataset=${arg#dataset=}; args+=("$arg") ;;
+            *) args+=("$arg") ;;
+        esac
+    done
+    if [ -n "${DRY:-}" ]; then
+        "$NASRUN_PY" -m nasrun.plan --retrain "$search" nasrun eval -m mode=retrain "$@" "${RETRAIN_ARGS[@]}" \
+            hydra.sweep.dir="$out" "${LAUNCH[@]}" || STATUS=1
+        return 0
+    fi
+    lines=$("$NASRUN_PY" -m nasrun.plan --searched "$search") || { STATUS=1; return 0; }
+    while IFS=$'\t' read -r key runs; do
+        [ -n "$key" ] || continue
+        [ -z "$space" ] || [ "${key%% *}" = "space=$space" ] || continue
+        [ -z "$dataset" ] || key=${key%% *}
+        found=1
+        # shellcheck disable=SC2086 # key is "space=S dataset=D"
+        run nasrun eval -m mode=retrain $key genotype="$runs" "${args[@]}" "${RETRAIN_ARGS[@]}" \
+            hydra.sweep.dir="$out/$(sed 's/space=//; s/ dataset=/-/' <<< "$key")" "${LAUNCH[@]}"
+    done <<< "$lines"
+    if [ "$found" = 0 ]; then
+        echo "no finished search${space:+ in space $space} under $search: nothing to retrain" >&2
+        STATUS=1
+    fi
+    return 0
+}

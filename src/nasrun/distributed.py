@@ -10,10 +10,12 @@ with ``trainer.sync_bn`` (:func:`batch_norm`: batch statistics over the global b
 computes what one process computes on B. Rank 0 alone writes the run directory.
 """
 
+import atexit
 import datetime
 import os
 import socket
 import subprocess
+import time
 
 import torch
 import torch.nn.functional as F
@@ -89,8 +91,21 @@ def start():
     else:
         backend = "gloo"
     dist.init_process_group(backend, timeout=timeout)
+    atexit.register(_leave)
     WORLD.rank, WORLD.size, WORLD.local_rank = rank, size, local
     return WORLD
+
+
+def _leave():
+    """Leave the process group before the interpreter's teardown. A gloo worker thread drops its last collective's
+    tensors after that collective returned; should it reach for the GIL while the interpreter finalises, the thread
+    is ended inside C++ and the process aborts ("terminate called without an active exception") after a finished
+    run. Leaving the group and giving up the GIL for a moment lets it finish first."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    time.sleep(0.2)
 
 
 def barrier():

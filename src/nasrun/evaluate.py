@@ -140,7 +140,7 @@ def _print_retrain(summary):
     table = Table(title=f"nasrun eval (retrain, {summary['protocol']})", show_header=False)
     table.add_column("key", style="bold")
     table.add_column("value", overflow="fold")
-    for key in ("genotype", "dataset", "epochs", "test_acc", "test_error", "params_m", "flops_m", "train_seconds",
+    for key in ("genotype", "dataset", "epochs", "test_acc", "test_error", "top5_error", "params_m", "flops_m", "train_seconds",
                 "run_dir"):
         value = summary[key]
         table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))

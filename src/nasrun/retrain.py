@@ -125,25 +125,28 @@ class Retrainer:
 
     @torch.no_grad()
     def evaluate(self, x, y, augment, batch_size=256):
-        """Loss and accuracy (%) on a whole uint8 test set, normalised only."""
+        """Loss, top-1 and top-5 accuracy (%) on a whole uint8 test set, normalised only."""
         return self.evaluate_batches((augment.normalise(x[i:i + batch_size]), y[i:i + batch_size])
                                      for i in range(0, len(x), batch_size))
 
     @torch.no_grad()
     def evaluate_batches(self, batches):
-        """Loss and accuracy (%) over ``(x, y)`` batches that are ready for the network (a folder dataset's)."""
+        """Loss, top-1 and top-5 accuracy (%) over ``(x, y)`` batches that are ready for the network (a folder
+        dataset's); top-5 is the ImageNet tables' second column."""
         self.net.eval()
-        loss = correct = n = 0
+        loss = correct = correct5 = n = 0
         for x, y in batches:
-            batch_loss, batch_correct = self.graphs.run("retrain_eval", self._eval_batch, lambda: None, x, y)
-            loss, correct, n = loss + batch_loss, correct + batch_correct, n + len(y)
+            b_loss, b_correct, b_correct5 = self.graphs.run("retrain_eval", self._eval_batch, lambda: None, x, y)
+            loss, correct, correct5, n = loss + b_loss, correct + b_correct, correct5 + b_correct5, n + len(y)
         self.net.train()
-        return loss.item() / n, 100.0 * correct.item() / n
+        return loss.item() / n, 100.0 * correct.item() / n, 100.0 * correct5.item() / n
 
     def _eval_batch(self, x, y):
         with self.autocast():
             logits, _ = self.net(x)
-        return F.cross_entropy(full_precision(logits), y, reduction="sum").double(), (logits.argmax(1) == y).sum()
+        top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        return (F.cross_entropy(full_precision(logits), y, reduction="sum").double(), (logits.argmax(1) == y).sum(),
+                (top5 == y[:, None]).any(1).sum())
 
     def state_dict(self):
         return {"net": self.net.state_dict(), "opt": self.opt.state_dict()}
@@ -220,9 +223,10 @@ def run_retrain(cfg, run, state, space, genotype, device, trackers=None):
                   f"{data.n_test} test), {params / 1e6:.3f}M params, {p.epochs} epochs → {run.path}")
 
     def epoch_end(epoch, m, seconds):
-        test_loss, test_acc = trainer.evaluate_batches(data.test_batches())
+        test_loss, test_acc, test_acc5 = trainer.evaluate_batches(data.test_batches())
         return {"epoch": epoch, "lr": trainer.opt.param_groups[0]["lr"], "drop_path_prob": net.drop_path_prob,
                 "train_loss": m["train_loss"], "train_acc": m["train_acc"], "test_loss": test_loss, "test_acc": test_acc,
+                "test_acc5": test_acc5,
                 "seconds": round(seconds, 3), "images_per_s": round(m["train_n"] / seconds, 1) if seconds else None}
 
     def log(r, epochs):
@@ -233,7 +237,7 @@ def run_retrain(cfg, run, state, space, genotype, device, trackers=None):
     final = loop.history[-1]
     summary = {"genotype": space.format_genotype(genotype), "space": space.name, "mode": "retrain", "protocol": p.name,
                "dataset": data.name, "seed": cfg.seed, "epochs": p.epochs, "test_acc": final["test_acc"],
-               "test_error": 100.0 - final["test_acc"], "params": params, "params_m": params / 1e6,
+               "test_error": 100.0 - final["test_acc"], "top5_error": 100.0 - final["test_acc5"], "params": params, "params_m": params / 1e6,
                "flops_m": flops / 1e6, "train_seconds": round(loop.elapsed, 2),
                "overhead_seconds": round(loop.overhead, 2), "run_dir": str(run.path)}
     run.write("summary.json", summary)
