@@ -100,7 +100,8 @@ TINY_RETRAIN = " ".join(["retrain.C=4", "retrain.layers=5", "retrain.epochs=1", 
     ("tse_darts_table1", TINY_NB201, ""), ("sp_darts_table1", TINY_NB201, ""), ("ss_darts_table2", TINY_NB201, ""),
     ("tse_darts_table4", ["space.C=4", *TINY_NB201[2:]], ""),
     ("darts_pt_table", [*TINY_NB201, "selector.proj_intv=1", "selector.max_valid_batches=1"], ""),
-    ("amended_darts_table1", ["space.C=4", "space.layers=5", *TINY_DATA32, *TINY_NB201[3:]], TINY_RETRAIN)])
+    ("amended_darts_table1", ["space.C=4", "space.layers=5", *TINY_DATA32, *TINY_NB201[3:]], TINY_RETRAIN),
+    ("ss_darts_table4", ["space.C=4", "space.layers=5", *TINY_DATA32, *TINY_NB201[3:]], TINY_RETRAIN)])
 def test_table_scripts_run_end_to_end_and_report_every_row(tmp_path, script, overrides, retrain):
     """Each table script with a paper table file runs its sweeps on tiny settings (synthetic data, one epoch,
     C=4), retrains what it searched where the paper reports retrained networks, and its report has every row and

@@ -306,7 +306,7 @@ def test_paper_table_files_parse_and_name_our_columns(name):
 
     ref = read_paper(Path(__file__).parent.parent / "scripts" / "tables" / "ref" / f"{name}.yaml")
     known = {"method.name", "dataset.name", "space.name", "selector.name", "stop.name", "stop.criterion", "stop.k",
-             "task_name"}
+             "task_name", "search.selection"}
     assert ref["rows"] and all(set(r["match"]) <= known for r in ref["rows"])
 
 

@@ -47,7 +47,8 @@ fi
 # retrained from scratch (nasrun eval mode=retrain) in its own space and on its own dataset, with the table's protocol
 # and seeds given as overrides (e.g. retrain=robust_small seed=0), one sweep per space and dataset under OUT_DIR.
 # space=S among the overrides retrains only the searches of S; dataset=D retrains them on D instead (e.g. ImageNet);
-# RETRAIN="..." adds overrides of your own. `nasrun report` matches each retrain to its search's method and space,
+# RETRAIN="..." adds overrides of your own; EACH_GENOTYPE=N retrains each of the N genotypes a search writes to its
+# genotypes/ (SS-DARTS: 4) instead of its genotype.json. `nasrun report` matches each retrain to its search's method and space,
 # so the paper's rows compare test error and params after retraining. Under DRY=1: one planned retrain per search.
 retrain() {
     local search=$1 out=$2 found=0 lines key runs space="" dataset="" arg
@@ -65,7 +66,7 @@ retrain() {
             hydra.sweep.dir="$out" "${LAUNCH[@]}" || STATUS=1
         return 0
     fi
-    lines=$("$NASRUN_PY" -m nasrun.plan --searched "$search") || { STATUS=1; return 0; }
+    lines=$("$NASRUN_PY" -m nasrun.plan --searched "$search" ${EACH_GENOTYPE:+--each}) || { STATUS=1; return 0; }
     while IFS=$'\t' read -r key runs; do
         [ -n "$key" ] || continue
         [ -z "$space" ] || [ "${key%% *}" = "space=$space" ] || continue

@@ -84,10 +84,11 @@ def plan(argv, out=None):
     return total
 
 
-def searched(sweep_dir, out=None):
-    """``python -m nasrun.plan --searched DIR``: the finished searches under ``DIR`` a table retrains, one line per
-    space and dataset, ``space=S dataset=D<TAB>RUN,RUN,...`` (absolute run directories, each with its genotype.json);
-    returns the lines."""
+def searched(sweep_dir, out=None, each=False):
+    """``python -m nasrun.plan --searched DIR [--each]``: the finished searches under ``DIR`` a table retrains, one line
+    per space and dataset, ``space=S dataset=D<TAB>RUN,RUN,...`` (absolute run directories, each with its
+    genotype.json; with ``each``, every file of a run's ``genotypes/`` instead, e.g. SS-DARTS's four); returns the
+    lines."""
     from pathlib import Path
 
     from .report import find_runs, load_run
@@ -97,17 +98,19 @@ def searched(sweep_dir, out=None):
         c = run["config"]
         if run["summary"] is not None and c.get("task_name") == "search" and (Path(run["dir"]) / "genotype.json").is_file():
             key = f"space={c['space.name']} dataset={c['dataset.name']}"
-            groups.setdefault(key, []).append(str(Path(run["dir"]).resolve()))
+            several = sorted((Path(run["dir"]) / "genotypes").glob("*.json")) if each else []
+            groups.setdefault(key, []).extend(str(p.resolve()) for p in several or [Path(run["dir"])])
     lines = [f"{key}\t{','.join(dirs)}" for key, dirs in sorted(groups.items())]
     for line in lines:
         print(line, file=out or sys.stdout)
     return lines
 
 
-def plan_retrain(search_dir, argv, out=None):
+def plan_retrain(search_dir, argv, out=None, per_search=1):
     """The plan of a table's retrain step (``DRY=1``): one retrain per search the plan of ``search_dir`` listed (in
     ``$PLAN_SEARCHES``), in its space and dataset, with the overrides of ``argv`` (``nasrun eval -m ...``; a
-    ``space=`` among them keeps that space's searches alone, a ``dataset=`` replaces theirs)."""
+    ``space=`` among them keeps that space's searches alone, a ``dataset=`` replaces theirs); ``per_search``
+    genotypes of each search (``EACH_GENOTYPE=N`` in a table script)."""
     out = out or sys.stdout
     records = []
     if os.environ.get("PLAN_SEARCHES") and os.path.exists(os.environ["PLAN_SEARCHES"]):
@@ -131,7 +134,7 @@ def plan_retrain(search_dir, argv, out=None):
     for _, key in records:
         space, dataset = key.split()
         if only is None or space == f"space={only}":
-            groups.setdefault(space if other_data else key, []).append(1)
+            groups.setdefault(space if other_data else key, []).extend([1] * per_search)
     total = 0.0
     for key, n in groups.items():
         placeholders = ",".join(f"{search_dir}/search{i}" for i in range(len(n)))
@@ -142,9 +145,10 @@ def plan_retrain(search_dir, argv, out=None):
 if __name__ == "__main__":
     try:
         if sys.argv[1:2] == ["--searched"]:
-            searched(sys.argv[2])
+            searched(sys.argv[2], each="--each" in sys.argv[3:])
         elif sys.argv[1:2] == ["--retrain"]:
-            plan_retrain(sys.argv[2], sys.argv[3:])
+            per = int(os.environ.get("EACH_GENOTYPE") or 1)
+            plan_retrain(sys.argv[2], sys.argv[3:], per_search=per)
         else:
             plan(sys.argv[1:])
     except Exception as exc:  # noqa: BLE001 - a composition error is the user's: one line

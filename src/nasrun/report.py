@@ -20,7 +20,7 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from .errors import UserError
-from .files import read_yaml
+from .files import read_json, read_yaml
 
 IGNORED = ("seed", "run", "trainer.device", "trainer.progress", "dataset.root", "dataset.download", "benchmark.path",
            "hydra", "logger")
@@ -63,6 +63,10 @@ def load_run(path):
         searched = _flat(OmegaConf.to_container(read_yaml(origin / "config.yaml", "leave that folder out"),
                                                 resolve=False))
         config = {**{k: v for k, v in searched.items() if k != "seed"}, **config}
+        picked = Path(config["genotype"]).expanduser()
+        if picked.suffix == ".json":  # which of the search's selections: its selector label, less "@epoch"
+            label = str(read_json(picked, "leave that run out").get("selector") or "")
+            config["search.selection"] = label.split("@")[0] or None
     summary, problem = None, None
     try:
         summary = json.loads((path / "summary.json").read_text())
