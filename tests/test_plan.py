@@ -55,8 +55,8 @@ def test_a_dry_retrain_step_plans_one_retrain_per_planned_search(tmp_path, monke
     from nasrun.plan import plan_retrain
 
     searches = tmp_path / "searches.tsv"
-    searches.write_text("S\tspace=darts_fixed dataset=cifar10\nS\tspace=amended_deep dataset=cifar10\n"
-                        "T\tspace=amended_deep dataset=cifar10\n")
+    searches.write_text("S\tspace=darts_fixed dataset=cifar10\ta\nS\tspace=amended_deep dataset=cifar10\tb\n"
+                        "T\tspace=amended_deep dataset=cifar10\tb\n")
     import io
 
     buf = io.StringIO()
@@ -86,6 +86,34 @@ def test_the_retrain_step_finds_the_finished_searches_by_space_and_dataset(tmp_p
                                   f"space=darts_s2 dataset=svhn\t{tmp_path / '1'}"]
 
 
+def test_the_pick_of_a_temperature_sweep_is_the_search_with_the_best_column(tmp_path):
+    """[SP] Table V's pick: per space and dataset, pooling method.t_sp (and the seed), the search whose last epoch has
+    the highest monitor accuracy; a column no search has is an error."""
+    import yaml
+
+    from nasrun.plan import picked_searches
+
+    best = {}
+    for i, (space, t_sp, seed, acc) in enumerate([("darts_s1", 4e-4, 0, 50.0), ("darts_s1", 5e-4, 0, 61.0),
+                                                  ("darts_s1", 6e-4, 1, 55.0), ("darts_s2", 4e-4, 0, 40.0),
+                                                  ("darts_s2", 7e-4, 1, 45.0)]):
+        run = tmp_path / str(i)
+        run.mkdir()
+        (run / "config.yaml").write_text(yaml.safe_dump({"task_name": "search", "seed": seed, "space": {"name": space},
+                                                         "dataset": {"name": "svhn"},
+                                                         "method": {"name": "sp_darts", "t_sp": t_sp}}))
+        (run / "summary.json").write_text("{}")
+        (run / "genotype.json").write_text(json.dumps({"genotype": "x"}))
+        (run / "metrics.jsonl").write_text(json.dumps({"epoch": 0, "monitor_acc": 99.0}) + "\n"
+                                           + json.dumps({"epoch": 1, "monitor_acc": acc}) + "\n")
+        if acc > best.get(space, (0, None))[0]:
+            best[space] = (acc, run)
+    assert picked_searches(tmp_path, "supernet monitor", ["method.t_sp"]) == [
+        f"space=darts_s1 dataset=svhn\t{best['darts_s1'][1]}", f"space=darts_s2 dataset=svhn\t{best['darts_s2'][1]}"]
+    with pytest.raises(RuntimeError, match="column 'test error'"):
+        picked_searches(tmp_path, "test error")
+
+
 TINY_NB201 = ["space.C=4", "space.N=1", "dataset=synthetic", "trainer.epochs=1", "trainer.batch_size=16",
               "trainer.device=cpu", "trainer.progress=false", "benchmark=none", "trainer.threads=1"]
 
@@ -95,29 +123,46 @@ TINY_RETRAIN = " ".join(["retrain.C=4", "retrain.layers=5", "retrain.epochs=1", 
                          "trainer.device=cpu", "trainer.progress=false", *TINY_DATA32[1:]])
 
 
+TINY_DARTS = ["space.C=4", "space.layers=5", *TINY_DATA32, *TINY_NB201[3:]]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("script, overrides, retrain", [
-    ("tse_darts_table1", TINY_NB201, ""), ("sp_darts_table1", TINY_NB201, ""), ("ss_darts_table2", TINY_NB201, ""),
-    ("tse_darts_table4", ["space.C=4", *TINY_NB201[2:]], ""),
-    ("darts_pt_table", [*TINY_NB201, "selector.proj_intv=1", "selector.max_valid_batches=1"], ""),
-    ("amended_darts_table1", ["space.C=4", "space.layers=5", *TINY_DATA32, *TINY_NB201[3:]], TINY_RETRAIN),
-    ("ss_darts_table4", ["space.C=4", "space.layers=5", *TINY_DATA32, *TINY_NB201[3:]], TINY_RETRAIN)])
-def test_table_scripts_run_end_to_end_and_report_every_row(tmp_path, script, overrides, retrain):
+@pytest.mark.parametrize("script, overrides, retrain, retrains", [
+    ("tse_darts_table1", TINY_NB201, "", 0), ("sp_darts_table1", TINY_NB201, "", 0),
+    ("ss_darts_table2", TINY_NB201, "", 0), ("tse_darts_table4", ["space.C=4", *TINY_NB201[2:]], "", 0),
+    ("darts_pt_table", [*TINY_NB201, "selector.proj_intv=1", "selector.max_valid_batches=1"], "", 0),
+    ("amended_darts_table1", TINY_DARTS, TINY_RETRAIN, 6),  # seeds 0-2 of S1 and S2
+    ("ss_darts_table4", TINY_DARTS, TINY_RETRAIN, 5 * 4),  # 5 repeats × 4 genotypes
+    ("tse_darts_table2", ["space.C=4", *TINY_DATA32, *TINY_NB201[3:]], TINY_RETRAIN, 8 + 4 * 2 * 3),  # SEEDS=0,1
+    ("darts_pt_table3", [*TINY_DARTS[:2], *TINY_DATA32[1:], *TINY_NB201[3:], "selector.proj_intv=1",
+                         "selector.max_valid_batches=1"], TINY_RETRAIN, 3),  # S2 × synthetic: argmax, PT, fix α
+    ("sp_darts_table5", [*TINY_DARTS[:2], *TINY_DATA32[1:], *TINY_NB201[3:]], TINY_RETRAIN, 1)])  # the pick of 4 × 2
+def test_table_scripts_run_end_to_end_and_report_every_row(tmp_path, script, overrides, retrain, retrains):
     """Each table script with a paper table file runs its sweeps on tiny settings (synthetic data, one epoch,
-    C=4), retrains what it searched where the paper reports retrained networks, and its report has every row and
-    column of the paper's table beside ours, with a value of ours in each retrained row."""
+    C=4), retrains what it searched where the paper reports retrained networks (the protocol's number of retrains,
+    each finished), and its report has every row and column of the paper's table beside ours, with a value of ours
+    in each row our runs can match (a method nasrun has, on the dataset the test ran)."""
     import csv
 
     from nasrun.report import read_paper
 
     env = {**os.environ, "OUT": str(tmp_path / "out"), "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1",
-           "RETRAIN": retrain, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+           "RETRAIN": retrain, "SEEDS": "0,1", "SPACES": "darts_s2", "DATASETS": "synthetic",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     proc = subprocess.run(["bash", str(ROOT / "scripts" / "tables" / f"{script}.sh"), *overrides], capture_output=True,
                           text=True, env=env, timeout=1200, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     ref = read_paper(ROOT / "scripts" / "tables" / "ref" / f"{script}.yaml")
-    rows = list(csv.DictReader(open(tmp_path / "out" / "report_paper.csv")))
+    written = list((tmp_path / "out").rglob("report_paper.csv"))
+    assert len(written) == 1
+    rows = list(csv.DictReader(open(written[0])))
     assert [(r["row"], r["column"]) for r in rows] == [(r["row"], c) for r in ref["rows"] for c in r["values"]]
-    assert "paper beside ours" in (tmp_path / "out" / "report.md").read_text()
-    if retrain:
-        assert all(r["ours n"] not in ("", "0") for r in rows), rows
+    assert "paper beside ours" in (written[0].parent / "report.md").read_text()
+    evals = [json.loads(p.read_text()) for p in (tmp_path / "out").rglob("summary.json")
+             if (p.parent / "config.yaml").read_text().count("task_name: eval")]
+    assert len(evals) == retrains and all(e["test_error"] is not None for e in evals)
+    methods = {p.stem for p in (ROOT / "src" / "nasrun" / "conf" / "method").glob("*.yaml")}
+    ran = [r for r, row in zip(rows, (row for row in ref["rows"] for _ in row["values"]))
+           if row["match"].get("method.name") in methods and row["match"].get("dataset.name") in (None, "synthetic")]
+    if retrains:  # TSE-DrNAS, TSE-PDARTS: no method; [PT] Table 3, [SP] Table V: rows name real datasets
+        assert all(r["ours n"] not in ("", "0") for r in ran), rows

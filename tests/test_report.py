@@ -306,7 +306,7 @@ def test_paper_table_files_parse_and_name_our_columns(name):
 
     ref = read_paper(Path(__file__).parent.parent / "scripts" / "tables" / "ref" / f"{name}.yaml")
     known = {"method.name", "dataset.name", "space.name", "selector.name", "stop.name", "stop.criterion", "stop.k",
-             "task_name", "search.selection"}
+             "task_name", "search.selection", "search.space.layers", "retrain.name"}
     assert ref["rows"] and all(set(r["match"]) <= known for r in ref["rows"])
 
 
@@ -339,6 +339,8 @@ def test_a_retrain_is_matched_by_its_searchs_keys_and_best_of_n_takes_the_best(t
     config = load_run(tmp_path / "retrain" / "2")["config"]
     assert config["method.name"] == "darts" and config["trainer.epochs"] == 50
     assert config["seed"] == 0 and config["task_name"] == "eval" and config["trainer.device"] == "cpu"
+    assert config["search.trainer.epochs"] == 50 and config["search.task_name"] == "search" and "search.seed" not in config
+    assert config["search.selection"] is None and "search.selection" not in load_run(tmp_path / "retrain" / "0")["config"]
     ref = tmp_path / "ref.yaml"
     ref.write_text(yaml.safe_dump({"rows": [
         {"row": "AMD", "match": {"method.name": "amended_darts", "task_name": "eval"},

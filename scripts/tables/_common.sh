@@ -7,6 +7,7 @@
 # log in $OUT/table.log): it survives a logout, and `nasrun report $OUT` shows what has finished at any time;
 # rerunning the script skips finished jobs. Overrides are plain `key=value`, also for keys that only the swept
 # presets have (e.g. `scripts/tables/darts_pt_table.sh selector.proj_intv=1`: nasrun passes them on as ++key=value).
+# RETRAIN="key=value ..." gives overrides to the retrain steps alone (retrain, retrain_best, retrain_picked below).
 LAUNCH=()
 SEARCH=()
 read -r -a RETRAIN_ARGS <<< "${RETRAIN:-}"  # RETRAIN="key=value ...": extra overrides of the retrain step alone
@@ -48,11 +49,29 @@ fi
 # and seeds given as overrides (e.g. retrain=robust_small seed=0), one sweep per space and dataset under OUT_DIR.
 # space=S among the overrides retrains only the searches of S; dataset=D retrains them on D instead (e.g. ImageNet);
 # RETRAIN="..." adds overrides of your own; EACH_GENOTYPE=N retrains each of the N genotypes a search writes to its
-# genotypes/ (SS-DARTS: 4) instead of its genotype.json. `nasrun report` matches each retrain to its search's method and space,
-# so the paper's rows compare test error and params after retraining. Under DRY=1: one planned retrain per search.
+# genotypes/ (SS-DARTS: 4) instead of its genotype.json. `nasrun report` matches each retrain to its search's method
+# and space, so the paper's rows compare test error and params after retraining. DRY=1: one planned retrain per search.
 retrain() {
-    local search=$1 out=$2 found=0 lines key runs space="" dataset="" arg
-    shift 2
+    _retrain_step --searched "$@"
+}
+
+# retrain_best RETRAIN_DIR OUT_DIR [eval overrides]: the DARTS protocol's second round. Per search setting (the
+# retrains under RETRAIN_DIR that differ only in seed and genotype), the genotype whose retrain has the lowest test
+# error is retrained again with the overrides' protocol and seeds (e.g. seed=1,2,3).
+retrain_best() {
+    _retrain_step --best "$@"
+}
+
+# retrain_picked SEARCH_DIR OUT_DIR [eval overrides] with PICK_BY=COLUMN POOL="key ...": per search setting, pooling
+# the POOL keys (and the seed), the search with the highest report column COLUMN is retrained ([SP] Table V: the best
+# of four t_sp by `supernet monitor`).
+retrain_picked() {
+    _retrain_step --picked "$@"
+}
+
+_retrain_step() {
+    local list=$1 search=$2 out=$3 found=0 lines key runs space="" dataset="" arg
+    shift 3
     local args=()
     for arg in "$@"; do
         case "$arg" in
@@ -62,11 +81,16 @@ retrain() {
         esac
     done
     if [ -n "${DRY:-}" ]; then
-        "$NASRUN_PY" -m nasrun.plan --retrain "$search" nasrun eval -m mode=retrain "$@" "${RETRAIN_ARGS[@]}" \
+        local planned=--retrain
+        [ "$list" = --best ] && planned=--retrain-best
+        [ "$list" = --picked ] && planned=--retrain-picked
+        "$NASRUN_PY" -m nasrun.plan $planned "$search" nasrun eval -m mode=retrain "$@" "${RETRAIN_ARGS[@]}" \
             hydra.sweep.dir="$out" "${LAUNCH[@]}" || STATUS=1
         return 0
     fi
-    lines=$("$NASRUN_PY" -m nasrun.plan --searched "$search" ${EACH_GENOTYPE:+--each}) || { STATUS=1; return 0; }
+    local each=()
+    [ -n "${EACH_GENOTYPE:-}" ] && [ "$list" = --searched ] && each=(--each)
+    lines=$("$NASRUN_PY" -m nasrun.plan "$list" "$search" "${each[@]}") || { STATUS=1; return 0; }
     while IFS=$'\t' read -r key runs; do
         [ -n "$key" ] || continue
         [ -z "$space" ] || [ "${key%% *}" = "space=$space" ] || continue
@@ -77,7 +101,7 @@ retrain() {
             hydra.sweep.dir="$out/$(sed 's/space=//; s/ dataset=/-/' <<< "$key")" "${LAUNCH[@]}"
     done <<< "$lines"
     if [ "$found" = 0 ]; then
-        echo "no finished search${space:+ in space $space} under $search: nothing to retrain" >&2
+        echo "nothing to retrain under $search${space:+ in space $space}" >&2
         STATUS=1
     fi
     return 0

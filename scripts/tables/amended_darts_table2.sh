@@ -10,6 +10,15 @@ set -euo pipefail
 OUT=${OUT:-multirun/amended_darts_table2}
 SEARCHED=${SEARCHED:-multirun/amended_darts_table1/search}
 source "$(dirname "$0")/_common.sh" "$@"
+if [ ! -d "$SEARCHED" ]; then
+    if [ -z "${DRY:-}" ]; then
+        echo "amended_darts_table2.sh: $SEARCHED does not exist; run scripts/tables/amended_darts_table1.sh first" \
+            "(or set SEARCHED=its search folder)" >&2
+        exit 2
+    fi
+    echo "($SEARCHED does not exist yet: planned with table 1's three S2 searches)"
+    run nasrun search -m +experiment=amended_darts_s2 seed=0,1,2 hydra.sweep.dir="$SEARCHED" "${SEARCH[@]}"
+fi
 retrain "$SEARCHED" "$OUT/retrain" space=amended_deep dataset=imagenet retrain=imagenet_amended seed=0
 run nasrun report "$OUT" --paper "$(dirname "$0")/ref/amended_darts_table2.yaml"
 exit $STATUS

@@ -16,7 +16,9 @@ import sys
 # seconds per epoch on one H100 (README): the NB201 supernet (darts, eager, batch 64), NB-1Shot1 (batch 96);
 # the DARTS space and retraining have no measurement yet: rough guesses, marked as such in the output
 EPOCH_SECONDS = {"nb201": (105.0, True), "nb1shot1": (40.0, True), "darts": (300.0, False), "amended": (300.0, False),
-                 "retrain": (120.0, False)}
+                 "retrain": (120.0, False), "retrain_imagenet": (2400.0, False)}
+# ImageNet retraining: [AMD] §4.2 reports ≈24 V100-days for 250 epochs (≈8300 s per epoch on one V100); an H100 taken
+# as ≈3.5 V100s
 UNROLLED = 2.8  # darts_2nd over darts per epoch, measured on NB201 (293 s / 105 s)
 
 
@@ -40,7 +42,7 @@ def epoch_seconds(cfg, task):
     if "EPOCH_S" in os.environ:
         return float(os.environ["EPOCH_S"]), True
     if task == "eval":
-        return EPOCH_SECONDS["retrain"]
+        return EPOCH_SECONDS["retrain_imagenet" if cfg.retrain.imagenet else "retrain"]
     space = str(cfg.space.name)
     family = next((f for f in EPOCH_SECONDS if space.startswith(f)), "darts")
     seconds, measured = EPOCH_SECONDS[family]
@@ -73,9 +75,9 @@ def plan(argv, out=None):
             hours = epochs * seconds / 3600
             total += hours
             note = "" if measured else " (rough: not measured)"
-            if task == "search" and sweep_dir and os.environ.get("PLAN_SEARCHES"):  # for a later retrain step
-                with open(os.environ["PLAN_SEARCHES"], "a") as f:
-                    f.write(f"{sweep_dir}\tspace={cfg.space.name} dataset={cfg.dataset.name}\n")
+            if task == "search" and sweep_dir:  # for a later retrain step: its space, dataset and seedless group
+                group = " ".join(a for a in job if not a.startswith("seed="))
+                _record(sweep_dir, f"space={cfg.space.name} dataset={cfg.dataset.name}", group)
             print(f"  {' '.join(job)}: {epochs} epochs × {seconds:.0f} s ≈ {hours:.1f} GPU-h{note}", file=out)
     print(f"  ≈ {total:.1f} GPU-hours", file=out)
     if os.environ.get("PLAN_TOTAL"):
@@ -106,38 +108,111 @@ def searched(sweep_dir, out=None, each=False):
     return lines
 
 
-def plan_retrain(search_dir, argv, out=None, per_search=1):
+def _record(directory, key, group):
+    """One planned run in ``$PLAN_SEARCHES`` (when set): the sweep folder it goes to, ``space=S dataset=D``, and its
+    group (the overrides less the seed), so that a later step's plan counts what it would find there."""
+    if os.environ.get("PLAN_SEARCHES"):
+        with open(os.environ["PLAN_SEARCHES"], "a") as f:
+            f.write(f"{directory}\t{key}\t{group}\n")
+
+
+def _records(directory):
+    """The planned runs of ``directory`` or a folder inside it (see :func:`_record`), ``[(key, group)]``."""
+    path = os.environ.get("PLAN_SEARCHES")
+    if not path or not os.path.exists(path):
+        return []
+    with open(path) as f:
+        rows = [line.rstrip("\n").split("\t") for line in f]
+    inside = (directory.rstrip("/"), f"{directory.rstrip('/')}/")
+    return [tuple(r[1:3]) for r in rows if r[0] == inside[0] or r[0].startswith(inside[1])]
+
+
+def best_retrained(retrain_dir, out=None):
+    """``python -m nasrun.plan --best DIR``: per group of the finished retrains under ``DIR`` (runs that differ only
+    in seed and genotype: one search setting), the genotype of the one with the lowest test error, as lines like
+    :func:`searched`'s (the DARTS protocol's "retrain the best of four searches with more seeds")."""
+    from .report import find_runs, group_runs, load_run, run_values
+
+    runs = [r for r in map(load_run, find_runs([retrain_dir])) if r["summary"] is not None
+            and r["config"].get("task_name") == "eval" and "test error" in run_values(r)]
+    if not runs:
+        raise RuntimeError(f"no finished retrain under {retrain_dir}")
+    lines = {}
+    pool = [k for k in ("genotype", "search.selection") if any(k in r["config"] for r in runs)]
+    for _, members in group_runs(runs, pool=pool):
+        best = min(members, key=lambda r: run_values(r)["test error"])
+        c = best["config"]
+        lines.setdefault(f"space={c['space.name']} dataset={c['dataset.name']}", []).append(str(c["genotype"]))
+    text = [f"{key}\t{','.join(g)}" for key, g in sorted(lines.items())]
+    for line in text:
+        print(line, file=out or sys.stdout)
+    return text
+
+
+def picked_searches(search_dir, column, pool=(), out=None):
+    """``python -m nasrun.plan --picked DIR`` (``PICK_BY=column``, ``POOL="key ..."``): per group of the finished
+    searches under ``DIR`` (runs that differ only in seed and the ``pool`` keys, e.g. SP-DARTS's ``method.t_sp``), the
+    one with the highest ``column`` (e.g. ``supernet monitor``), as lines like :func:`searched`'s: the paper's "pick
+    the final net" before retraining it."""
+    from pathlib import Path
+
+    from .report import find_runs, group_runs, load_run, run_values
+
+    runs = [r for r in map(load_run, find_runs([search_dir])) if r["summary"] is not None
+            and r["config"].get("task_name") == "search" and (Path(r["dir"]) / "genotype.json").is_file()]
+    if not any(column in run_values(r) for r in runs):
+        raise RuntimeError(f"no finished search under {search_dir} has the column {column!r}")
+    lines = {}
+    for _, members in group_runs(runs, pool=[k for k in pool if any(k in r["config"] for r in runs)]):
+        best = max(members, key=lambda r: run_values(r).get(column, float("-inf")))
+        c = best["config"]
+        lines.setdefault(f"space={c['space.name']} dataset={c['dataset.name']}", []).append(
+            str(Path(best["dir"]).resolve()))
+    text = [f"{key}\t{','.join(g)}" for key, g in sorted(lines.items())]
+    for line in text:
+        print(line, file=out or sys.stdout)
+    return text
+
+
+def plan_retrain(search_dir, argv, out=None, per_search=1, best=False, pool=()):
     """The plan of a table's retrain step (``DRY=1``): one retrain per search the plan of ``search_dir`` listed (in
     ``$PLAN_SEARCHES``), in its space and dataset, with the overrides of ``argv`` (``nasrun eval -m ...``; a
     ``space=`` among them keeps that space's searches alone, a ``dataset=`` replaces theirs); ``per_search``
-    genotypes of each search (``EACH_GENOTYPE=N`` in a table script)."""
+    genotypes of each search (``EACH_GENOTYPE=N`` in a table script). ``best``: one genotype per group (the best
+    one's): ``search_dir`` is an earlier retrain step's folder, or a search folder whose groups pool the ``pool`` keys
+    (``retrain_picked``)."""
     out = out or sys.stdout
-    records = []
-    if os.environ.get("PLAN_SEARCHES") and os.path.exists(os.environ["PLAN_SEARCHES"]):
-        with open(os.environ["PLAN_SEARCHES"]) as f:
-            records = [line.rstrip("\n").split("\t") for line in f if line.startswith(f"{search_dir}\t")]
-    if not records and os.path.isdir(search_dir):  # searches run earlier (another table's): the finished ones
+    records = _records(search_dir)
+    if not records and os.path.isdir(search_dir) and not best:  # searches run earlier (another table's)
         import io
 
         try:
-            records = [(search_dir, line.split("\t")[0]) for line in searched(search_dir, io.StringIO())
+            records = [(line.split("\t")[0], "") for line in searched(search_dir, io.StringIO())
                        for _ in line.split("\t")[1].split(",")]
         except Exception:  # noqa: BLE001 - nothing finished there yet
             records = []
     if not records:
-        print(f"would retrain the finished searches under {search_dir}: {' '.join(argv)}", file=out)
+        what = "best retrain of each group" if best else "finished searches"
+        print(f"would retrain the {what} under {search_dir}: {' '.join(argv)}", file=out)
         return 0.0
     only = next((a.split("=", 1)[1] for a in argv if a.startswith("space=")), None)
-    other_data = any(a.startswith("dataset=") for a in argv)
+    other_data = next((a for a in argv if a.startswith("dataset=")), None)
+    target = next((a.split("=", 1)[1] for a in argv if a.startswith("hydra.sweep.dir=")), None)
     rest = [a for a in argv[3:] if not a.startswith("space=")]
     groups = {}
-    for _, key in records:
+    if pool:  # the pooled keys do not make groups
+        records = [(key, " ".join(a for a in group.split() if not a.startswith(tuple(f"{k}=" for k in pool))))
+                   for key, group in records]
+    for key, group in (dict.fromkeys(records) if best else records):
         space, dataset = key.split()
         if only is None or space == f"space={only}":
-            groups.setdefault(space if other_data else key, []).extend([1] * per_search)
+            for _ in range(1 if best else per_search):
+                groups.setdefault(space if other_data else key, []).append(group)
     total = 0.0
-    for key, n in groups.items():
-        placeholders = ",".join(f"{search_dir}/search{i}" for i in range(len(n)))
+    for key, members in groups.items():
+        placeholders = ",".join(f"{search_dir}/{'best' if best else 'search'}{i}" for i in range(len(members)))
+        for group in members:
+            _record(target, f"{key.split()[0]} {other_data or key.split()[1]}", group)
         total += plan([*argv[:3], *key.split(), f"genotype={placeholders}", *rest], out)
     return total
 
@@ -146,9 +221,14 @@ if __name__ == "__main__":
     try:
         if sys.argv[1:2] == ["--searched"]:
             searched(sys.argv[2], each="--each" in sys.argv[3:])
-        elif sys.argv[1:2] == ["--retrain"]:
+        elif sys.argv[1:2] == ["--best"]:
+            best_retrained(sys.argv[2])
+        elif sys.argv[1:2] == ["--picked"]:
+            picked_searches(sys.argv[2], os.environ["PICK_BY"], os.environ.get("POOL", "").split())
+        elif sys.argv[1] in ("--retrain", "--retrain-best", "--retrain-picked"):
             per = int(os.environ.get("EACH_GENOTYPE") or 1)
-            plan_retrain(sys.argv[2], sys.argv[3:], per_search=per)
+            pool = os.environ.get("POOL", "").split() if sys.argv[1] == "--retrain-picked" else ()
+            plan_retrain(sys.argv[2], sys.argv[3:], per_search=per, best=sys.argv[1] != "--retrain", pool=pool)
         else:
             plan(sys.argv[1:])
     except Exception as exc:  # noqa: BLE001 - a composition error is the user's: one line

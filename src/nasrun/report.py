@@ -59,10 +59,12 @@ def load_run(path):
     config = _flat(OmegaConf.to_container(read_yaml(path / "config.yaml", "leave that folder out of the report"),
                                           resolve=False))
     origin = search_of(config.get("genotype"))
-    if origin is not None:  # a retrain of a searched genotype: the search's keys it lacks (method.*, trainer.epochs)
+    if origin is not None:  # a retrain of a searched genotype: the search's keys it lacks (method.*, trainer.epochs),
         searched = _flat(OmegaConf.to_container(read_yaml(origin / "config.yaml", "leave that folder out"),
                                                 resolve=False))
-        config = {**{k: v for k, v in searched.items() if k != "seed"}, **config}
+        # and all of the search's settings as search.<key>: a retrain's own space.* do not tell DARTS-20's from DARTS's
+        config = {**{k: v for k, v in searched.items() if k != "seed"}, **config,
+                  **{f"search.{k}": v for k, v in searched.items() if not k.startswith(IGNORED)}}
         picked = Path(config["genotype"]).expanduser()
         if picked.suffix == ".json":  # which of the search's selections: its selector label, less "@epoch"
             label = str(read_json(picked, "leave that run out").get("selector") or "")
@@ -149,9 +151,18 @@ def group_runs(runs, pool=()):
     groups = {}
     for r in runs:
         groups.setdefault(tuple(repr(r["config"].get(k)) for k in varying), []).append(r)
-    # label with the ``*.name`` keys when they tell the groups apart, else with every key that differs
-    names = [k for k in varying if k.endswith(".name")]
-    shown = names if len({tuple(key[varying.index(k)] for k in names) for key in groups}) == len(groups) else varying
+    # label with the ``*.name`` keys, and then as few other differing keys as tell the groups apart (a retrain's
+    # search.* copies after its own keys, the genotype path last)
+    def distinct(keys):
+        return len({tuple(key[varying.index(k)] for k in keys) for key in groups})
+
+    names = [k for k in varying if k.endswith(".name") and not k.startswith("search.")]
+    shown = names
+    for k in sorted(set(varying) - set(names), key=lambda k: (k == "genotype", k.startswith("search."), k)):
+        if distinct(shown) == len(groups):
+            break
+        if distinct([*shown, k]) > distinct(shown):
+            shown = [*shown, k]
     out = []
     for key, members in groups.items():
         values = dict(zip(varying, key))
