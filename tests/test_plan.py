@@ -136,7 +136,9 @@ TINY_DARTS = ["space.C=4", "space.layers=5", *TINY_DATA32, *TINY_NB201[3:]]
     ("tse_darts_table2", ["space.C=4", *TINY_DATA32, *TINY_NB201[3:]], TINY_RETRAIN, 8 + 4 * 2 * 3),  # SEEDS=0,1
     ("darts_pt_table3", [*TINY_DARTS[:2], *TINY_DATA32[1:], *TINY_NB201[3:], "selector.proj_intv=1",
                          "selector.max_valid_batches=1"], TINY_RETRAIN, 3),  # S2 × synthetic: argmax, PT, fix α
-    ("sp_darts_table5", [*TINY_DARTS[:2], *TINY_DATA32[1:], *TINY_NB201[3:]], TINY_RETRAIN, 1)])  # the pick of 4 × 2
+    ("sp_darts_table5", [*TINY_DARTS[:2], *TINY_DATA32[1:], *TINY_NB201[3:]], TINY_RETRAIN, 1),  # the pick of 4 × 2
+    ("tse_darts_table3", [*TINY_NB201[:2], *TINY_NB201[3:]], "", 0),  # DATASETS=synthetic
+    ("ss_darts_table3", TINY_NB201, "", 0)])  # LRS=0.003
 def test_table_scripts_run_end_to_end_and_report_every_row(tmp_path, script, overrides, retrain, retrains):
     """Each table script with a paper table file runs its sweeps on tiny settings (synthetic data, one epoch,
     C=4), retrains what it searched where the paper reports retrained networks (the protocol's number of retrains,
@@ -147,7 +149,7 @@ def test_table_scripts_run_end_to_end_and_report_every_row(tmp_path, script, ove
     from nasrun.report import read_paper
 
     env = {**os.environ, "OUT": str(tmp_path / "out"), "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1",
-           "RETRAIN": retrain, "SEEDS": "0,1", "SPACES": "darts_s2", "DATASETS": "synthetic",
+           "RETRAIN": retrain, "SEEDS": "0,1", "SPACES": "darts_s2", "DATASETS": "synthetic", "LRS": "0.003",
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     proc = subprocess.run(["bash", str(ROOT / "scripts" / "tables" / f"{script}.sh"), *overrides], capture_output=True,
                           text=True, env=env, timeout=1200, cwd=tmp_path)

@@ -306,7 +306,7 @@ def test_paper_table_files_parse_and_name_our_columns(name):
 
     ref = read_paper(Path(__file__).parent.parent / "scripts" / "tables" / "ref" / f"{name}.yaml")
     known = {"method.name", "dataset.name", "space.name", "selector.name", "stop.name", "stop.criterion", "stop.k",
-             "task_name", "search.selection", "search.space.layers", "retrain.name"}
+             "task_name", "search.selection", "search.space.layers", "retrain.name", "method.w_lr"}
     assert ref["rows"] and all(set(r["match"]) <= known for r in ref["rows"])
 
 
@@ -341,6 +341,12 @@ def test_a_retrain_is_matched_by_its_searchs_keys_and_best_of_n_takes_the_best(t
     assert config["seed"] == 0 and config["task_name"] == "eval" and config["trainer.device"] == "cpu"
     assert config["search.trainer.epochs"] == 50 and config["search.task_name"] == "search" and "search.seed" not in config
     assert config["search.selection"] is None and "search.selection" not in load_run(tmp_path / "retrain" / "0")["config"]
+    replay = tmp_path / "select" / "0"  # nasrun select on a search: the search's settings and seed, its own selector
+    replay.mkdir(parents=True)
+    (replay / "config.yaml").write_text(yaml.safe_dump({"task_name": "select", "run": str(searches[2]),
+                                                        "selector": {"name": "argmax"}}))
+    config = load_run(replay)["config"]
+    assert config["method.name"] == "darts" and config["seed"] == 12 and config["selector.name"] == "argmax"
     ref = tmp_path / "ref.yaml"
     ref.write_text(yaml.safe_dump({"rows": [
         {"row": "AMD", "match": {"method.name": "amended_darts", "task_name": "eval"},

@@ -58,14 +58,17 @@ def load_run(path):
     path = Path(path)
     config = _flat(OmegaConf.to_container(read_yaml(path / "config.yaml", "leave that folder out of the report"),
                                           resolve=False))
-    origin = search_of(config.get("genotype"))
-    if origin is not None:  # a retrain of a searched genotype: the search's keys it lacks (method.*, trainer.epochs),
+    origin = search_of(config.get("genotype") if config.get("task_name") != "select" else config.get("run"))
+    if origin is not None:  # a retrain of a searched genotype, or a selection replayed on a search (nasrun select):
+        # the search's keys it lacks (method.*, trainer.epochs),
         searched = _flat(OmegaConf.to_container(read_yaml(origin / "config.yaml", "leave that folder out"),
                                                 resolve=False))
         # and all of the search's settings as search.<key>: a retrain's own space.* do not tell DARTS-20's from DARTS's
         config = {**{k: v for k, v in searched.items() if k != "seed"}, **config,
                   **{f"search.{k}": v for k, v in searched.items() if not k.startswith(IGNORED)}}
-        picked = Path(config["genotype"]).expanduser()
+        if config.get("task_name") == "select" and "seed" in searched:  # a replay is its search's seed
+            config["seed"] = searched["seed"]
+        picked = Path(str(config.get("genotype", ""))).expanduser()
         if picked.suffix == ".json":  # which of the search's selections: its selector label, less "@epoch"
             label = str(read_json(picked, "leave that run out").get("selector") or "")
             config["search.selection"] = label.split("@")[0] or None
