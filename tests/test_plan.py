@@ -126,11 +126,17 @@ TINY_RETRAIN = " ".join(["retrain.C=4", "retrain.layers=5", "retrain.epochs=1", 
 TINY_DARTS = ["space.C=4", "space.layers=5", *TINY_DATA32, *TINY_NB201[3:]]
 
 
+PART = {"darts_pt_table3": {"SPACES": "darts_s2", "DATASETS": "synthetic"},  # what of a big table the tiny run runs
+        "sp_darts_table5": {"SPACES": "darts_s2", "DATASETS": "synthetic"}, "tse_darts_table3": {"DATASETS": "synthetic"},
+        "ss_darts_table3": {"LRS": "0.003"}, "darts_pt_table4": {"SEEDS": "0"}}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("script, overrides, retrain, retrains", [
     ("tse_darts_table1", TINY_NB201, "", 0), ("sp_darts_table1", TINY_NB201, "", 0),
     ("ss_darts_table2", TINY_NB201, "", 0), ("tse_darts_table4", ["space.C=4", *TINY_NB201[2:]], "", 0),
-    ("darts_pt_table", [*TINY_NB201, "selector.proj_intv=1", "selector.max_valid_batches=1"], "", 0),
+    ("darts_pt_table4", [*TINY_NB201, "selector.proj_intv=1", "selector.max_valid_batches=1"], "", 0),  # NB201
+    ("darts_pt_table4", [*TINY_DARTS, "selector.proj_intv=1", "selector.max_valid_batches=1"], TINY_RETRAIN, 3),
     ("amended_darts_table1", TINY_DARTS, TINY_RETRAIN, 6),  # seeds 0-2 of S1 and S2
     ("ss_darts_table4", TINY_DARTS, TINY_RETRAIN, 5 * 4),  # 5 repeats × 4 genotypes
     ("tse_darts_table2", ["space.C=4", *TINY_DATA32, *TINY_NB201[3:]], TINY_RETRAIN, 8 + 4 * 2 * 3),  # SEEDS=0,1
@@ -146,11 +152,13 @@ def test_table_scripts_run_end_to_end_and_report_every_row(tmp_path, script, ove
     in each row our runs can match (a method nasrun has, on the dataset the test ran)."""
     import csv
 
-    from nasrun.report import read_paper
+    from nasrun.report import find_runs, load_run, read_paper
 
     env = {**os.environ, "OUT": str(tmp_path / "out"), "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1",
-           "RETRAIN": retrain, "SEEDS": "0,1", "SPACES": "darts_s2", "DATASETS": "synthetic", "LRS": "0.003",
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+           "RETRAIN": retrain, "SEEDS": "0,1", "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           **PART.get(script, {})}
+    if script == "darts_pt_table4":  # one row per case: NB201 (no retrains) or the DARTS space (retrained)
+        env["SPACES"] = "darts" if retrain else "nb201"
     proc = subprocess.run(["bash", str(ROOT / "scripts" / "tables" / f"{script}.sh"), *overrides], capture_output=True,
                           text=True, env=env, timeout=1200, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -164,7 +172,29 @@ def test_table_scripts_run_end_to_end_and_report_every_row(tmp_path, script, ove
              if (p.parent / "config.yaml").read_text().count("task_name: eval")]
     assert len(evals) == retrains and all(e["test_error"] is not None for e in evals)
     methods = {p.stem for p in (ROOT / "src" / "nasrun" / "conf" / "method").glob("*.yaml")}
+    spaces = {run["config"].get("space.name") for run in map(load_run, find_runs([tmp_path / "out"]))}
     ran = [r for r, row in zip(rows, (row for row in ref["rows"] for _ in row["values"]))
-           if row["match"].get("method.name") in methods and row["match"].get("dataset.name") in (None, "synthetic")]
+           if row["match"].get("method.name") in methods and row["match"].get("dataset.name") in (None, "synthetic")
+           and row["match"].get("space.name") in (None, *spaces)]
     if retrains:  # TSE-DrNAS, TSE-PDARTS: no method; [PT] Table 3, [SP] Table V: rows name real datasets
         assert all(r["ours n"] not in ("", "0") for r in ran), rows
+
+
+@pytest.mark.slow
+def test_the_figure_script_draws_each_figure_from_runs_with_the_hessian_on(tmp_path):
+    """[TSE] Figures: each figure's searches run with the Hessian eigenvalue logged, and each folder gets its comparison
+    figure (and the cells); the DARTS-space figures from Table 2's searches say how to get them when those are absent."""
+    env = {**os.environ, "OUT": str(tmp_path / "out"), "T2": str(tmp_path / "no_table2"), "SEEDS": "0",
+           "HESSIAN_EVERY": "1", "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "tables" / "tse_darts_figures.sh"), "space.C=4",
+                           *TINY_DATA32, *TINY_NB201[3:]], capture_output=True, text=True, env=env, timeout=1200,
+                          cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "run scripts/tables/tse_darts_table2.sh first" in proc.stdout
+    for fig in ("fig5_nb201", "fig2_nb101_3", "fig3a_s2"):
+        plots = tmp_path / "out" / fig / "plots"
+        assert (plots / "all_groups.png").stat().st_size > 0 and len(list(plots.glob("*_cell.png"))) == 2
+        records = [json.loads(line) for p in (tmp_path / "out" / fig).rglob("metrics.jsonl")
+                   for line in p.read_text().splitlines()]
+        assert len(records) == 2 and all(r.get("hessian_eigenvalue") is not None for r in records)

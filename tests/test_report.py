@@ -347,12 +347,25 @@ def test_a_retrain_is_matched_by_its_searchs_keys_and_best_of_n_takes_the_best(t
                                                         "selector": {"name": "argmax"}}))
     config = load_run(replay)["config"]
     assert config["method.name"] == "darts" and config["seed"] == 12 and config["selector.name"] == "argmax"
+    (replay / "genotype.json").write_text(json.dumps({"genotype": "x", "selector": "argmax"}))
+    retrained = tmp_path / "retrain_of_replay"  # a retrain of a replay: the replay's selector, the search's method
+    retrained.mkdir()
+    (retrained / "config.yaml").write_text(yaml.safe_dump({"task_name": "eval", "seed": 0, "genotype": str(replay)}))
+    config = load_run(retrained)["config"]
+    assert config["method.name"] == "darts" and config["selector.name"] == "argmax" and config["seed"] == 0
+    assert config["search.method.name"] == "darts" and not any(k.startswith("search.search.") for k in config)
     ref = tmp_path / "ref.yaml"
     ref.write_text(yaml.safe_dump({"rows": [
         {"row": "AMD", "match": {"method.name": "amended_darts", "task_name": "eval"},
          "values": {"test error": [2.6, 0.1], "test error (best)": [2.5, None], "params M": [3.5, None]}},
         {"row": "DARTS", "match": {"method.name": "darts", "task_name": "eval"}, "values": {"test error": [3.0, 0.1]}}]}))
     _, result = compare_paper([tmp_path / "retrain"], ref, tmp_path / "out")
+    per_row = tmp_path / "per_row.yaml"  # error_of on one row alone: 100 − ours there, ours as it is elsewhere
+    per_row.write_text(yaml.safe_dump({"rows": [
+        {"row": "a", "match": {"method.name": "darts"}, "error_of": True, "values": {"params M": [0.0, None]}},
+        {"row": "b", "match": {"method.name": "darts"}, "values": {"params M": [0.0, None]}}]}))
+    _, (a, b) = compare_paper([tmp_path / "retrain"], per_row, tmp_path / "per_row")
+    assert a["ours"] == pytest.approx((95.0, 0.0, 1)) and b["ours"] == pytest.approx((5.0, 0.0, 1))
     mean, best, params, darts = (next(r for r in result if (r["row"], r["column"]) == key) for key in (
         ("AMD", "test error"), ("AMD", "test error (best)"), ("AMD", "params M"), ("DARTS", "test error")))
     assert mean["ours"] == pytest.approx((2.75, 0.25, 2)) and best["ours"] == (2.5, None, 2) and best["diff"] == 0.0

@@ -6,7 +6,7 @@
 # report still run, and the script exits 1 at the end. DETACH=1 runs the whole script in the background (nohup,
 # log in $OUT/table.log): it survives a logout, and `nasrun report $OUT` shows what has finished at any time;
 # rerunning the script skips finished jobs. Overrides are plain `key=value`, also for keys that only the swept
-# presets have (e.g. `scripts/tables/darts_pt_table.sh selector.proj_intv=1`: nasrun passes them on as ++key=value).
+# presets have (e.g. `scripts/tables/darts_pt_table4.sh selector.proj_intv=1`: nasrun passes them on as ++key=value).
 # RETRAIN="key=value ..." gives overrides to the retrain steps alone (retrain, retrain_best, retrain_picked below).
 LAUNCH=()
 SEARCH=()

@@ -87,8 +87,8 @@ def plan(argv, out=None):
 
 
 def searched(sweep_dir, out=None, each=False):
-    """``python -m nasrun.plan --searched DIR [--each]``: the finished searches under ``DIR`` a table retrains, one line
-    per space and dataset, ``space=S dataset=D<TAB>RUN,RUN,...`` (absolute run directories, each with its
+    """``python -m nasrun.plan --searched DIR [--each]``: the finished searches (and ``nasrun select`` replays) under
+    ``DIR`` a table retrains, one line per space and dataset, ``space=S dataset=D<TAB>RUN,RUN,...`` (absolute run directories, each with its
     genotype.json; with ``each``, every file of a run's ``genotypes/`` instead, e.g. SS-DARTS's four); returns the
     lines."""
     from pathlib import Path
@@ -98,7 +98,8 @@ def searched(sweep_dir, out=None, each=False):
     groups = {}
     for run in map(load_run, find_runs([sweep_dir])):
         c = run["config"]
-        if run["summary"] is not None and c.get("task_name") == "search" and (Path(run["dir"]) / "genotype.json").is_file():
+        if run["summary"] is not None and c.get("task_name") in ("search", "select") \
+                and (Path(run["dir"]) / "genotype.json").is_file():
             key = f"space={c['space.name']} dataset={c['dataset.name']}"
             several = sorted((Path(run["dir"]) / "genotypes").glob("*.json")) if each else []
             groups.setdefault(key, []).extend(str(p.resolve()) for p in several or [Path(run["dir"])])

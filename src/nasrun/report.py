@@ -61,11 +61,11 @@ def load_run(path):
     origin = search_of(config.get("genotype") if config.get("task_name") != "select" else config.get("run"))
     if origin is not None:  # a retrain of a searched genotype, or a selection replayed on a search (nasrun select):
         # the search's keys it lacks (method.*, trainer.epochs),
-        searched = _flat(OmegaConf.to_container(read_yaml(origin / "config.yaml", "leave that folder out"),
-                                                resolve=False))
+        searched = load_run(origin)["config"]  # a select run's own config holds its search's settings in turn
         # and all of the search's settings as search.<key>: a retrain's own space.* do not tell DARTS-20's from DARTS's
         config = {**{k: v for k, v in searched.items() if k != "seed"}, **config,
-                  **{f"search.{k}": v for k, v in searched.items() if not k.startswith(IGNORED)}}
+                  **{k if k.startswith("search.") else f"search.{k}": v for k, v in searched.items()
+                     if not k.startswith(IGNORED)}}
         if config.get("task_name") == "select" and "seed" in searched:  # a replay is its search's seed
             config["seed"] = searched["seed"]
         picked = Path(str(config.get("genotype", ""))).expanduser()
@@ -484,7 +484,8 @@ def read_paper(path):
     """A paper's table as data (``scripts/tables/ref/<paper>_<table>.yaml``): ``paper``, ``table``, ``metric``,
     and ``rows``, each with ``row`` (its name in the paper), ``match`` (the config values of our runs that produce
     it, dotted keys) and ``values`` (our report column → the paper's ``[mean, std]``, std null where the paper gives
-    none); ``error_of: true`` where the paper prints 100 − the column (a test error against our accuracy). A column
+    none); ``error_of: true`` where the paper prints 100 − the column (a test error against our accuracy; in the file
+    for every row, or in a row for that row). A column
     named ``"<column> (best)"`` compares the best of our runs (lowest error, else highest accuracy) with the paper's
     best-of-N figure. Retrain runs (``nasrun eval`` of a search run's genotype) match on their search's keys too."""
     fix = "give a table file like scripts/tables/ref/sp_darts_table1.yaml"
@@ -522,10 +523,11 @@ def compare_paper(paths, ref_path, out=None):
         for column, (mean, std) in row["values"].items():
             base, best = (column[:-len(BEST)], True) if column.endswith(BEST) else (column, False)
             xs = np.array([v[base] for v in map(run_values, members) if base in v], dtype=float)
-            if ref.get("error_of"):  # the paper prints the error of an accuracy column: 100 − ours
+            error_of = row.get("error_of", ref.get("error_of"))
+            if error_of:  # the paper prints the error of an accuracy column: 100 − ours
                 xs = 100.0 - xs
             if best and len(xs):  # the paper's best of its runs: the lowest error, else the highest accuracy
-                lower = "error" in base or ref.get("error_of")
+                lower = "error" in base or error_of
                 ours = (float(xs.min() if lower else xs.max()), None, len(xs))
             else:
                 ours = (float(xs.mean()), float(xs.std()), len(xs)) if len(xs) else None
