@@ -109,27 +109,39 @@ def test_table_scripts_are_valid_bash_and_name_existing_presets():
 
 
 def test_sp_darts_table5_sweeps_four_temperatures_and_picks_by_the_monitor(tmp_path):
+    """One sweep per dataset (4 spaces × 4 t_sp each, every job a valid SP-DARTS config), then the picks' retrain step
+    (nothing finished here: it says so and the script exits 1), the picks' report and the paper's report."""
     import itertools
     import os
     import subprocess
+    import sys
 
     shim = tmp_path / "bin" / "nasrun"
     shim.parent.mkdir()
     shim.write_text('#!/usr/bin/env bash\nprintf "%s\\n" "$@" > "$LOG.$(ls "$LOG".* 2>/dev/null | wc -l)"\n')
     shim.chmod(0o755)
+    python = shim.parent / "python"  # the retrain step's helper (nasrun.plan) runs for real
+    python.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    python.chmod(0o755)
     script = Path(__file__).parents[1] / "scripts" / "tables" / "sp_darts_table5.sh"
     env = {**os.environ, "PATH": f"{shim.parent}:{os.environ['PATH']}", "LOG": str(tmp_path / "call"), "OUT": "o"}
-    assert subprocess.run(["bash", str(script)], env=env).returncode == 0
-    search, report = ((tmp_path / f"call.{i}").read_text().splitlines() for i in (0, 1))
-    assert search[:2] == ["search", "-m"] and report == ["report", "o", "--protocol", "best-of-n", "--pool",
-                                                         "method.t_sp", "--select-by", "supernet monitor"]
-    sweep = dict(a.split("=", 1) for a in search[2:] if not a.startswith("hydra."))
-    assert sweep["method.t_sp"].split(",") == ["4e-4", "5e-4", "6e-4", "7e-4"]
-    combos = list(itertools.product(*[[f"{k}={v}" for v in vals.split(",")] for k, vals in sweep.items()]))
-    assert len(combos) == 4 * 4 * 3
-    for combo in combos[::7]:
-        cfg = make_cfg(list(combo), tiny=False)
-        assert cfg.method.name == "sp_darts" and cfg.space.name.startswith("darts_s") and cfg.method.w_double_softmax
+    proc = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 1 and "o/search/c10 does not exist" in proc.stderr, proc.stderr
+    calls = [(tmp_path / f"call.{i}").read_text().splitlines() for i in range(5)]
+    assert not (tmp_path / "call.5").exists()
+    searches, (picks, paper) = calls[:3], calls[3:]
+    assert picks == ["report", "o/search", "--protocol", "best-of-n", "--pool", "method.t_sp", "--select-by",
+                     "supernet monitor", "-o", "o/picks"]
+    assert paper[:2] == ["report", "o/retrain"] and paper[2] == "--paper" and paper[3].endswith("sp_darts_table5.yaml")
+    for search, dataset in zip(searches, ("cifar10", "cifar100", "svhn")):
+        assert search[:2] == ["search", "-m"]
+        sweep = dict(a.split("=", 1) for a in search[2:] if not a.startswith("hydra."))
+        assert sweep["method.t_sp"].split(",") == ["4e-4", "5e-4", "6e-4", "7e-4"] and sweep["dataset"] == dataset
+        combos = list(itertools.product(*[[f"{k}={v}" for v in vals.split(",")] for k, vals in sweep.items()]))
+        assert len(combos) == 4 * 4
+        for combo in combos[::5]:
+            cfg = make_cfg(list(combo), tiny=False)
+            assert cfg.method.name == "sp_darts" and cfg.space.name.startswith("darts_s") and cfg.method.w_double_softmax
 
 
 def test_site_settings_apply_to_their_launcher_only(tmp_path):
@@ -157,11 +169,12 @@ def test_site_settings_apply_to_their_launcher_only(tmp_path):
 
 
 def test_table_scripts_pass_the_launcher_on_survive_failures_and_detach(tmp_path):
-    """ss_darts_table4.sh with a search sweep that fails after writing two genotypes: the retrains still run (as one
-    sweep, on the launcher given), the report still runs, and the script exits 1; DETACH=1 returns at once and the
-    same steps finish in the background."""
+    """ss_darts_table4.sh with a search sweep that fails after one of its two runs finished (two genotypes): the
+    finished run's genotypes are still retrained (as one sweep, on the launcher given, in its space and dataset), the
+    report still runs, and the script exits 1; DETACH=1 returns at once and the same steps finish in the background."""
     import os
     import subprocess
+    import sys
     import time
 
     shim = tmp_path / "bin" / "nasrun"
@@ -170,11 +183,19 @@ def test_table_scripts_pass_the_launcher_on_survive_failures_and_detach(tmp_path
 printf "%s\\\\n" "$@" > "$LOG.$(ls "$LOG".* 2>/dev/null | wc -l)"
 if [ "$1" = search ]; then
     for a in "$@"; do case "$a" in hydra.sweep.dir=*) d="${a#hydra.sweep.dir=}";; esac; done
-    mkdir -p "$d/0/genotypes" && touch "$d/0/genotypes/sep_conv_3x3.json" "$d/0/genotypes/dil_conv_5x5.json"
+    mkdir -p "$d/0/genotypes" "$d/1"
+    printf "task_name: search\\nspace:\\n  name: darts_7op\\ndataset:\\n  name: cifar10\\n" > "$d/0/config.yaml"
+    cp "$d/0/config.yaml" "$d/1/config.yaml"
+    echo '{"genotype": "x"}' > "$d/0/genotype.json"
+    echo '{}' > "$d/0/summary.json"
+    touch "$d/0/genotypes/sep_conv_3x3.json" "$d/0/genotypes/dil_conv_5x5.json" "$d/1/env.json"
     exit 1
 fi
 """)
     shim.chmod(0o755)
+    python = shim.parent / "python"  # the retrain step's helper (nasrun.plan) runs for real
+    python.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    python.chmod(0o755)
     script = Path(__file__).parents[1] / "scripts" / "tables" / "ss_darts_table4.sh"
     for detach in ("", "1"):
         out, log = tmp_path / f"out{detach}", tmp_path / f"call{detach}"
@@ -193,10 +214,10 @@ fi
         launch = {"hydra/launcher=slurm", "hydra.launcher.partition=gpu"}
         assert search[:2] == ["search", "-m"] and launch | {"seed=3"} <= set(search)
         assert retrain[:2] == ["eval", "-m"] and {"hydra/launcher=slurm", "hydra.launcher.partition=gpu"} <= set(retrain)
-        assert "seed=3" not in retrain  # search overrides stay with the searches
+        assert "seed=3" not in retrain and {"space=darts_7op", "dataset=cifar10", "retrain=darts"} <= set(retrain)
         genotypes = next(a for a in retrain if a.startswith("genotype=")).removeprefix("genotype=").split(",")
         assert sorted(Path(g).name for g in genotypes) == ["dil_conv_5x5.json", "sep_conv_3x3.json"]
-        assert report == ["report", f"{out}/retrain"]
+        assert report[:3] == ["report", str(out), "--paper"] and report[3].endswith("ss_darts_table4.yaml")
 
 
 def test_every_key_of_every_group_is_type_and_range_checked():
