@@ -86,11 +86,19 @@ def plan(argv, out=None):
     return total
 
 
+def _print_lines(groups, out=None):
+    """``{"space=S dataset=D": [run or genotype, ...]}`` as the lines the retrain step reads; returns them."""
+    lines = [f"{key}\t{','.join(items)}" for key, items in sorted(groups.items())]
+    for line in lines:
+        print(line, file=out or sys.stdout)
+    return lines
+
+
 def searched(sweep_dir, out=None, each=False):
     """``python -m nasrun.plan --searched DIR [--each]``: the finished searches (and ``nasrun select`` replays) under
-    ``DIR`` a table retrains, one line per space and dataset, ``space=S dataset=D<TAB>RUN,RUN,...`` (absolute run directories, each with its
-    genotype.json; with ``each``, every file of a run's ``genotypes/`` instead, e.g. SS-DARTS's four); returns the
-    lines."""
+    ``DIR`` a table retrains, one line per space and dataset, ``space=S dataset=D<TAB>RUN,RUN,...`` (absolute run
+    directories, each with its genotype.json; with ``each``, every file of a run's ``genotypes/`` instead, e.g.
+    SS-DARTS's four); returns the lines."""
     from pathlib import Path
 
     from .report import find_runs, load_run
@@ -103,10 +111,7 @@ def searched(sweep_dir, out=None, each=False):
             key = f"space={c['space.name']} dataset={c['dataset.name']}"
             several = sorted((Path(run["dir"]) / "genotypes").glob("*.json")) if each else []
             groups.setdefault(key, []).extend(str(p.resolve()) for p in several or [Path(run["dir"])])
-    lines = [f"{key}\t{','.join(dirs)}" for key, dirs in sorted(groups.items())]
-    for line in lines:
-        print(line, file=out or sys.stdout)
-    return lines
+    return _print_lines(groups, out)
 
 
 def _record(directory, key, group):
@@ -144,10 +149,7 @@ def best_retrained(retrain_dir, out=None):
         best = min(members, key=lambda r: run_values(r)["test error"])
         c = best["config"]
         lines.setdefault(f"space={c['space.name']} dataset={c['dataset.name']}", []).append(str(c["genotype"]))
-    text = [f"{key}\t{','.join(g)}" for key, g in sorted(lines.items())]
-    for line in text:
-        print(line, file=out or sys.stdout)
-    return text
+    return _print_lines(lines, out)
 
 
 def picked_searches(search_dir, column, pool=(), out=None):
@@ -169,10 +171,7 @@ def picked_searches(search_dir, column, pool=(), out=None):
         c = best["config"]
         lines.setdefault(f"space={c['space.name']} dataset={c['dataset.name']}", []).append(
             str(Path(best["dir"]).resolve()))
-    text = [f"{key}\t{','.join(g)}" for key, g in sorted(lines.items())]
-    for line in text:
-        print(line, file=out or sys.stdout)
-    return text
+    return _print_lines(lines, out)
 
 
 def plan_retrain(search_dir, argv, out=None, per_search=1, best=False, pool=()):

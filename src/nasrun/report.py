@@ -51,17 +51,16 @@ def _flat(d, prefix=""):
     return out
 
 
-def load_run(path):
-    """``{"dir", "config", "summary", "history", "problem"}``; ``summary`` is None (and ``problem`` says why)
-    for a run that has not finished, failed, or left a corrupt summary.json. A half-written last line of
-    metrics.jsonl (a run killed mid-write) is skipped with a warning."""
+def run_config(path):
+    """A run directory's config.yaml, flattened to dotted keys; a retrain or a ``nasrun select`` replay also takes
+    its search's settings (followed replay → search; the configs alone are read, not summaries or histories)."""
     path = Path(path)
     config = _flat(OmegaConf.to_container(read_yaml(path / "config.yaml", "leave that folder out of the report"),
                                           resolve=False))
     origin = search_of(config.get("genotype") if config.get("task_name") != "select" else config.get("run"))
     if origin is not None:  # a retrain of a searched genotype, or a selection replayed on a search (nasrun select):
         # the search's keys it lacks (method.*, trainer.epochs),
-        searched = load_run(origin)["config"]  # a select run's own config holds its search's settings in turn
+        searched = run_config(origin)  # a select run's own config holds its search's settings in turn
         # and all of the search's settings as search.<key>: a retrain's own space.* do not tell DARTS-20's from DARTS's
         config = {**{k: v for k, v in searched.items() if k != "seed"}, **config,
                   **{k if k.startswith("search.") else f"search.{k}": v for k, v in searched.items()
@@ -72,6 +71,15 @@ def load_run(path):
         if picked.suffix == ".json":  # which of the search's selections: its selector label, less "@epoch"
             label = str(read_json(picked, "leave that run out").get("selector") or "")
             config["search.selection"] = label.split("@")[0] or None
+    return config
+
+
+def load_run(path):
+    """``{"dir", "config", "summary", "history", "problem"}``; ``summary`` is None (and ``problem`` says why)
+    for a run that has not finished, failed, or left a corrupt summary.json. A half-written last line of
+    metrics.jsonl (a run killed mid-write) is skipped with a warning."""
+    path = Path(path)
+    config = run_config(path)
     summary, problem = None, None
     try:
         summary = json.loads((path / "summary.json").read_text())

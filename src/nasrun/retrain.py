@@ -237,7 +237,8 @@ def run_retrain(cfg, run, state, space, genotype, device, trackers=None):
     final = loop.history[-1]
     summary = {"genotype": space.format_genotype(genotype), "space": space.name, "mode": "retrain", "protocol": p.name,
                "dataset": data.name, "seed": cfg.seed, "epochs": p.epochs, "test_acc": final["test_acc"],
-               "test_error": 100.0 - final["test_acc"], "top5_error": 100.0 - final["test_acc5"], "params": params, "params_m": params / 1e6,
+               "test_error": 100.0 - final["test_acc"], "top5_error": 100.0 - final["test_acc5"],
+               "params": params, "params_m": params / 1e6,
                "flops_m": flops / 1e6, "train_seconds": round(loop.elapsed, 2),
                "overhead_seconds": round(loop.overhead, 2), "run_dir": str(run.path)}
     run.write("summary.json", summary)
