@@ -274,22 +274,35 @@ def test_report_puts_the_papers_numbers_beside_ours(tmp_path):
          "values": {"cifar10 test": [94.01, 0.31]}},
         {"row": "DARTS", "match": {"method.name": "darts"}, "values": {"cifar10 test": [54.30, 0.0]}},
         {"row": "SP c100", "match": {"method.name": "sp_darts", "dataset.name": "cifar100"},
-         "values": {"cifar10 test": [94.02, 0.20]}}]}))
+         "values": {"cifar10 test": [94.02, 0.20]}},
+        {"row": "EX-GAEA", "match": {"method.name": "ex_gaea"}, "not_run": "no such method",
+         "values": {"cifar10 test": [93.43, 0.25]}}]}))
     _, rows = compare_paper([tmp_path / "runs"], ref, tmp_path / "out")
-    sp, darts, missing = rows
+    sp, darts, missing, reason = rows
     assert sp["ours"] == pytest.approx((93.5, 0.5, 2)) and sp["diff"] == pytest.approx(93.5 - 94.01)
     assert sp["within"] is False  # 0.51 from the paper's mean, its std is 0.31
     assert darts["ours"] == pytest.approx((54.3, 0.0, 1)) and darts["within"] is True
     assert missing["ours"] is None and missing["within"] is None
     written = list(csv.DictReader(open(tmp_path / "out" / "report_paper.csv")))
-    assert [w["row"] for w in written] == ["SP c10", "DARTS", "SP c100"] and written[0]["ours n"] == "2"
+    assert [w["row"] for w in written] == ["SP c10", "DARTS", "SP c100", "EX-GAEA"] and written[0]["ours n"] == "2"
     md = (tmp_path / "out" / "report.md").read_text()
+    assert reason["ours"] is None and "| EX-GAEA | cifar10 test | 93.43 ± 0.25 | not run: no such method |" in md
     assert "| SP c10 | cifar10 test | 94.01 ± 0.31 | 93.50 ± 0.50 (2) | -0.51 | no |" in md and "not run" in md
     proc = subprocess.run([sys.executable, "-m", "nasrun.cli", "report", str(tmp_path / "runs"), "--no-plots", "-o",
                            str(tmp_path / "cli"), "--paper", str(ref)], capture_output=True, text=True, timeout=120,
                           env={**os.environ, "COLUMNS": "200"})
     assert proc.returncode == 0, proc.stderr
     assert "paper beside ours" in proc.stdout and "not run" in proc.stdout and "93.50 ± 0.50 (2)" in proc.stdout
+    ops = tmp_path / "ops.yaml"  # a list-valued key ([SS] Table 2: GAEA on standard-201 vs its own no-none space)
+    for name, space_ops in (("c0", ["none", "skip_connect"]), ("d0", ["skip_connect"])):
+        fake(name, "gaea", "cifar10", 90.0 + len(space_ops))
+        config = yaml.safe_load((tmp_path / "runs" / name / "config.yaml").read_text())
+        (tmp_path / "runs" / name / "config.yaml").write_text(yaml.safe_dump({**config, "space": {"ops": space_ops}}))
+    ops.write_text(yaml.safe_dump({"rows": [{"row": r, "match": {"method.name": "gaea", "space.ops": o},
+                                             "values": {"cifar10 test": [1.0, None]}}
+                                            for r, o in (("std", ["none", "skip_connect"]), ("own", ["skip_connect"]))]}))
+    _, (std, own) = compare_paper([tmp_path / "runs"], ops, tmp_path / "ops")
+    assert std["ours"] == pytest.approx((92.0, 0.0, 1)) and own["ours"] == pytest.approx((91.0, 0.0, 1))
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({"rows": [{"row": "x", "match": {}}]}))
     with pytest.raises(UserError, match="row 1 \\(x\\): bad or missing 'values'"):
@@ -306,7 +319,8 @@ def test_paper_table_files_parse_and_name_our_columns(name):
 
     ref = read_paper(Path(__file__).parent.parent / "scripts" / "tables" / "ref" / f"{name}.yaml")
     known = {"method.name", "dataset.name", "space.name", "selector.name", "stop.name", "stop.criterion", "stop.k",
-             "task_name", "search.selection", "search.space.layers", "retrain.name", "method.w_lr"}
+             "task_name", "search.selection", "search.space.layers", "retrain.name", "method.w_lr", "method.single_level",
+             "trainer.epochs", "space.ops", "selector.dataset", "method.arch_lr"}
     assert ref["rows"] and all(set(r["match"]) <= known for r in ref["rows"])
 
 

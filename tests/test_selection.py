@@ -381,3 +381,68 @@ def test_a_retrain_that_would_run_at_lr_zero_warns():
     assert protocol().lr_at(0) == 0.0 and "1 of the 1 retrain epochs run at learning rate 0" in protocol().idle_warning()
     assert protocol(epochs=600).idle_warning() is None  # only the last epoch: the schedule as meant
     assert protocol(lr_offset=0).idle_warning() is None and protocol(lr_min=1e-3).idle_warning() is None
+
+
+def test_oracle_epoch_keeps_the_epoch_the_benchmark_scores_best(tmp_path):
+    """[SS] Table 3's "optimal" row: replayed on a finished search, selector=oracle_epoch keeps the genotype of the
+    epoch with the highest benchmark test accuracy on the chosen dataset (read from an NB201 file in the original
+    format; the truth from the fixture's own numbers), and refuses a run without a benchmark in one line."""
+    from nasrun.select import run_select
+
+    from .conftest import write_nb201_fixture
+
+    run_search(make_cfg(["trainer.epochs=6", "method.arch_lr=0.3"]), tmp_path / "search")
+    history = [json.loads(x) for x in (tmp_path / "search" / "metrics.jsonl").read_text().splitlines()]
+    archs = list(dict.fromkeys(r["genotype"] for r in history))
+    bench_file = tmp_path / "NAS-Bench-201-v1_1-096897.pth"
+    truth = write_nb201_fixture(bench_file, archs)
+    for dataset, source, key in (("cifar100", "cifar100", "x-test"), ("cifar10", "cifar10", "ori-test")):
+        scores = [truth[r["genotype"]][source][0][key] for r in history]
+        best = scores.index(max(scores))
+        cfg = make_cfg([f"run={tmp_path / 'search'}", "selector=oracle_epoch", f"selector.dataset={dataset}",
+                        "trainer.device=cpu", "benchmark=nb201", f"benchmark.path={bench_file}"],
+                       config_name="select", tiny=False)
+        summary = run_select(cfg, tmp_path / f"oracle_{dataset}")
+        assert summary["genotype"] == history[best]["genotype"] and summary["selector"] == f"oracle_epoch_{dataset}@{best}"
+        assert summary["benchmark"][dataset]["test_acc"] == pytest.approx(max(scores))
+    with pytest.raises(UserError, match="needs the benchmark file"):
+        run_select(make_cfg([f"run={tmp_path / 'search'}", "selector=oracle_epoch", "trainer.device=cpu",
+                             "benchmark=none"], config_name="select", tiny=False), tmp_path / "none")
+    with pytest.raises(UserError, match="space=darts has none"):
+        run_search(make_cfg(["space=darts", "selector=oracle_epoch"]), tmp_path / "darts")
+
+
+def test_kept_snapshots_let_a_selector_run_on_the_supernet_of_an_earlier_epoch(tmp_path):
+    """[PT] Fig. 4: ``trainer.keep_snapshots=2`` keeps the state after epochs 2 and 4 (0-based 1, 3) after the run;
+    ``nasrun select snapshot=1`` selects from that supernet (argmax: the genotype the history logged after epoch 2,
+    not the final one) with the history up to it; a missing snapshot is one line naming the kept ones; the report
+    draws the benchmark accuracy of each replay against its epoch (the NB201 fixture's numbers)."""
+    from nasrun.report import load_run, trajectory_figure
+    from nasrun.select import run_select
+
+    from .conftest import write_nb201_fixture
+
+    run_search(make_cfg(["trainer.epochs=4", "method.arch_lr=0.3", "trainer.keep_snapshots=2"]), tmp_path / "search")
+    assert sorted(p.name for p in (tmp_path / "search" / "snapshots").iterdir()) == ["epoch_001.pt", "epoch_003.pt"]
+    history = [json.loads(x) for x in (tmp_path / "search" / "metrics.jsonl").read_text().splitlines()]
+    assert history[1]["genotype"] != history[3]["genotype"]
+    bench_file = tmp_path / "NAS-Bench-201-v1_1-096897.pth"
+    truth = write_nb201_fixture(bench_file, list(dict.fromkeys(r["genotype"] for r in history)))
+    for epoch in (1, 3):
+        cfg = make_cfg([f"run={tmp_path / 'search'}", "selector=argmax", f"snapshot={epoch}", "trainer.device=cpu",
+                        "benchmark=nb201", f"benchmark.path={bench_file}"], config_name="select", tiny=False)
+        summary = run_select(cfg, tmp_path / f"sel{epoch}")
+        assert summary["genotype"] == history[epoch]["genotype"] and summary["snapshot"] == epoch
+    replayed = run_select(make_cfg([f"run={tmp_path / 'search'}", "selector=argmax", "stop=darts_plus", "stop.k=0",
+                                    "snapshot=3", "trainer.device=cpu", "benchmark=none"], config_name="select",
+                                   tiny=False), tmp_path / "stop")
+    assert replayed["stop_epoch"] == 0  # the stop rule replays over the snapshot's history
+    with pytest.raises(UserError, match=r"kept no snapshot of epoch 2; it kept epochs \[1, 3\]"):
+        run_select(make_cfg([f"run={tmp_path / 'search'}", "selector=argmax", "snapshot=2", "trainer.device=cpu",
+                             "benchmark=none"], config_name="select", tiny=False), tmp_path / "x")
+    fig = trajectory_figure([load_run(tmp_path / f"sel{e}") for e in (1, 3)])
+    c10 = fig.axes[0]
+    assert c10.get_title() == "test accuracy on cifar10" and len(c10.lines) == 1
+    assert list(c10.lines[0].get_xdata()) == [2, 4]
+    assert list(c10.lines[0].get_ydata()) == pytest.approx(
+        [truth[history[e]["genotype"]]["cifar10"][0]["ori-test"] for e in (1, 3)])

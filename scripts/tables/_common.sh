@@ -8,14 +8,17 @@
 # rerunning the script skips finished jobs. Overrides are plain `key=value`, also for keys that only the swept
 # presets have (e.g. `scripts/tables/darts_pt_table4.sh selector.proj_intv=1`: nasrun passes them on as ++key=value).
 # RETRAIN="key=value ..." gives overrides to the retrain steps alone (retrain, retrain_best, retrain_picked below).
+# Benchmark overrides (benchmark=..., benchmark.path=...) go to the searches and to the `nasrun select` replays (BENCH).
 LAUNCH=()
 SEARCH=()
+BENCH=()
 read -r -a RETRAIN_ARGS <<< "${RETRAIN:-}"  # RETRAIN="key=value ...": extra overrides of the retrain step alone
 NASRUN_PY="$(dirname "$(command -v nasrun)")/python"
 [ -x "$NASRUN_PY" ] || NASRUN_PY=python3
 for arg in "$@"; do
     case "$arg" in
         hydra/launcher=* | hydra.launcher.*) LAUNCH+=("$arg") ;;
+        benchmark=* | benchmark.*) BENCH+=("$arg"); SEARCH+=("$arg") ;;
         *) SEARCH+=("$arg") ;;
     esac
 done
@@ -57,7 +60,9 @@ retrain() {
 
 # retrain_best RETRAIN_DIR OUT_DIR [eval overrides]: the DARTS protocol's second round. Per search setting (the
 # retrains under RETRAIN_DIR that differ only in seed and genotype), the genotype whose retrain has the lowest test
-# error is retrained again with the overrides' protocol and seeds (e.g. seed=1,2,3).
+# error is retrained again with the overrides' protocol and seeds (e.g. seed=1,2,3). BY="key ..." keeps groups apart
+# by keys that are pooled otherwise (search.selection: the best of each SS-DARTS genotype rather than of all four).
+# MATCH="key=v1,v2 key=v" (all three steps) takes only the runs whose config holds one of the values of each key.
 retrain_best() {
     _retrain_step --best "$@"
 }

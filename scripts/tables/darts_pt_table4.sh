@@ -20,7 +20,7 @@ argmax_of() {  # argmax_of SWEEP_DIR OUT_DIR: α's argmax replayed on each finis
         return 0
     fi
     runs=$(grep -lx "  name: darts" "$1"/[0-9]*/config.yaml 2>/dev/null | xargs -r -n1 dirname | paste -sd, - || true)
-    [ -z "$runs" ] || run nasrun select -m run="$runs" selector=argmax hydra.sweep.dir="$2" "${LAUNCH[@]}"
+    [ -z "$runs" ] || run nasrun select -m run="$runs" selector=argmax hydra.sweep.dir="$2" "${BENCH[@]}" "${LAUNCH[@]}"
 }
 
 if [[ ",$SPACES," == *,nb201,* ]]; then

@@ -248,9 +248,17 @@ class EpochLoop:
         self.resume(read_checkpoint(path, (), "rerun without the rollback rule"), quiet=True)
         self.run.truncate_metrics(self.epoch)
 
-    def drop_snapshots(self):
-        if WORLD.main and (self.run.path / "snapshots").exists():
-            shutil.rmtree(self.run.path / "snapshots")
+    def drop_snapshots(self, keep=None):
+        """Remove the rollback snapshots, all of them or those whose epoch ``keep(epoch)`` does not keep."""
+        folder = self.run.path / "snapshots"
+        if not WORLD.main or not folder.exists():
+            return
+        if keep is None:
+            shutil.rmtree(folder)
+            return
+        for path in folder.glob("epoch_*.pt"):
+            if not keep(int(path.stem.split("_")[1])):
+                path.unlink()
 
     def freeze(self):
         """Keep the current (trained) states: later checkpoints write these, whatever a selector does to the live

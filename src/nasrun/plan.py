@@ -94,6 +94,19 @@ def _print_lines(groups, out=None):
     return lines
 
 
+def wanted(run, match=None):
+    """Whether a run's config matches ``match`` (``MATCH="key=v1,v2 key=v"`` in the environment when None): each key
+    holds one of its values (a table step that takes some rows alone, e.g. [SS] Table 5's two genotypes)."""
+    match = os.environ.get("MATCH", "") if match is None else match
+    for term in match.split():
+        key, sep, values = term.partition("=")
+        if not sep:
+            raise RuntimeError(f"MATCH term {term!r}: write key=value (values comma-separated)")
+        if str(run["config"].get(key)) not in values.split(","):
+            return False
+    return True
+
+
 def searched(sweep_dir, out=None, each=False):
     """``python -m nasrun.plan --searched DIR [--each]``: the finished searches (and ``nasrun select`` replays) under
     ``DIR`` a table retrains, one line per space and dataset, ``space=S dataset=D<TAB>RUN,RUN,...`` (absolute run
@@ -106,7 +119,7 @@ def searched(sweep_dir, out=None, each=False):
     groups = {}
     for run in map(load_run, find_runs([sweep_dir])):
         c = run["config"]
-        if run["summary"] is not None and c.get("task_name") in ("search", "select") \
+        if run["summary"] is not None and c.get("task_name") in ("search", "select") and wanted(run) \
                 and (Path(run["dir"]) / "genotype.json").is_file():
             key = f"space={c['space.name']} dataset={c['dataset.name']}"
             several = sorted((Path(run["dir"]) / "genotypes").glob("*.json")) if each else []
@@ -133,18 +146,20 @@ def _records(directory):
     return [tuple(r[1:3]) for r in rows if r[0] == inside[0] or r[0].startswith(inside[1])]
 
 
-def best_retrained(retrain_dir, out=None):
+def best_retrained(retrain_dir, out=None, by=()):
     """``python -m nasrun.plan --best DIR``: per group of the finished retrains under ``DIR`` (runs that differ only
     in seed and genotype: one search setting), the genotype of the one with the lowest test error, as lines like
-    :func:`searched`'s (the DARTS protocol's "retrain the best of four searches with more seeds")."""
+    :func:`searched`'s (the DARTS protocol's "retrain the best of four searches with more seeds"). A search's
+    genotypes (``search.selection``) pool into one group unless ``by`` (``BY="key ..."``) names the key."""
     from .report import find_runs, group_runs, load_run, run_values
 
     runs = [r for r in map(load_run, find_runs([retrain_dir])) if r["summary"] is not None
-            and r["config"].get("task_name") == "eval" and "test error" in run_values(r)]
+            and r["config"].get("task_name") == "eval" and "test error" in run_values(r) and wanted(r)]
     if not runs:
-        raise RuntimeError(f"no finished retrain under {retrain_dir}")
+        raise RuntimeError(f"no finished retrain under {retrain_dir}"
+                           + (f" matches MATCH={os.environ['MATCH']!r}" if os.environ.get("MATCH") else ""))
     lines = {}
-    pool = [k for k in ("genotype", "search.selection") if any(k in r["config"] for r in runs)]
+    pool = [k for k in ("genotype", "search.selection") if k not in by and any(k in r["config"] for r in runs)]
     for _, members in group_runs(runs, pool=pool):
         best = min(members, key=lambda r: run_values(r)["test error"])
         c = best["config"]
@@ -161,7 +176,7 @@ def picked_searches(search_dir, column, pool=(), out=None):
 
     from .report import find_runs, group_runs, load_run, run_values
 
-    runs = [r for r in map(load_run, find_runs([search_dir])) if r["summary"] is not None
+    runs = [r for r in map(load_run, find_runs([search_dir])) if r["summary"] is not None and wanted(r)
             and r["config"].get("task_name") == "search" and (Path(r["dir"]) / "genotype.json").is_file()]
     if not any(column in run_values(r) for r in runs):
         raise RuntimeError(f"no finished search under {search_dir} has the column {column!r}")
@@ -222,7 +237,7 @@ if __name__ == "__main__":
         if sys.argv[1:2] == ["--searched"]:
             searched(sys.argv[2], each="--each" in sys.argv[3:])
         elif sys.argv[1:2] == ["--best"]:
-            best_retrained(sys.argv[2])
+            best_retrained(sys.argv[2], by=os.environ.get("BY", "").split())
         elif sys.argv[1:2] == ["--picked"]:
             picked_searches(sys.argv[2], os.environ["PICK_BY"], os.environ.get("POOL", "").split())
         elif sys.argv[1] in ("--retrain", "--retrain-best", "--retrain-picked"):

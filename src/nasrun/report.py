@@ -452,7 +452,48 @@ def run_report(paths, out=None, protocol="mean", plots=True, pool=(), select_by=
             fig = compare_figure(drawn)
             fig.savefig(out / "plots" / "all_groups.png", dpi=80)
             plt.close(fig)
+        fig = trajectory_figure(runs)
+        if fig is not None:
+            fig.savefig(out / "plots" / "trajectory.png", dpi=80)
+            plt.close(fig)
     return rows, cols, out, failed
+
+
+def trajectory_figure(runs):
+    """[PT] Fig. 4 / 8: the benchmark test accuracy of each selector's pick from the supernet kept after each epoch
+    (``nasrun select run=DIR snapshot=E`` replays), mean and min-max band over the searches, one panel per benchmark
+    dataset; None without such replays."""
+    import matplotlib.pyplot as plt
+
+    snaps = [r for r in runs if r["config"].get("task_name") == "select" and r["config"].get("snapshot") is not None]
+    if not snaps:
+        return None
+    found = {ds for r in snaps for ds, res in (r["summary"].get("benchmark") or {}).items()
+             if isinstance(res, dict) and res.get("test_acc") is not None}
+    datasets = [ds for ds in ("cifar10", "cifar100", "ImageNet16-120") if ds in found] + sorted(
+        found - {"cifar10", "cifar100", "ImageNet16-120"})
+    groups = group_runs(snaps, pool=[k for k in ("snapshot", "run") if any(k in r["config"] for r in snaps)])
+    fig, axes = plt.subplots(1, max(1, len(datasets)), figsize=(5 * max(1, len(datasets)), 3.8), squeeze=False)
+    for ax, ds in zip(axes[0], datasets or [None]):
+        _panel(ax, f"test accuracy on {ds}" if ds else "no benchmark results in these replays", "test accuracy (%)")
+        ax.set_xlabel("epoch of the supernet selected from (1 = first)")
+        for label, members in groups:
+            by_epoch = {}
+            for r in members:
+                res = (r["summary"].get("benchmark") or {}).get(ds) or {}
+                if res.get("test_acc") is not None:
+                    by_epoch.setdefault(int(r["config"]["snapshot"]) + 1, []).append(float(res["test_acc"]))
+            if by_epoch:
+                xs = sorted(by_epoch)
+                (line,) = ax.plot(xs, [float(np.mean(by_epoch[x])) for x in xs], marker="o",
+                                  label=f"{label} (n={len(members)})")
+                ax.fill_between(xs, [min(by_epoch[x]) for x in xs], [max(by_epoch[x]) for x in xs], alpha=0.2,
+                                color=line.get_color())
+        if ax.lines:
+            ax.legend(fontsize=8)
+    fig.suptitle("the selection from the supernet of each epoch (nasrun select snapshot=E)")
+    fig.tight_layout()
+    return fig
 
 
 def print_report(rows, cols, out, failed=()):
@@ -495,7 +536,8 @@ def read_paper(path):
     none); ``error_of: true`` where the paper prints 100 − the column (a test error against our accuracy; in the file
     for every row, or in a row for that row). A column
     named ``"<column> (best)"`` compares the best of our runs (lowest error, else highest accuracy) with the paper's
-    best-of-N figure. Retrain runs (``nasrun eval`` of a search run's genotype) match on their search's keys too."""
+    best-of-N figure. Retrain runs (``nasrun eval`` of a search run's genotype) match on their search's keys too.
+    ``not_run: REASON`` marks a row nasrun cannot produce yet (printed in its place while nothing matches it)."""
     fix = "give a table file like scripts/tables/ref/sp_darts_table1.yaml"
     ref = OmegaConf.to_container(read_yaml(path, fix))
     rows = ref.get("rows")
@@ -514,7 +556,9 @@ BEST = " (best)"  # a paper column that takes the best of its runs, e.g. "test e
 
 
 def _matches(config, match):
-    return all(config.get(k) == v or str(config.get(k)) == str(v) for k, v in match.items())
+    """A row's ``match`` against a flattened config (lists as :func:`_flat` keeps them: JSON text)."""
+    return all(config.get(k) == v or str(config.get(k)) == (json.dumps(v) if isinstance(v, list) else str(v))
+               for k, v in match.items())
 
 
 def compare_paper(paths, ref_path, out=None):
@@ -542,7 +586,7 @@ def compare_paper(paths, ref_path, out=None):
             diff = None if ours is None else ours[0] - mean
             within = None if diff is None or std is None else bool(abs(diff) <= std + 0.005)  # + the paper's rounding
             result.append({"row": row["row"], "column": column, "paper": (mean, std), "ours": ours, "diff": diff,
-                           "within": within, "runs": len(members)})
+                           "within": within, "runs": len(members), "not_run": row.get("not_run")})
     out = Path(out) if out else Path(paths[0])
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "report_paper.csv", "w", newline="") as f:
@@ -565,7 +609,8 @@ def paper_cells(r):
     mean, std = r["paper"]
     paper = f"{mean:.2f}" if std is None else f"{mean:.2f} ± {std:.2f}"
     within = {None: "-", True: "yes", False: "no"}[r["within"]]
-    ours = fmt(r["ours"]) if r["ours"] is not None else (f"no value ({r['runs']} runs)" if r["runs"] else "not run")
+    ours = fmt(r["ours"]) if r["ours"] is not None else (f"no value ({r['runs']} runs)" if r["runs"] else "not run"
+                                                          + (f": {r['not_run']}" if r.get("not_run") else ""))
     return [r["row"], r["column"], paper, ours,
             "-" if r["diff"] is None else f"{r['diff']:+.2f}", within]
 

@@ -118,6 +118,13 @@ def record_keys(space, method, diagnostics):
     return keys
 
 
+def kept_snapshots(every):
+    """``trainer.keep_snapshots=N``: the epochs (0-based) whose full state stays in ``snapshots/`` after the run, every
+    N-th (epochs N-1, 2N-1, ...), for ``nasrun select snapshot=E`` ([PT] Fig. 4: a selector applied to the supernet of
+    each epoch); None when N is 0."""
+    return None if not every else (lambda epoch: (epoch + 1) % int(every) == 0)
+
+
 def epoch_start(supernet, method, epoch, epochs):
     """Per-epoch schedules: the supernet's (search drop-path) and the method's (learning rates, temperatures)."""
     if hasattr(supernet, "on_epoch_start"):
@@ -216,8 +223,12 @@ def _run_search(cfg, out_dir, trackers):
         return None
 
     group = getattr(method, "group_size", 1)
+    kept = kept_snapshots(t.get("keep_snapshots", 0))
+    stop_snapshot = getattr(stop, "snapshot_epoch", None)
+    snapshot_fn = None if kept is None and stop_snapshot is None else \
+        (lambda e: (kept is not None and kept(e)) or (stop_snapshot is not None and stop_snapshot(e)))
     loop.fit(t.epochs, method.step_group if group > 1 else method.step, lambda e: epoch_start(supernet, method, e, t.epochs),
-             epoch_end, log_epoch, group=group, stop_fn=stop_fn, snapshot_fn=getattr(stop, "snapshot_epoch", None))
+             epoch_end, log_epoch, group=group, stop_fn=stop_fn, snapshot_fn=snapshot_fn)
     elapsed, history = loop.elapsed, loop.history
     write_ada(run, space, loop.events)
     loop.checkpoint(trained=True)
@@ -242,7 +253,7 @@ def _run_search(cfg, out_dir, trackers):
                "run_dir": str(run.path)}
     run.write("summary.json", summary)
     loop.checkpoint(finished=True, summary=summary)
-    loop.drop_snapshots()
+    loop.drop_snapshots(keep=kept)
     if trackers is not None:
         trackers.finish(run_artefacts(run))
     main_only(print_summary, summary)

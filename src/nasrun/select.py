@@ -31,6 +31,9 @@ def run_select(cfg, out_dir):
     state = read_checkpoint(ckpt_path, ("supernet", "method", "rng", "history"), fix)
     if not (state.get("finished") or state.get("trained")):
         raise UserError(f"the search in {source} has not finished training; resume it first (rerun its command)")
+    snapshot = cfg.get("snapshot")
+    if snapshot is not None:  # the state kept after that epoch: its supernet, α and history up to it
+        state = read_checkpoint(snapshot_file(source, snapshot), ("supernet", "method", "rng", "history"), fix)
     search_cfg = read_yaml(conf_path, fix)
     search_cfg.trainer.device = cfg.trainer.device
     search_cfg.trainer.progress = False
@@ -56,6 +59,7 @@ def run_select(cfg, out_dir):
     label, genotype = write_selections(run, space, selections, source=str(source))
     text = space.format_genotype(genotype)
     summary = {"genotype": text, "space": space.name, "selector": label, "source": str(source), "stop_epoch": stop_epoch,
+               "snapshot": snapshot,
                **space.genotype_stats(genotype), "params_m": derived_params_m(space, genotype, data.num_classes,
                                                                                data.train_x.shape[1]),
                "benchmark": query_all(bench, genotype), "run_dir": str(run.path)}
@@ -63,3 +67,16 @@ def run_select(cfg, out_dir):
     console.print(f"select: {label} on {source} → {text}")
     print(json.dumps({"genotype": text, "run_dir": str(run.path)}))
     return summary
+
+
+def snapshot_file(source, epoch):
+    """``snapshots/epoch_<E>.pt`` of a search run that kept it (``trainer.keep_snapshots``), else a one-line error
+    naming the epochs it kept."""
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+        raise UserError(f"snapshot={epoch!r}: give the epoch (0-based) of a kept snapshot")
+    path = source / "snapshots" / f"epoch_{epoch:03d}.pt"
+    if not path.is_file():
+        kept = sorted(int(p.stem.split("_")[1]) for p in (source / "snapshots").glob("epoch_*.pt"))
+        raise UserError(f"{source} kept no snapshot of epoch {epoch}; "
+                        + (f"it kept epochs {kept}" if kept else "search with trainer.keep_snapshots=N to keep some"))
+    return path
