@@ -306,22 +306,22 @@ def test_the_amended_figure_script_draws_the_long_runs_per_eta(tmp_path):
 
 @pytest.mark.slow
 def test_the_ss_exploratory_figure_script_draws_one_figure_per_experiment(tmp_path):
-    """[SS] §2: Exp.1 (10 / 20 / 30 warm-up epochs with α frozen, each followed by 50 joint epochs) and Exp.6 (no
-    skip-connect) as their own figure folders, one curve and cell per setting."""
+    """[SS] §2: Exp.1 (warm-up epochs with α frozen, here 2 and 3, each followed by the joint epochs, here 4) and
+    Exp.6 (no skip-connect) as their own figure folders, one curve and cell per setting."""
     env = {**os.environ, "OUT": str(tmp_path / "out"), "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1",
-           "SEEDS": "0", "EXPS": "1 6", "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+           "SEEDS": "0", "EXPS": "1 6", "WARMUPS": "2 3", "JOINT": "4", "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     tiny = [o for o in TINY_NB201 if not o.startswith("trainer.epochs")]
     proc = subprocess.run(["bash", str(ROOT / "scripts" / "tables" / "ss_darts_figures.sh"), *tiny, "space.N=1"],
                           capture_output=True, text=True, env=env, timeout=1200, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["fig2bcd_exp1", "fig3c_exp6"]
     assert (tmp_path / "out" / "fig2bcd_exp1" / "plots" / "all_groups.png").stat().st_size > 0
-    assert len(list((tmp_path / "out" / "fig2bcd_exp1" / "plots").glob("*_cell.png"))) == 3
+    assert len(list((tmp_path / "out" / "fig2bcd_exp1" / "plots").glob("*_cell.png"))) == 2
     runs = [[json.loads(line) for line in p.read_text().splitlines()]
             for p in (tmp_path / "out" / "fig2bcd_exp1").rglob("metrics.jsonl")]
-    assert sorted(map(len, runs)) == [60, 70, 80]
+    assert sorted(map(len, runs)) == [6, 7]
     for history in runs:  # α unchanged through the warm-up, moving once the α steps begin
-        warmup = len(history) - 50
+        warmup = len(history) - 4
         assert all(r["op_magnitude"] == history[0]["op_magnitude"] for r in history[:warmup])
         assert history[-1]["op_magnitude"] != history[0]["op_magnitude"]
     noskip = [json.loads(line) for p in (tmp_path / "out" / "fig3c_exp6").rglob("metrics.jsonl")

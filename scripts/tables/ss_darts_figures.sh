@@ -7,7 +7,8 @@
 # no skip-connect in the space (Fig. 3c); Exp.7, EX-DARTS's weight lr with α lr 0.001 for 500 epochs (Fig. 5);
 # Exp.8, DARTS for 500 epochs on NB-1Shot1 spaces 1-3 (Fig. 4). 5 seeds each, as the paper. Not drawn: Fig. 2h (the
 # last 50 epochs aligned across runs of different lengths) and Fig. 6 (a benchmark-wide distribution).
-# Cost: ≈ 3,400 search epochs per seed (DRY=1 prints the estimate). EXPS="1 6" runs some experiments (0: baseline).
+# Cost: ≈ 3,400 search epochs per seed (DRY=1 prints the estimate). EXPS="1 6" runs some experiments (0: baseline);
+# WARMUPS="10 20" and JOINT=50 set Exp.1's warm-up lengths and the joint epochs after them.
 # Usage: scripts/tables/ss_darts_figures.sh [overrides, e.g. benchmark.path=~/nb201.pth]; SEEDS=0 one seed.
 set -euo pipefail
 OUT=${OUT:-multirun/ss_darts_figures}
@@ -24,8 +25,9 @@ search() {  # search FOLDER OVERRIDES...: one sweep of the exploratory experimen
 for exp in $EXPS; do
     case $exp in
         0) search fig2a_baseline +experiment=darts_v1_nb201 ;;
-        1) for w in 10 20 30; do
-               search "fig2bcd_exp1/warmup_$w" +experiment=darts_v1_nb201 method.arch_start_epoch=$w trainer.epochs=$((w + 50))
+        1) for w in ${WARMUPS:-10 20 30}; do
+               search "fig2bcd_exp1/warmup_$w" +experiment=darts_v1_nb201 method.arch_start_epoch="$w" \
+                   trainer.epochs=$((w + ${JOINT:-50}))
            done ;;
         2) search fig2fg_exp2 +experiment=darts_v1_nb201 method.arch_weight_decay=0.005,0.01 ;;
         3) search fig2e_exp3 +experiment=darts_v1_nb201 method.arch_start_epoch=100 trainer.epochs=150 ;;
