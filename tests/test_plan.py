@@ -309,7 +309,8 @@ def test_the_ss_exploratory_figure_script_draws_one_figure_per_experiment(tmp_pa
     """[SS] §2: Exp.1 (warm-up epochs with α frozen, here 2 and 3, each followed by the joint epochs, here 4) and
     Exp.6 (no skip-connect) as their own figure folders, one curve and cell per setting."""
     env = {**os.environ, "OUT": str(tmp_path / "out"), "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1",
-           "SEEDS": "0", "EXPS": "1 6", "WARMUPS": "2 3", "JOINT": "4", "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+           "SEEDS": "0", "EXPS": "1 6", "WARMUPS": "2 3", "JOINT": "4",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     tiny = [o for o in TINY_NB201 if not o.startswith("trainer.epochs")]
     proc = subprocess.run(["bash", str(ROOT / "scripts" / "tables" / "ss_darts_figures.sh"), *tiny, "space.N=1"],
                           capture_output=True, text=True, env=env, timeout=1200, cwd=tmp_path)
