@@ -68,22 +68,32 @@ def test_a_dry_retrain_step_plans_one_retrain_per_planned_search(tmp_path, monke
         in buf.getvalue() and hours == 250 * 36 / 3600
 
 
-def test_the_retrain_step_finds_the_finished_searches_by_space_and_dataset(tmp_path):
+def test_the_retrain_step_finds_the_finished_searches_by_space_and_dataset(tmp_path, monkeypatch):
+    """``--searched``: the finished searches per space and dataset; ``--runs``: all of them in one comma list (the
+    runs a table replays ``nasrun select`` on), ``MATCH`` keeping those with the given values (booleans as written
+    on the command line)."""
     import yaml
 
-    from nasrun.plan import searched
+    from nasrun.plan import finished_searches, searched
 
     for i, (space, done) in enumerate((("darts_s1", True), ("darts_s2", True), ("darts_s1", True), ("darts_s1", False))):
         run = tmp_path / str(i)
         run.mkdir()
         (run / "config.yaml").write_text(yaml.safe_dump({"task_name": "search", "space": {"name": space},
-                                                         "dataset": {"name": "svhn"}}))
+                                                         "dataset": {"name": "svhn"},
+                                                         "method": {"single_level": i == 2}}))
         (run / "env.json").write_text("{}")
         if done:
             (run / "summary.json").write_text("{}")
             (run / "genotype.json").write_text(json.dumps({"genotype": "x"}))
     assert searched(tmp_path) == [f"space=darts_s1 dataset=svhn\t{tmp_path / '0'},{tmp_path / '2'}",
                                   f"space=darts_s2 dataset=svhn\t{tmp_path / '1'}"]
+    assert sorted(finished_searches(tmp_path).split(",")) == [str(tmp_path / str(i)) for i in range(3)]
+    monkeypatch.setenv("MATCH", "method.single_level=true space.name=darts_s1,darts_s2")
+    assert finished_searches(tmp_path) == str(tmp_path / "2")
+    monkeypatch.setenv("MATCH", "space.name=darts_s2")
+    assert finished_searches(tmp_path) == str(tmp_path / "1") and searched(tmp_path) == [
+        f"space=darts_s2 dataset=svhn\t{tmp_path / '1'}"]
 
 
 def test_the_second_round_takes_the_best_retrain_per_group_or_per_selection(tmp_path, monkeypatch):

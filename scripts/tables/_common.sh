@@ -47,6 +47,12 @@ if [ -n "${DRY:-}" ]; then
     trap 'awk "{s += \$1} END {printf \"total: about %.1f GPU-hours (set EPOCH_S=seconds per epoch for your own figure)\\n\", s}" "$PLAN_TOTAL"; rm -f "$PLAN_TOTAL" "$PLAN_SEARCHES"' EXIT
 fi
 
+# finished_runs DIR: the finished searches under DIR, comma-separated, the runs a script replays `nasrun select` on;
+# MATCH="key=v1,v2 key=v" keeps those whose config holds one of the values of each key (nasrun.plan --runs).
+finished_runs() {
+    "$NASRUN_PY" -m nasrun.plan --runs "$1" || true
+}
+
 # retrain SEARCH_DIR OUT_DIR [eval overrides]: the table's retrain step. Every finished search under SEARCH_DIR is
 # retrained from scratch (nasrun eval mode=retrain) in its own space and on its own dataset, with the table's protocol
 # and seeds given as overrides (e.g. retrain=robust_small seed=0), one sweep per space and dataset under OUT_DIR.

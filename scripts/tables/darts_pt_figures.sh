@@ -25,10 +25,10 @@ if [ -n "${DRY:-}" ]; then
     echo "would replay PT (and argmax on the DARTS runs) on each kept supernet with nasrun select snapshot=E" \
          "(PT: 25 tuning epochs each)"
 else
-    runs=$(for d in "$OUT"/search/[0-9]*; do [ -f "$d/summary.json" ] && echo "$d"; done | paste -sd, - || true)
+    runs=$(finished_runs "$OUT/search")
     epochs=$(for d in ${runs//,/ }; do ls "$d/snapshots" 2>/dev/null; done | sed -n 's/^epoch_0*\([0-9][0-9]*\)\.pt$/\1/p' \
              | sort -un | paste -sd, - || true)
-    darts=$(for d in ${runs//,/ }; do grep -qx "  name: darts" "$d/config.yaml" && echo "$d"; done | paste -sd, - || true)
+    darts=$(MATCH="method.name=darts" finished_runs "$OUT/search")
     if [ -z "$epochs" ]; then
         echo "darts_pt_figures.sh: no kept supernet under $OUT/search" >&2
         STATUS=1

@@ -23,7 +23,7 @@ for arg in "${SEARCH[@]}"; do [[ "$arg" == selector.* ]] || sgas+=("$arg"); done
 if [ -n "${DRY:-}" ]; then
     echo "would replay selector=argmax on each DARTS and SDARTS-RS run with nasrun select (seconds each)"
 else
-    runs=$(for d in "$OUT"/search/[0-9]*; do [ -f "$d/summary.json" ] && echo "$d"; done | paste -sd, - || true)
+    runs=$(finished_runs "$OUT/search")
     [ -z "$runs" ] || run nasrun select -m run="$runs" selector=argmax hydra.sweep.dir="$OUT/argmax" "${BENCH[@]}" \
         "${LAUNCH[@]}"
 fi

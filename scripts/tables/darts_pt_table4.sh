@@ -19,7 +19,7 @@ argmax_of() {  # argmax_of SWEEP_DIR OUT_DIR: α's argmax replayed on each finis
         echo "would replay selector=argmax on each DARTS run of $1 with nasrun select (seconds each)"
         return 0
     fi
-    runs=$(grep -lx "  name: darts" "$1"/[0-9]*/config.yaml 2>/dev/null | xargs -r -n1 dirname | paste -sd, - || true)
+    runs=$(MATCH="method.name=darts" finished_runs "$1")
     [ -z "$runs" ] || run nasrun select -m run="$runs" selector=argmax hydra.sweep.dir="$2" "${BENCH[@]}" "${LAUNCH[@]}"
 }
 

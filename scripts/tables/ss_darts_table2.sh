@@ -30,34 +30,24 @@ done
 run nasrun search -m +experiment=gaea_nb201_bilevel,gaea_nb201_erm seed="$SEEDS" hydra.sweep.dir="$OUT/gaea_own" \
     "${LAUNCH[@]}" "${SEARCH[@]}"
 
-finished() {  # finished CONFIG_LINE DIR...: the finished runs of the sweeps whose config.yaml holds the line
-    local line=$1 dir f
-    shift
-    for dir in "$@"; do
-        for f in "$dir"/[0-9]*/config.yaml; do
-            [ -f "${f%/config.yaml}/summary.json" ] && grep -qx -- "$line" "$f" && echo "${f%/config.yaml}"
-        done
-    done | paste -sd, - || true
-}
 if [ -n "${DRY:-}" ]; then
     echo "would replay DARTS+ (sc_2, rt_10) on each SS-DARTS run, DARTS+ (sc_2) and selective stop on each 50-epoch" \
         "GAEA run, with nasrun select (seconds each)"
 else
     # DARTS+ on the SS-DARTS runs; DARTS+ (sc_2) and selective stop on GAEA's 50-epoch standard-201 runs
-    runs=$(finished "  name: selective_stop" "$OUT")
+    runs=$(MATCH="method.name=darts selector.name=selective_stop" finished_runs "$OUT")
     if [ -n "$runs" ]; then
         run nasrun select -m run="$runs" selector=argmax stop=darts_plus stop.criterion=sc stop.k=2 \
             hydra.sweep.dir="$OUT/darts_plus_sc2" "${BENCH[@]}" "${LAUNCH[@]}"
         run nasrun select -m run="$runs" selector=argmax stop=darts_plus stop.criterion=rt stop.k=10 \
             hydra.sweep.dir="$OUT/darts_plus_rt10" "${BENCH[@]}" "${LAUNCH[@]}"
     fi
-    gaea50=$(finished "  name: gaea" "$OUT/gaea_standard50")
+    gaea50=$(finished_runs "$OUT/gaea_standard50")
     [ -z "$gaea50" ] || run nasrun select -m run="$gaea50" selector=argmax stop=darts_plus stop.criterion=sc \
         stop.k=2 hydra.sweep.dir="$OUT/gaea_sc2" "${BENCH[@]}" "${LAUNCH[@]}"
     for form in "false nor_conv_3x3" "true nor_conv_1x1"; do
         read -r single target <<< "$form"
-        runs=$(tr , '\n' <<< "$gaea50" | while read -r d; do
-                   [ -z "$d" ] || ! grep -qx "  single_level: $single" "$d/config.yaml" || echo "$d"; done | paste -sd, -)
+        runs=$(MATCH="method.single_level=$single" finished_runs "$OUT/gaea_standard50")
         [ -z "$runs" ] || run nasrun select -m run="$runs" selector=selective_stop "selector.targets=[$target]" \
             hydra.sweep.dir="$OUT/ss_gaea_$target" "${BENCH[@]}" "${LAUNCH[@]}"
     done

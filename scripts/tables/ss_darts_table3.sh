@@ -18,8 +18,7 @@ for lr in ${LRS//,/ }; do
         seed="$SEEDS" hydra.sweep.dir="$OUT/lr_$lr" "${LAUNCH[@]}" "${SEARCH[@]}"
 done
 # DARTS+ replayed on every finished SS-DARTS run, as sweeps over the runs (so the launcher applies here too)
-runs=$(grep -l "name: selective_stop" "$OUT"/lr_*/[0-9]*/config.yaml 2>/dev/null | xargs -r -n1 dirname \
-       | paste -sd, - || true)
+runs=$(MATCH="selector.name=selective_stop" finished_runs "$OUT")
 if [ -n "${DRY:-}" ]; then
     echo "would replay DARTS+ (sc_2-4, rt_2-4, rt_10) and the oracle (3 datasets) on each SS-DARTS run with nasrun" \
         "select (seconds each)"

@@ -102,9 +102,32 @@ def wanted(run, match=None):
         key, sep, values = term.partition("=")
         if not sep:
             raise RuntimeError(f"MATCH term {term!r}: write key=value (values comma-separated)")
-        if str(run["config"].get(key)) not in values.split(","):
+        value = run["config"].get(key)
+        if (str(value).lower() if isinstance(value, bool) else str(value)) not in values.split(","):
             return False
     return True
+
+
+def _finished(sweep_dir, tasks):
+    """The finished runs under ``sweep_dir`` whose task is one of ``tasks``, with a genotype.json, that ``MATCH`` keeps."""
+    from pathlib import Path
+
+    from .report import find_runs, load_run
+
+    for run in map(load_run, find_runs([sweep_dir])):
+        if run["summary"] is not None and run["config"].get("task_name") in tasks and wanted(run) \
+                and (Path(run["dir"]) / "genotype.json").is_file():
+            yield run
+
+
+def finished_searches(sweep_dir, out=None):
+    """``python -m nasrun.plan --runs DIR`` (``MATCH=...``): the finished searches under ``DIR``, comma-separated, the
+    runs a table replays ``nasrun select`` on; returns the line."""
+    from pathlib import Path
+
+    line = ",".join(str(Path(r["dir"]).resolve()) for r in _finished(sweep_dir, ("search",)))
+    print(line, file=out or sys.stdout)
+    return line
 
 
 def searched(sweep_dir, out=None, each=False):
@@ -114,16 +137,12 @@ def searched(sweep_dir, out=None, each=False):
     SS-DARTS's four); returns the lines."""
     from pathlib import Path
 
-    from .report import find_runs, load_run
-
     groups = {}
-    for run in map(load_run, find_runs([sweep_dir])):
+    for run in _finished(sweep_dir, ("search", "select")):
         c = run["config"]
-        if run["summary"] is not None and c.get("task_name") in ("search", "select") and wanted(run) \
-                and (Path(run["dir"]) / "genotype.json").is_file():
-            key = f"space={c['space.name']} dataset={c['dataset.name']}"
-            several = sorted((Path(run["dir"]) / "genotypes").glob("*.json")) if each else []
-            groups.setdefault(key, []).extend(str(p.resolve()) for p in several or [Path(run["dir"])])
+        key = f"space={c['space.name']} dataset={c['dataset.name']}"
+        several = sorted((Path(run["dir"]) / "genotypes").glob("*.json")) if each else []
+        groups.setdefault(key, []).extend(str(p.resolve()) for p in several or [Path(run["dir"])])
     return _print_lines(groups, out)
 
 
@@ -174,10 +193,9 @@ def picked_searches(search_dir, column, pool=(), out=None):
     the final net" before retraining it."""
     from pathlib import Path
 
-    from .report import find_runs, group_runs, load_run, run_values
+    from .report import group_runs, run_values
 
-    runs = [r for r in map(load_run, find_runs([search_dir])) if r["summary"] is not None and wanted(r)
-            and r["config"].get("task_name") == "search" and (Path(r["dir"]) / "genotype.json").is_file()]
+    runs = list(_finished(search_dir, ("search",)))
     if not any(column in run_values(r) for r in runs):
         raise RuntimeError(f"no finished search under {search_dir} has the column {column!r}")
     lines = {}
@@ -234,7 +252,9 @@ def plan_retrain(search_dir, argv, out=None, per_search=1, best=False, pool=()):
 
 if __name__ == "__main__":
     try:
-        if sys.argv[1:2] == ["--searched"]:
+        if sys.argv[1:2] == ["--runs"]:
+            finished_searches(sys.argv[2])
+        elif sys.argv[1:2] == ["--searched"]:
             searched(sys.argv[2], each="--each" in sys.argv[3:])
         elif sys.argv[1:2] == ["--best"]:
             best_retrained(sys.argv[2], by=os.environ.get("BY", "").split())
