@@ -14,6 +14,7 @@ import signal
 import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -189,6 +190,17 @@ def means(sums):
             "train_n": s["train_n"]}
 
 
+def snapshot_path(run_dir, epoch):
+    """The state kept after ``epoch`` (0-based) of a run: ``snapshots/epoch_<e>.pt`` (a rollback target, or kept for
+    ``nasrun select snapshot=E`` with ``trainer.keep_snapshots``)."""
+    return Path(run_dir) / "snapshots" / f"epoch_{epoch:03d}.pt"
+
+
+def snapshot_epochs(run_dir):
+    """The epochs a run holds a snapshot of, in order."""
+    return sorted(int(p.stem.split("_")[1]) for p in (Path(run_dir) / "snapshots").glob("epoch_*.pt"))
+
+
 class EpochLoop:
     """Resumable loop over ``epochs`` passes of ``stream``.
 
@@ -237,7 +249,7 @@ class EpochLoop:
             console.print(f"resuming {self.run.path} in epoch {self.epoch + 1} after step {self.step}")
 
     def snapshot_path(self, epoch):
-        return self.run.path / "snapshots" / f"epoch_{epoch:03d}.pt"
+        return snapshot_path(self.run.path, epoch)
 
     def rollback(self, epoch):
         """Restore the full state after ``epoch`` from its snapshot (weights, α, optimisers, RNG, history)."""
@@ -256,9 +268,9 @@ class EpochLoop:
         if keep is None:
             shutil.rmtree(folder)
             return
-        for path in folder.glob("epoch_*.pt"):
-            if not keep(int(path.stem.split("_")[1])):
-                path.unlink()
+        for epoch in snapshot_epochs(self.run.path):
+            if not keep(epoch):
+                snapshot_path(self.run.path, epoch).unlink()
 
     def freeze(self):
         """Keep the current (trained) states: later checkpoints write these, whatever a selector does to the live

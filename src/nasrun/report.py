@@ -465,13 +465,14 @@ def trajectory_figure(runs):
     dataset; None without such replays."""
     import matplotlib.pyplot as plt
 
+    from .benchmarks.nb201 import DATASETS
+
     snaps = [r for r in runs if r["config"].get("task_name") == "select" and r["config"].get("snapshot") is not None]
     if not snaps:
         return None
     found = {ds for r in snaps for ds, res in (r["summary"].get("benchmark") or {}).items()
              if isinstance(res, dict) and res.get("test_acc") is not None}
-    datasets = [ds for ds in ("cifar10", "cifar100", "ImageNet16-120") if ds in found] + sorted(
-        found - {"cifar10", "cifar100", "ImageNet16-120"})
+    datasets = [ds for ds in DATASETS if ds in found] + sorted(found - set(DATASETS))
     groups = group_runs(snaps, pool=[k for k in ("snapshot", "run") if any(k in r["config"] for r in snaps)])
     fig, axes = plt.subplots(1, max(1, len(datasets)), figsize=(5 * max(1, len(datasets)), 3.8), squeeze=False)
     for ax, ds in zip(axes[0], datasets or [None]):

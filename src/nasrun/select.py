@@ -7,7 +7,7 @@ from pathlib import Path
 from .benchmarks import open_benchmark
 from .config import build, validate
 from .data import BENCHMARK_NAMES
-from .engine import console, set_rng_state
+from .engine import console, set_rng_state, snapshot_epochs, snapshot_path
 from .errors import UserError
 from .files import read_checkpoint, read_yaml
 from .rundir import RunDir
@@ -74,9 +74,9 @@ def snapshot_file(source, epoch):
     naming the epochs it kept."""
     if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
         raise UserError(f"snapshot={epoch!r}: give the epoch (0-based) of a kept snapshot")
-    path = source / "snapshots" / f"epoch_{epoch:03d}.pt"
+    path = snapshot_path(source, epoch)
     if not path.is_file():
-        kept = sorted(int(p.stem.split("_")[1]) for p in (source / "snapshots").glob("epoch_*.pt"))
+        kept = snapshot_epochs(source)
         raise UserError(f"{source} kept no snapshot of epoch {epoch}; "
                         + (f"it kept epochs {kept}" if kept else "search with trainer.keep_snapshots=N to keep some"))
     return path
